@@ -1,0 +1,39 @@
+"""Encoding of everything stored: plain JSON, in one place. Nothing is pickled and no
+value read from Redis is ever evaluated."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from blackboard.errors import ValidationFailed
+
+__all__ = ["approx_tokens", "dumps", "loads"]
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON. NaN and infinities are refused: they are not JSON."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(
+            f"value is not JSON-serialisable: {exc}. Send plain JSON values "
+            "(objects, arrays, strings, finite numbers, booleans, null).",
+            rule="json",
+            expected="a JSON value",
+        ) from exc
+
+
+def loads(text: str) -> Any:
+    return json.loads(text)
+
+
+def approx_tokens(nbytes: int) -> int:
+    """Token estimate of a JSON text of ``nbytes`` bytes: about four bytes per token.
+
+    The commit script keeps the same estimate incrementally (ceil(bytes / 4) per key), so
+    sizes never need a re-read of the board. Good enough for thresholds; not for billing.
+    """
+    return (nbytes + 3) // 4

@@ -1,0 +1,145 @@
+"""Every error the framework raises, in one tree.
+
+::
+
+    BlackboardError
+    ├── ConfigError            misuse: a bad declaration, setting or argument
+    ├── BoardNotFound          no board with that id (the message suggests close ids)
+    ├── BoardExists            create() on an id that is taken
+    ├── ProposalRejected       a proposed write was refused; the board is unchanged
+    │   ├── ValidationFailed   malformed patch, unknown key, bad value, too large
+    │   ├── OwnershipError     the author does not own a key it touches
+    │   └── ConflictError      a key written or read changed after the base version
+    ├── LoopDetected           a handoff cycle tripped the circuit breaker
+    ├── BudgetExceeded         an activation, token, cost or time budget is spent
+    └── StoreUnavailable       Redis could not be reached (wraps the redis error)
+
+Every message says what happened and what to do about it. A rejection never changes
+state: the commit script either applies a whole proposal or nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+__all__ = [
+    "BlackboardError",
+    "BoardExists",
+    "BoardNotFound",
+    "BudgetExceeded",
+    "ConfigError",
+    "ConflictError",
+    "LoopDetected",
+    "OwnershipError",
+    "ProposalRejected",
+    "StoreUnavailable",
+    "ValidationFailed",
+]
+
+
+class BlackboardError(Exception):
+    """Root of every error raised by this package."""
+
+
+class ConfigError(BlackboardError):
+    """The caller misused the library: a bad declaration, setting or argument."""
+
+
+class BoardNotFound(BlackboardError):
+    """No board has the given id."""
+
+    def __init__(self, board_id: str, suggestions: Sequence[str] = ()) -> None:
+        self.board_id = board_id
+        self.suggestions = list(suggestions)
+        hint = f" Did you mean {', '.join(map(repr, self.suggestions))}?" if suggestions else ""
+        super().__init__(
+            f"board {board_id!r} does not exist.{hint} "
+            "List boards with `blackboard boards` or create it first."
+        )
+
+
+class BoardExists(BlackboardError):
+    """create() was called with an id that is already in use."""
+
+    def __init__(self, board_id: str) -> None:
+        self.board_id = board_id
+        super().__init__(
+            f"board {board_id!r} already exists; pick another id, or delete it first "
+            "if you really mean to start over."
+        )
+
+
+class ProposalRejected(BlackboardError):
+    """A proposed write was refused. The board is unchanged.
+
+    Attributes:
+        reason: a short machine-readable reason (``schema``, ``ownership``, ``conflict``…)
+            used for rejection statistics.
+    """
+
+    reason = "rejected"
+
+
+class ValidationFailed(ProposalRejected):
+    """The proposal is malformed, or a value fails its key's type or a limit.
+
+    Attributes:
+        key: the board key at fault, if one is.
+        rule: which rule failed (``json_patch``, ``unknown_key``, ``type``,
+            ``max_value_bytes``…).
+        expected: what would have been accepted, in words.
+    """
+
+    reason = "validation"
+
+    def __init__(
+        self, message: str, *, key: str | None = None, rule: str, expected: str = ""
+    ) -> None:
+        self.key = key
+        self.rule = rule
+        self.expected = expected
+        super().__init__(message)
+
+
+class OwnershipError(ProposalRejected):
+    """The author touched a key it does not own, or is not a declared author at all."""
+
+    reason = "ownership"
+
+    def __init__(self, message: str, *, author: str, key: str | None = None) -> None:
+        self.author = author
+        self.key = key
+        super().__init__(message)
+
+
+class ConflictError(ProposalRejected):
+    """A key the proposal writes or reads changed after its base version.
+
+    Attributes:
+        base: the base version the proposal was computed from.
+        changed: key -> version at which it last changed (all newer than ``base``).
+    """
+
+    reason = "conflict"
+
+    def __init__(self, board_id: str, base: int, changed: Mapping[str, int]) -> None:
+        self.board_id = board_id
+        self.base = base
+        self.changed = dict(changed)
+        detail = ", ".join(f"{k!r} at v{v}" for k, v in sorted(self.changed.items()))
+        super().__init__(
+            f"board {board_id!r} changed after base version {base}: {detail}. "
+            "Re-read the board and recompute the proposal from the new version."
+        )
+
+
+class LoopDetected(BlackboardError):
+    """The same handoff repeated with no change to the board; the board is escalated."""
+
+
+class BudgetExceeded(BlackboardError):
+    """An activation, token, cost or time budget of a board is spent."""
+
+
+class StoreUnavailable(BlackboardError):
+    """Redis could not be reached or answered with an error; see ``__cause__``."""

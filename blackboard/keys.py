@@ -1,0 +1,116 @@
+"""Every Redis key name this package uses, in one place.
+
+All keys of one board carry the hash tag ``{<board-id>}``, so a board lives in one
+Redis Cluster slot and its commit script is cluster-legal. Global keys (the board
+indexes) carry no board tag and are never touched by a board's scripts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from blackboard.errors import ConfigError
+
+__all__ = ["BOARD_ID_PATTERN", "BoardKeys", "GlobalKeys", "check_board_id"]
+
+BOARD_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+def check_board_id(board_id: str) -> str:
+    """Board ids become part of key names and hash tags: keep them plain."""
+    if not isinstance(board_id, str) or not BOARD_ID_PATTERN.match(board_id):
+        raise ConfigError(
+            f"invalid board id {board_id!r}: use 1-128 characters from letters, digits "
+            "and _ . : - (starting with a letter or digit)."
+        )
+    return board_id
+
+
+@dataclass(frozen=True)
+class BoardKeys:
+    """The keys of one board."""
+
+    prefix: str
+    board_id: str
+
+    def _k(self, suffix: str) -> str:
+        return f"{self.prefix}:{{{self.board_id}}}:{suffix}"
+
+    @property
+    def meta(self) -> str:
+        """Hash: version, status, compliant, decl, bytes, tokens, created, updated, …"""
+        return self._k("meta")
+
+    @property
+    def state(self) -> str:
+        """Hash: board key -> JSON value (only keys that are set)."""
+        return self._k("state")
+
+    @property
+    def kver(self) -> str:
+        """Hash: board key -> version of its last change (absent = 0)."""
+        return self._k("kver")
+
+    @property
+    def log(self) -> str:
+        """Stream: one entry per commit, entry id ``<version>-0``."""
+        return self._k("log")
+
+    @property
+    def proposals(self) -> str:
+        """Hash: proposal id -> version it committed as (idempotency)."""
+        return self._k("proposals")
+
+    @property
+    def snapshots(self) -> str:
+        """Hash: version -> JSON object of the whole board at that version."""
+        return self._k("snaps")
+
+    @property
+    def snapshot_index(self) -> str:
+        """Sorted set of snapshot versions (score = version)."""
+        return self._k("snapidx")
+
+    @property
+    def declaration(self) -> str:
+        """String: the board's declaration as JSON (JSON Schema + ownership)."""
+        return self._k("decl")
+
+    @property
+    def events(self) -> str:
+        """Pub/sub channel announcing each commit."""
+        return self._k("events")
+
+    def all(self) -> list[str]:
+        """Every stored key of the board (for delete)."""
+        return [
+            self.meta,
+            self.state,
+            self.kver,
+            self.log,
+            self.proposals,
+            self.snapshots,
+            self.snapshot_index,
+            self.declaration,
+        ]
+
+
+@dataclass(frozen=True)
+class GlobalKeys:
+    """Keys shared by all boards of one prefix."""
+
+    prefix: str
+
+    @property
+    def boards(self) -> str:
+        """Sorted set of live board ids, score = creation time in ms."""
+        return f"{self.prefix}:boards"
+
+    @property
+    def archived(self) -> str:
+        """Sorted set of archived board ids, score = archive time in ms."""
+        return f"{self.prefix}:archived"
+
+    def board(self, board_id: str) -> BoardKeys:
+        return BoardKeys(self.prefix, check_board_id(board_id))

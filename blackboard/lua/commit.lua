@@ -1,0 +1,162 @@
+--[[ commit.lua: apply one validated proposal to one board, atomically.
+
+All KEYS share the board's hash tag {<board-id>}: one cluster slot.
+KEYS[1] meta       hash   version, status, decl, bytes, tokens, since_snap, updated, ...
+KEYS[2] state      hash   key -> JSON value (unset keys absent)
+KEYS[3] kver       hash   key -> version of its last change (absent = 0)
+KEYS[4] log        stream one entry per commit, id <version>-0
+KEYS[5] proposals  hash   proposal id -> version (idempotency, checked here and not
+                          around the call: a client retry may send the script twice)
+KEYS[6] snaps      hash   version -> JSON object of the whole board
+KEYS[7] snapidx    zset   snapshot versions
+
+ARGV[1]  declaration digest the caller validated against
+ARGV[2]  base version
+ARGV[3]  proposal id ('' = not idempotent)
+ARGV[4]  snapshot floor (bytes)
+ARGV[5]  events channel
+ARGV[6]  W: number of written keys
+ARGV[7]  R: number of read-set keys
+ARGV[8]  author (log)          ARGV[9]  author as JSON string (event)
+ARGV[10] kind                  ARGV[11] forward patch (JSON)
+ARGV[12] undo patch (JSON), or '' to build it here from the old values (blind patches)
+ARGV[13] activation id         ARGV[14] trace id
+ARGV[15] reason                ARGV[16] outcome
+ARGV[17] board id (event)
+ARGV[18..] W triples: key, action ('set' | 'replace' | 'remove'), value JSON ('' if remove)
+then R keys of the read set.
+
+Returns one of
+  {'ok', version, snapshot_taken, changed_key...}
+  {'dup', version}                     proposal id already committed
+  {'conflict', key, kver, ...}         written/read keys changed after base
+  {'missing', key, action}             replace/remove of an unset key
+  {'notfound'} {'archived'} {'decl', stored_digest} {'ahead', version}
+Nothing is written unless the answer is 'ok'.
+]]
+local meta, state, kver, log, proposals, snaps, snapidx =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+
+local m = redis.call('HMGET', meta, 'version', 'status', 'decl', 'bytes', 'tokens', 'since_snap')
+if not m[1] then return {'notfound'} end
+if m[2] == 'archived' then return {'archived'} end
+if m[3] ~= ARGV[1] then return {'decl', m[3]} end
+
+local pid = ARGV[3]
+if pid ~= '' then
+  local prev = redis.call('HGET', proposals, pid)
+  if prev then return {'dup', tonumber(prev)} end
+end
+
+local version = tonumber(m[1])
+local base = tonumber(ARGV[2])
+if base > version then return {'ahead', version} end
+
+local W, R = tonumber(ARGV[6]), tonumber(ARGV[7])
+local FIRST = 18
+local READS = FIRST + 3 * W
+
+-- Serializable: no key written or read may have changed after the base version.
+local conflicts = {'conflict'}
+local function check(k)
+  local kv = tonumber(redis.call('HGET', kver, k) or '0')
+  if kv > base then
+    conflicts[#conflicts + 1] = k
+    conflicts[#conflicts + 1] = kv
+  end
+end
+for i = 0, W - 1 do check(ARGV[FIRST + 3 * i]) end
+for i = 0, R - 1 do check(ARGV[READS + i]) end
+if #conflicts > 1 then return conflicts end
+
+-- Every precondition before the first write, so a refusal changes nothing.
+for i = 0, W - 1 do
+  local k, action = ARGV[FIRST + 3 * i], ARGV[FIRST + 3 * i + 1]
+  if action ~= 'set' and redis.call('HEXISTS', state, k) == 0 then
+    return {'missing', k, action}
+  end
+end
+
+local function tokens(n) return math.floor((n + 3) / 4) end
+
+local new = version + 1
+local build_undo = ARGV[12] == ''
+local undo = {}
+local changed = {}
+local dbytes, dtokens = 0, 0
+for i = 0, W - 1 do
+  local k, action, value = ARGV[FIRST + 3 * i], ARGV[FIRST + 3 * i + 1], ARGV[FIRST + 3 * i + 2]
+  local old = false
+  local oldlen
+  if build_undo then
+    old = redis.call('HGET', state, k)
+    oldlen = old and #old or 0
+  else
+    oldlen = redis.call('HSTRLEN', state, k)
+  end
+  local newlen = 0
+  local did = true
+  if action == 'remove' then
+    redis.call('HDEL', state, k)
+  elseif old and old == value then
+    did = false          -- same content: not a change, no new key version
+    newlen = oldlen
+  else
+    redis.call('HSET', state, k, value)
+    newlen = #value
+  end
+  if did then
+    redis.call('HSET', kver, k, new)
+    dbytes = dbytes + newlen - oldlen
+    dtokens = dtokens + tokens(newlen) - tokens(oldlen)
+    changed[#changed + 1] = k
+    if build_undo then
+      if old then
+        undo[#undo + 1] = '{"op":"add","path":"/' .. k .. '","value":' .. old .. '}'
+      else
+        undo[#undo + 1] = '{"op":"remove","path":"/' .. k .. '"}'
+      end
+    end
+  end
+end
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local undo_json = ARGV[12]
+if build_undo then undo_json = '[' .. table.concat(undo, ',') .. ']' end
+local keys_csv = table.concat(changed, ',')
+
+redis.call('XADD', log, new .. '-0',
+  'author', ARGV[8], 'kind', ARGV[10], 'keys', keys_csv, 'patch', ARGV[11],
+  'undo', undo_json, 'proposal', pid, 'activation', ARGV[13], 'trace', ARGV[14],
+  'ts', now, 'reason', ARGV[15], 'outcome', ARGV[16])
+if pid ~= '' then redis.call('HSET', proposals, pid, new) end
+
+-- Snapshot when the history written since the last one outweighs the board: storage
+-- then grows with the size of the changes, and any version is one snapshot plus at
+-- most a board's worth of patches away.
+local size = tonumber(m[4]) + dbytes
+local since = tonumber(m[6] or '0') + #ARGV[11] + #undo_json
+local snap = 0
+if since >= math.max(size, tonumber(ARGV[4])) then
+  local flat = redis.call('HGETALL', state)
+  local parts = {}
+  for i = 1, #flat, 2 do parts[#parts + 1] = '"' .. flat[i] .. '":' .. flat[i + 1] end
+  redis.call('HSET', snaps, new, '{' .. table.concat(parts, ',') .. '}')
+  redis.call('ZADD', snapidx, new, new)
+  since = 0
+  snap = 1
+end
+
+redis.call('HSET', meta, 'version', new, 'since_snap', since, 'updated', now,
+  'bytes', size, 'tokens', tonumber(m[5]) + dtokens)
+
+local quoted = {}
+for i = 1, #changed do quoted[i] = '"' .. changed[i] .. '"' end
+redis.call('PUBLISH', ARGV[5], '{"board":"' .. ARGV[17] .. '","version":' .. new ..
+  ',"kind":"' .. ARGV[10] .. '","author":' .. ARGV[9] ..
+  ',"keys":[' .. table.concat(quoted, ',') .. ']}')
+
+local reply = {'ok', new, snap}
+for i = 1, #changed do reply[#reply + 1] = changed[i] end
+return reply

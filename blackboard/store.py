@@ -1,0 +1,569 @@
+"""The board store: create, read, commit, roll back, archive boards in Redis.
+
+Every change goes through one atomic server-side script (``lua/commit.lua``): it
+re-checks per-key versions of the keys written and read (serializable commits: no lost
+update, no write skew), writes only the changed keys, bumps the version, appends the log
+entry, records the proposal id, keeps size accounting and snapshots, and publishes an
+event. The store validates before it: patch shape, declared keys, ownership, types and
+size limits. A rejected proposal changes nothing.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import jsonpatch
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from blackboard import codec, history
+from blackboard import patch as patches
+from blackboard.config import Settings
+from blackboard.connection import connect
+from blackboard.errors import (
+    BoardExists,
+    BoardNotFound,
+    ConfigError,
+    ConflictError,
+    OwnershipError,
+    ProposalRejected,
+    StoreUnavailable,
+    ValidationFailed,
+)
+from blackboard.keys import BoardKeys, GlobalKeys, check_board_id
+from blackboard.records import (
+    BoardInfo,
+    BoardSize,
+    BoardState,
+    CommitKind,
+    CommitResult,
+    LogEntry,
+    Proposal,
+)
+from blackboard.schema import BoardSchema
+
+__all__ = ["BoardStore"]
+
+log = logging.getLogger(__name__)
+
+
+def _lua(name: str) -> str:
+    return resources.files("blackboard").joinpath("lua", name).read_text()
+
+
+@asynccontextmanager
+async def _redis_errors(what: str) -> AsyncIterator[None]:
+    """Redis failures surface as StoreUnavailable, the redis error kept as the cause."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(
+            f"Redis unreachable while trying to {what}: {exc}. Check that the server is up "
+            "and BLACKBOARD_REDIS_URL points at it."
+        ) from exc
+    except redis_errors.RedisError as exc:
+        raise StoreUnavailable(f"Redis refused to {what}: {exc}.") from exc
+
+
+class BoardStore:
+    """All boards of one deployment (one Redis and key prefix).
+
+    Args:
+        redis: an asyncio client created with ``decode_responses=True``.
+        settings: limits and snapshot policy; default from the environment.
+    """
+
+    def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
+        if not redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ConfigError("the Redis client must be created with decode_responses=True; "
+                              "or let BoardStore.from_url() create it.")
+        self.redis = redis
+        self.settings = settings or Settings.from_env()
+        self._global = GlobalKeys(self.settings.key_prefix)
+        self._schemas: dict[str, BoardSchema] = {}
+        self._board_digest: dict[str, str] = {}
+        self._commit_script = redis.register_script(_lua("commit.lua"))
+        self._create_script = redis.register_script(_lua("create.lua"))
+
+    @classmethod
+    def from_url(cls, url: str | None = None, settings: Settings | None = None) -> BoardStore:
+        """A store on ``url`` (``redis://``, ``unix://``), else ``BLACKBOARD_REDIS_URL``,
+        else the embedded in-process Redis."""
+        settings = settings or Settings.from_env(redis_url=url)
+        return cls(connect(settings.redis_url if url is None else url), settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> BoardStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def keys(self, board_id: str) -> BoardKeys:
+        return self._global.board(board_id)
+
+    # -- declarations ---------------------------------------------------------------
+
+    def register(self, schema: BoardSchema) -> None:
+        """Make a schema available to validate commits on boards declared with it."""
+        if schema.model is None:
+            raise ConfigError(f"schema {schema.name} has no Python model; build it with "
+                              "BoardSchema.from_model to validate writes.")
+        self._schemas[schema.digest] = schema
+
+    async def declaration(self, board_id: str) -> BoardSchema:
+        """The board's declaration as stored in Redis (describes; cannot validate)."""
+        async with _redis_errors(f"read the declaration of board {board_id!r}"):
+            text = await self.redis.get(self.keys(board_id).declaration)
+        if text is None:
+            raise await self._not_found(board_id)
+        return BoardSchema.from_json(text)
+
+    async def _schema_for(self, board_id: str) -> BoardSchema:
+        digest = self._board_digest.get(board_id)
+        if digest is None:
+            async with _redis_errors(f"read board {board_id!r}"):
+                digest = await self.redis.hget(self.keys(board_id).meta, "decl")
+            if digest is None:
+                raise await self._not_found(board_id)
+            self._board_digest[board_id] = digest
+        schema = self._schemas.get(digest)
+        if schema is None:
+            stored = await self.declaration(board_id)
+            raise ConfigError(
+                f"board {board_id!r} is declared with schema {stored.name!r} (digest "
+                f"{digest}), which this process has not registered; register the same "
+                "board model (store.register(BoardSchema.from_model(Model))). A different "
+                "digest means this process runs a different version of the model."
+            )
+        return schema
+
+    # -- boards ---------------------------------------------------------------------
+
+    async def create(
+        self, board_id: str, schema: BoardSchema, initial: Mapping[str, Any] | None = None
+    ) -> BoardInfo:
+        """Create a board at version 0 from the keys' defaults, overridden by ``initial``.
+
+        Raises:
+            BoardExists: the id is taken.
+            ValidationFailed: an initial value fails its key's type or size limit.
+        """
+        check_board_id(board_id)
+        self.register(schema)
+        state = schema.initial_state()
+        for key, value in (initial or {}).items():
+            state[key] = self._checked_value(schema, key, value)
+        keys = self.keys(board_id)
+        flat: list[str] = []
+        for k, v in state.items():
+            flat += [k, v]
+        snapshot = "{" + ",".join(f'"{k}":{v}' for k, v in state.items()) + "}"
+        async with _redis_errors(f"create board {board_id!r}"):
+            # Index first: a crash between the two leaves an index entry without a board,
+            # which listing skips, never a board that listing cannot find.
+            await self.redis.zadd(self._global.boards, {board_id: time.time() * 1000}, nx=True)
+            created = await self._create_script(
+                keys=[keys.meta, keys.state, keys.snapshots, keys.snapshot_index,
+                      keys.declaration],
+                args=[schema.digest, schema.to_json(), snapshot, len(state), *flat],
+            )
+        if not created:
+            raise BoardExists(board_id)
+        self._board_digest[board_id] = schema.digest
+        log.info("board created", extra={"board": board_id, "schema": schema.name})
+        return await self.info(board_id)
+
+    async def info(self, board_id: str) -> BoardInfo:
+        infos = await self._infos([board_id])
+        if not infos:
+            raise await self._not_found(board_id)
+        return infos[0]
+
+    async def boards(
+        self, *, archived: bool = False, offset: int = 0, limit: int = 1000
+    ) -> list[BoardInfo]:
+        """Boards in creation order, from the board index (no key scans)."""
+        index = self._global.archived if archived else self._global.boards
+        async with _redis_errors("list boards"):
+            ids = await self.redis.zrange(index, offset, offset + limit - 1)
+        return await self._infos(ids)
+
+    async def _infos(self, board_ids: Iterable[str]) -> list[BoardInfo]:
+        ids = list(board_ids)
+        fields = ("version", "status", "compliant", "decl", "bytes", "tokens",
+                  "created", "updated")
+        async with _redis_errors("read board metadata"):
+            pipe = self.redis.pipeline(transaction=False)
+            for board_id in ids:
+                keys = self.keys(board_id)
+                pipe.hmget(keys.meta, fields)
+                pipe.get(keys.declaration)
+            replies = await pipe.execute()
+        result = []
+        for i, board_id in enumerate(ids):
+            meta, decl = replies[2 * i], replies[2 * i + 1]
+            if meta[0] is None or decl is None:
+                continue  # index entry of a board whose creation did not finish
+            m = dict(zip(fields, meta))
+            result.append(BoardInfo(
+                board_id=board_id, schema_name=codec.loads(decl)["name"], digest=m["decl"],
+                status=m["status"], version=int(m["version"]), compliant=int(m["compliant"]),
+                bytes=int(m["bytes"]), tokens=int(m["tokens"]),
+                created_ms=int(m["created"]), updated_ms=int(m["updated"]),
+            ))
+        return result
+
+    async def archive(self, board_id: str) -> None:
+        """Freeze a board: readable (content, history), refuses commits, listed apart."""
+        await self.info(board_id)
+        async with _redis_errors(f"archive board {board_id!r}"):
+            await self.redis.hset(self.keys(board_id).meta, "status", "archived")
+            await self.redis.zadd(self._global.archived, {board_id: time.time() * 1000})
+            await self.redis.zrem(self._global.boards, board_id)
+
+    async def delete(self, board_id: str) -> None:
+        """Remove a board and its whole history. Irreversible; prefer :meth:`archive`."""
+        await self.info(board_id)
+        async with _redis_errors(f"delete board {board_id!r}"):
+            await self.redis.unlink(*self.keys(board_id).all())
+            await self.redis.zrem(self._global.boards, board_id)
+            await self.redis.zrem(self._global.archived, board_id)
+        self._board_digest.pop(board_id, None)
+
+    async def _not_found(self, board_id: str) -> BoardNotFound:
+        try:
+            known = await self.redis.zrange(self._global.boards, 0, 9999)
+        except redis_errors.RedisError:
+            known = []
+        return BoardNotFound(board_id, difflib.get_close_matches(board_id, known, n=3))
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def version(self, board_id: str) -> int:
+        async with _redis_errors(f"read board {board_id!r}"):
+            raw = await self.redis.hget(self.keys(board_id).meta, "version")
+        if raw is None:
+            raise await self._not_found(board_id)
+        return int(raw)
+
+    async def read(self, board_id: str, *, at: int | None = None) -> BoardState:
+        """The whole board, now or at version ``at``."""
+        keys = self.keys(board_id)
+        async with _redis_errors(f"read board {board_id!r}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(keys.meta, "version")
+            pipe.hgetall(keys.state)
+            version, raw = await pipe.execute()
+            if version is None:
+                raise await self._not_found(board_id)
+            version = int(version)
+            if at is None or at == version:
+                data = {k: codec.loads(v) for k, v in raw.items()}
+                return BoardState(board_id=board_id, version=version, data=data)
+            self._check_version(board_id, at, version)
+            data = await history.state_at(self.redis, keys, at)
+        return BoardState(board_id=board_id, version=at, data=data)
+
+    async def read_key(self, board_id: str, key: str, *, at: int | None = None) -> Any:
+        """One key's value (``None`` if unset), without loading the rest of the board."""
+        if at is not None:
+            return (await self.read(board_id, at=at)).data.get(key)
+        keys = self.keys(board_id)
+        async with _redis_errors(f"read board {board_id!r}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.exists(keys.meta)
+            pipe.hget(keys.state, key)
+            exists, raw = await pipe.execute()
+        if not exists:
+            raise await self._not_found(board_id)
+        return None if raw is None else codec.loads(raw)
+
+    async def sizes(self, board_id: str) -> BoardSize:
+        """Bytes and approximate tokens per board and per key, from the commit's
+        incremental accounting (HSTRLEN per key: values are not loaded)."""
+        schema = await self.declaration(board_id)
+        keys = self.keys(board_id)
+        names = list(schema.keys)
+        async with _redis_errors(f"read sizes of board {board_id!r}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hmget(keys.meta, "version", "bytes", "tokens")
+            for name in names:
+                pipe.hstrlen(keys.state, name)
+            replies = await pipe.execute()
+        (version, nbytes, ntokens), lengths = replies[0], replies[1:]
+        per_key = {n: (ln, codec.approx_tokens(ln)) for n, ln in zip(names, lengths) if ln}
+        return BoardSize(board_id=board_id, version=int(version), bytes=int(nbytes),
+                         tokens=int(ntokens), keys=per_key)
+
+    async def history(
+        self, board_id: str, *, start: int = 1, end: int | None = None, limit: int | None = None
+    ) -> list[LogEntry]:
+        """Log entries with ``start <= version <= end``, oldest first."""
+        keys = self.keys(board_id)
+        await self.version(board_id)
+        hi = "+" if end is None else f"{end}-0"
+        async with _redis_errors(f"read the history of board {board_id!r}"):
+            rows = await self.redis.xrange(keys.log, f"{max(start, 1)}-0", hi, count=limit)
+        return [history.entry_from_stream(i, f) for i, f in rows]
+
+    async def diff(self, board_id: str, v1: int, v2: int) -> list[dict[str, Any]]:
+        """RFC 6902 patch taking the board at ``v1`` to the board at ``v2``."""
+        a = await self.read(board_id, at=v1)
+        b = await self.read(board_id, at=v2)
+        ops: list[dict[str, Any]] = jsonpatch.make_patch(a.data, b.data).patch
+        return ops
+
+    @staticmethod
+    def _check_version(board_id: str, at: int, current: int) -> None:
+        if not 0 <= at <= current:
+            raise ValidationFailed(
+                f"board {board_id!r} has versions 0..{current}; version {at} does not exist.",
+                rule="version", expected=f"0 <= version <= {current}",
+            )
+
+    # -- writes ---------------------------------------------------------------------
+
+    def _checked_value(self, schema: BoardSchema, key: str, value: Any) -> str:
+        text = codec.dumps(value)
+        limit = self.settings.max_value_bytes
+        if len(text.encode()) > limit:
+            raise ValidationFailed(
+                f"value of key {key!r} is {len(text.encode())} bytes, over the "
+                f"{limit}-byte limit (max_value_bytes). Store less (summarise, or keep a "
+                "reference to the data instead of the data).",
+                key=key, rule="max_value_bytes", expected=f"<= {limit} bytes",
+            )
+        schema.validate_json(key, text)
+        return text
+
+    def _check_author(self, schema: BoardSchema, author: str, keys: Iterable[str]) -> None:
+        owned = schema.owners()
+        if author not in owned:
+            raise OwnershipError(
+                f"author {author!r} owns no key of board schema {schema.name}; known "
+                f"authors are {', '.join(sorted(owned))}. Propose as the agent that owns "
+                "the key.", author=author,
+            )
+        for key in keys:
+            if schema.owner(key) != author:
+                raise OwnershipError(
+                    f"author {author!r} may not write key {key!r}: it is owned by "
+                    f"{schema.owner(key)!r}. Write only your own keys, or hand off to "
+                    "its owner.", author=author, key=key,
+                )
+
+    async def commit(
+        self,
+        board_id: str,
+        proposal: Proposal,
+        *,
+        kind: CommitKind = "write",
+        outcome: str = "",
+    ) -> CommitResult:
+        """Validate and commit one proposal atomically.
+
+        ``kind="write"`` requires the author to own every key written. Other kinds are
+        the supervisor's own commits (rollback, summary, approval, system), authorised
+        by it; the author is recorded as given.
+
+        Raises:
+            BoardNotFound, ValidationFailed, OwnershipError, ConflictError,
+            ProposalRejected (archived board), StoreUnavailable.
+        """
+        schema = await self._schema_for(board_id)
+        patch_text = codec.dumps(proposal.patch)
+        if len(patch_text.encode()) > self.settings.max_patch_bytes:
+            raise ValidationFailed(
+                f"patch is {len(patch_text.encode())} bytes, over the "
+                f"{self.settings.max_patch_bytes}-byte limit (max_patch_bytes). Split it "
+                "or store less.", rule="max_patch_bytes",
+                expected=f"<= {self.settings.max_patch_bytes} bytes",
+            )
+        plan = patches.plan(proposal.patch, schema)
+        if kind == "write":
+            self._check_author(schema, proposal.author, plan.writes)
+        reads = [schema.check_key(k).name for k in proposal.reads]
+        if plan.blind:
+            writes = []
+            for op in plan.ops:
+                key = op["path"][1:]
+                if op["op"] == "remove":
+                    writes.append((key, "remove", ""))
+                else:
+                    action = "set" if op["op"] == "add" else "replace"
+                    writes.append((key, action, self._checked_value(schema, key, op["value"])))
+            undo = ""
+        else:
+            writes, unchanged, undo = await self._apply(board_id, schema, proposal, plan)
+            reads += unchanged
+        return await self._run_commit(
+            board_id, schema, proposal, kind, outcome, patch_text, writes,
+            [*dict.fromkeys(k for k in [*reads, *plan.reads] if k not in plan.writes)], undo,
+        )
+
+    async def _apply(
+        self, board_id: str, schema: BoardSchema, proposal: Proposal, plan: patches.PatchPlan
+    ) -> tuple[list[tuple[str, str, str]], list[str], str]:
+        """Apply a non-blind patch to the current values of the keys it touches."""
+        keys = self.keys(board_id)
+        touched = [*plan.writes, *plan.reads]
+        async with _redis_errors(f"read board {board_id!r}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(keys.meta, "version")
+            pipe.hmget(keys.state, touched)
+            pipe.hmget(keys.kver, touched)
+            version, values, kvers = await pipe.execute()
+        if version is None:
+            raise await self._not_found(board_id)
+        if proposal.base > int(version):
+            self._check_version(board_id, proposal.base, int(version))
+        changed = {k: int(v) for k, v in zip(touched, kvers) if v and int(v) > proposal.base}
+        if changed:
+            raise ConflictError(board_id, proposal.base, changed)
+        before = {k: codec.loads(v) for k, v in zip(touched, values) if v is not None}
+        after = patches.apply_to(plan.ops, before)
+        writes: list[tuple[str, str, str]] = []
+        unchanged: list[str] = []
+        old_texts = dict(zip(touched, values))
+        for key in plan.writes:
+            if key not in after:
+                writes.append((key, "remove", ""))
+                continue
+            text = self._checked_value(schema, key, after[key])
+            if text == old_texts[key]:
+                unchanged.append(key)
+            else:
+                writes.append((key, "set", text))
+        changed_keys = [k for k, _, _ in writes]
+        undo = patches.inverse(
+            {k: before[k] for k in changed_keys if k in before},
+            {k: after[k] for k in changed_keys if k in after},
+        )
+        return writes, unchanged, codec.dumps(undo)
+
+    async def _run_commit(
+        self,
+        board_id: str,
+        schema: BoardSchema,
+        proposal: Proposal,
+        kind: CommitKind,
+        outcome: str,
+        patch_text: str,
+        writes: list[tuple[str, str, str]],
+        reads: list[str],
+        undo: str,
+    ) -> CommitResult:
+        keys = self.keys(board_id)
+        args: list[Any] = [
+            schema.digest, proposal.base, proposal.proposal_id,
+            self.settings.snapshot_min_bytes, keys.events, len(writes), len(reads),
+            proposal.author, codec.dumps(proposal.author), kind, patch_text, undo,
+            proposal.activation_id, proposal.trace_id, proposal.reason, outcome, board_id,
+        ]
+        for write in writes:
+            args.extend(write)
+        args.extend(reads)
+        async with _redis_errors(f"commit to board {board_id!r}"):
+            reply = await self._commit_script(
+                keys=[keys.meta, keys.state, keys.kver, keys.log, keys.proposals,
+                      keys.snapshots, keys.snapshot_index],
+                args=args,
+            )
+            if reply[0] == "ok" and self.settings.wait_replicas:
+                await self.redis.execute_command(
+                    "WAIT", self.settings.wait_replicas, self.settings.wait_timeout_ms)
+        return await self._answer(board_id, proposal, reply)
+
+    async def _answer(self, board_id: str, proposal: Proposal, reply: list[Any]) -> CommitResult:
+        status = reply[0]
+        if status == "ok":
+            log.debug("commit", extra={"board": board_id, "version": reply[1],
+                                       "author": proposal.author, "trace": proposal.trace_id})
+            return CommitResult(board_id=board_id, version=int(reply[1]),
+                                snapshot=bool(reply[2]), keys=list(reply[3:]))
+        if status == "dup":
+            return CommitResult(board_id=board_id, version=int(reply[1]), duplicate=True)
+        if status == "conflict":
+            changed = {reply[i]: int(reply[i + 1]) for i in range(1, len(reply), 2)}
+            raise ConflictError(board_id, proposal.base, changed)
+        if status == "missing":
+            raise ValidationFailed(
+                f"cannot {reply[2]} key {reply[1]!r}: it is not set on board {board_id!r}. "
+                "Use 'add' to set a key that may be unset.",
+                key=reply[1], rule="json_patch", expected="add for an unset key",
+            )
+        if status == "ahead":
+            self._check_version(board_id, proposal.base, int(reply[1]))
+        if status == "archived":
+            raise ProposalRejected(f"board {board_id!r} is archived and accepts no commits; "
+                                   "create a new board to continue the case.")
+        if status == "decl":
+            self._board_digest.pop(board_id, None)
+            raise ConfigError(f"board {board_id!r} was re-declared (digest {reply[1]}) "
+                              "since this process read it; reload the board's schema.")
+        self._board_digest.pop(board_id, None)
+        raise await self._not_found(board_id)
+
+    async def rollback(
+        self,
+        board_id: str,
+        *,
+        to: int,
+        author: str,
+        reason: str = "",
+        trace_id: str = "",
+        proposal_id: str | None = None,
+    ) -> CommitResult:
+        """Restore the content of version ``to`` as a new ``rollback`` commit. History
+        is never rewritten; the log records who rolled back, why, and from where.
+
+        A concurrent commit landing meanwhile makes it recompute on fresh state (bounded
+        by ``settings.conflict_retries``), never overwrite blindly.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(ConflictError),
+            stop=stop_after_attempt(self.settings.conflict_retries + 1),
+            reraise=True,
+        )
+        extra = {} if proposal_id is None else {"proposal_id": proposal_id}
+        async for attempt in retrying:
+            with attempt:
+                current = await self.read(board_id)
+                self._check_version(board_id, to, current.version)
+                target = await self.read(board_id, at=to)
+                ops: list[dict[str, Any]] = []
+                for key in sorted(set(current.data) | set(target.data)):
+                    if key not in target.data:
+                        ops.append({"op": "remove", "path": f"/{key}"})
+                    elif key not in current.data or codec.dumps(
+                            current.data[key]) != codec.dumps(target.data[key]):
+                        ops.append({"op": "add", "path": f"/{key}", "value": target.data[key]})
+                why = reason or f"rollback to version {to}"
+                if not ops:  # already identical: still recorded, as a no-op rollback
+                    return await self._record_noop(board_id, current.version, author, why,
+                                                   trace_id, extra)
+                proposal = Proposal(author=author, base=current.version, patch=ops,
+                                    reason=why, trace_id=trace_id, **extra)
+                return await self.commit(board_id, proposal, kind="rollback",
+                                         outcome=f"restored:{to}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _record_noop(
+        self, board_id: str, base: int, author: str, reason: str, trace_id: str,
+        extra: dict[str, str],
+    ) -> CommitResult:
+        schema = await self._schema_for(board_id)
+        proposal = Proposal(author=author, base=base, patch=[], reason=reason,
+                            trace_id=trace_id, **extra)
+        return await self._run_commit(board_id, schema, proposal, "rollback", "no-op", "[]",
+                                      [], [], "[]")
