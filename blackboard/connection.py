@@ -30,4 +30,4 @@ def connect(url: str | None = None, *, max_connections: int = 64) -> Redis:
         url, decode_responses=True, max_connections=max_connections, timeout=20,
         health_check_interval=30,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

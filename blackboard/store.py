@@ -404,7 +404,10 @@ class BoardStore:
                     writes.append((key, action, self._checked_value(schema, key, op["value"])))
             undo = ""
         else:
-            writes, unchanged, undo = await self._apply(board_id, schema, proposal, plan)
+            applied = await self._apply(board_id, schema, proposal, plan)
+            if isinstance(applied, CommitResult):
+                return applied
+            writes, unchanged, undo = applied
             reads += unchanged
         return await self._run_commit(
             board_id, schema, proposal, kind, outcome, patch_text, writes,
@@ -413,8 +416,11 @@ class BoardStore:
 
     async def _apply(
         self, board_id: str, schema: BoardSchema, proposal: Proposal, plan: patches.PatchPlan
-    ) -> tuple[list[tuple[str, str, str]], list[str], str]:
-        """Apply a non-blind patch to the current values of the keys it touches."""
+    ) -> tuple[list[tuple[str, str, str]], list[str], str] | CommitResult:
+        """Apply a non-blind patch to the current values of the keys it touches.
+
+        Returns the writes, or the earlier commit if this proposal id already committed
+        (checked first: a redelivered proposal must not turn into a conflict)."""
         keys = self.keys(board_id)
         touched = [*plan.writes, *plan.reads]
         async with _redis_errors(f"read board {board_id!r}"):
@@ -422,9 +428,12 @@ class BoardStore:
             pipe.hget(keys.meta, "version")
             pipe.hmget(keys.state, touched)
             pipe.hmget(keys.kver, touched)
-            version, values, kvers = await pipe.execute()
+            pipe.hget(keys.proposals, proposal.proposal_id)
+            version, values, kvers, earlier = await pipe.execute()
         if version is None:
             raise await self._not_found(board_id)
+        if earlier is not None:
+            return CommitResult(board_id=board_id, version=int(earlier), duplicate=True)
         if proposal.base > int(version):
             self._check_version(board_id, proposal.base, int(version))
         changed = {k: int(v) for k, v in zip(touched, kvers) if v and int(v) > proposal.base}

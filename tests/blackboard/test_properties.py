@@ -1,0 +1,106 @@
+"""Invariants under random sequences of commits and rollbacks (hypothesis).
+
+For every sequence: replaying the log from version 0 gives the current state, undoing
+it backwards gives every earlier state, and read-at-V equals the state that existed at V.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import jsonpatch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from blackboard import BoardSchema, BoardStore, ConflictError, Proposal, ValidationFailed
+from blackboard.history import replay
+
+_ids = itertools.count()
+
+text = st.text(alphabet="abcxyz é\"\\", max_size=12)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("score"), st.integers(300, 850)),
+        st.tuples(st.just("rating"), st.sampled_from(["low", "medium", "high", None])),
+        st.tuples(st.just("note"), text),
+        st.tuples(st.just("notes"), st.lists(text, max_size=4)),
+        st.tuples(st.just("detail"), st.tuples(st.sampled_from("abc"), st.integers(-5, 5))),
+        st.tuples(st.just("drop_detail"), st.sampled_from("abc")),
+        st.tuples(st.just("remove_amount"), st.none()),
+        st.tuples(st.just("amount"), st.floats(1, 1e6)),
+        st.tuples(st.just("rollback"), st.floats(0, 1)),
+        st.tuples(st.just("stale"), st.integers(300, 850)),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def proposal_for(step: tuple[str, Any], base: int) -> Proposal:
+    kind, arg = step
+    if kind == "score":
+        return Proposal.updates("risk", base, {"credit_score": arg})
+    if kind == "rating":
+        return Proposal.updates("risk", base, {"risk_rating": arg})
+    if kind == "note":
+        return Proposal(author="docs", base=base, patch=[
+            {"op": "add", "path": "/notes/-", "value": arg}])
+    if kind == "notes":
+        return Proposal.updates("docs", base, {"notes": arg})
+    if kind == "detail":
+        return Proposal(author="risk", base=base, patch=[
+            {"op": "add", "path": f"/details/{arg[0]}", "value": arg[1]}])
+    if kind == "drop_detail":
+        return Proposal(author="risk", base=base, patch=[
+            {"op": "remove", "path": f"/details/{arg}"}])
+    if kind == "remove_amount":
+        return Proposal(author="docs", base=base, patch=[{"op": "remove", "path": "/loan_amount"}])
+    assert kind == "amount"
+    return Proposal.updates("docs", base, {"loan_amount": arg})
+
+
+async def run_steps(store: BoardStore, schema: BoardSchema, seq: list[tuple[str, Any]]) -> None:
+    board = f"prop-{next(_ids)}"
+    await store.create(board, schema)
+    states = [(await store.read(board)).data]
+    for step in seq:
+        version = len(states) - 1
+        try:
+            if step[0] == "rollback":
+                await store.rollback(board, to=int(step[1] * version), author="supervisor")
+            elif step[0] == "stale":
+                if version == 0:
+                    continue
+                # A writer that read version 0 of a key changed since must conflict.
+                await store.commit(board, Proposal.updates("risk", 0, {"credit_score": step[1]}))
+            else:
+                await store.commit(board, proposal_for(step, version))
+        except (ConflictError, ValidationFailed):
+            assert (await store.read(board)).data == states[-1]  # a refusal changes nothing
+            continue
+        state = await store.read(board)
+        if state.version == len(states):
+            states.append(state.data)
+        assert state.version == len(states) - 1
+
+    current = await store.read(board)
+    log = await store.history(board)
+    assert [e.version for e in log] == list(range(1, current.version + 1))
+    assert replay(copy.deepcopy(states[0]), [e.patch for e in log]) == current.data
+    backwards = current.data
+    for entry in reversed(log):
+        backwards = jsonpatch.apply_patch(backwards, entry.undo)
+        assert backwards == states[entry.version - 1]
+    for v, expected in enumerate(states):
+        assert (await store.read(board, at=v)).data == expected
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(seq=steps)
+async def test_log_replay_and_time_travel(
+    store: BoardStore, loan_schema: BoardSchema, seq: list[tuple[str, Any]]
+) -> None:
+    await run_steps(store, loan_schema, seq)
