@@ -30,8 +30,6 @@ from blackboard.schema import HUMAN, SUPERVISOR, BoardSchema, Key, KeySpec
 from blackboard.store import BoardStore
 
 __all__ = [
-    "HUMAN",
-    "SUPERVISOR",
     "BlackboardError",
     "BoardExists",
     "BoardInfo",
@@ -44,6 +42,7 @@ __all__ = [
     "CommitResult",
     "ConfigError",
     "ConflictError",
+    "HUMAN",
     "Key",
     "KeySpec",
     "LogEntry",
@@ -51,6 +50,7 @@ __all__ = [
     "OwnershipError",
     "Proposal",
     "ProposalRejected",
+    "SUPERVISOR",
     "Settings",
     "StoreUnavailable",
     "ValidationFailed",

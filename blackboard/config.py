@@ -54,9 +54,7 @@ class Settings(BaseModel):
     """Upper bound of that wait; a commit that times out is committed but reported."""
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then ``BLACKBOARD_*`` variables, then explicit non-``None`` overrides."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -24,10 +24,15 @@ def connect(url: str | None = None, *, max_connections: int = 64) -> Redis:
 
         return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
     if not url.startswith(_SCHEMES):
-        raise ConfigError(f"unsupported Redis URL {url!r}: use redis://host:port/db, "
-                          "rediss://… for TLS, or unix:///path/to/redis.sock.")
+        raise ConfigError(
+            f"unsupported Redis URL {url!r}: use redis://host:port/db, "
+            "rediss://… for TLS, or unix:///path/to/redis.sock."
+        )
     pool = BlockingConnectionPool.from_url(
-        url, decode_responses=True, max_connections=max_connections, timeout=20,
+        url,
+        decode_responses=True,
+        max_connections=max_connections,
+        timeout=20,
         health_check_interval=30,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it

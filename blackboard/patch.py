@@ -73,8 +73,9 @@ def plan(patch: Sequence[Mapping[str, Any]], schema: BoardSchema) -> PatchPlan:
     ops: list[dict[str, Any]] = []
     for i, op in enumerate(patch):
         if not isinstance(op, Mapping) or op.get("op") not in _OPS:
-            raise _malformed(f"operation {i} must be an object whose 'op' is one of "
-                             f"{', '.join(sorted(_OPS))}")
+            raise _malformed(
+                f"operation {i} must be an object whose 'op' is one of {', '.join(sorted(_OPS))}"
+            )
         name = op["op"]
         key, depth = _top_key(op.get("path"), schema, f"operation {i} path")
         if name in ("add", "replace", "test") and "value" not in op:

@@ -50,9 +50,7 @@ class Proposal(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
     @classmethod
-    def updates(
-        cls, author: str, base: int, values: Mapping[str, Any], **fields: Any
-    ) -> Proposal:
+    def updates(cls, author: str, base: int, values: Mapping[str, Any], **fields: Any) -> Proposal:
         """Whole-key updates, the common case: ``{"risk_rating": "low"}`` becomes
         ``[{"op": "add", "path": "/risk_rating", "value": "low"}]``."""
         patch = [{"op": "add", "path": f"/{k}", "value": v} for k, v in values.items()]

@@ -19,7 +19,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
@@ -101,8 +101,10 @@ class BoardSchema:
                 a default does not validate. Misdeclarations fail here, before anything runs.
         """
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            raise ConfigError(f"{model!r} is not a pydantic model class; declare the board "
-                              "as `class MyBoard(pydantic.BaseModel)`.")
+            raise ConfigError(
+                f"{model!r} is not a pydantic model class; declare the board "
+                "as `class MyBoard(pydantic.BaseModel)`."
+            )
         board_name = name or model.__name__
         specs: dict[str, KeySpec] = {}
         adapters: dict[str, TypeAdapter[Any]] = {}
@@ -110,8 +112,10 @@ class BoardSchema:
             raise ConfigError(f"board model {board_name} declares no keys; add fields.")
         for key_name, info in model.model_fields.items():
             if not _KEY_NAME.match(key_name):
-                raise ConfigError(f"key {key_name!r} of {board_name}: key names must be plain "
-                                  "identifiers of at most 64 characters.")
+                raise ConfigError(
+                    f"key {key_name!r} of {board_name}: key names must be plain "
+                    "identifiers of at most 64 characters."
+                )
             markers = [m for m in info.metadata if isinstance(m, Key)]
             if len(markers) != 1:
                 problem = "has no owner" if not markers else "has more than one owner"
@@ -122,16 +126,19 @@ class BoardSchema:
                 )
             marker = markers[0]
             if not _OWNER_NAME.match(marker.owner):
-                raise ConfigError(f"owner {marker.owner!r} of key {key_name!r} is not a valid "
-                                  "name: use letters, digits, _ . - (start with a letter).")
+                raise ConfigError(
+                    f"owner {marker.owner!r} of key {key_name!r} is not a valid "
+                    "name: use letters, digits, _ . - (start with a letter)."
+                )
             for limit in (marker.summary_bytes, marker.summary_tokens):
                 if limit is not None and limit <= 0:
                     raise ConfigError(f"summary threshold of key {key_name!r} must be > 0.")
             others = [m for m in info.metadata if not isinstance(m, Key)]
             annotation = Annotated[(info.annotation, *others)] if others else info.annotation
-            adapter: TypeAdapter[Any] = TypeAdapter(annotation)
-            default = cls._default_json(board_name, key_name, info.get_default(
-                call_default_factory=True), adapter)
+            adapter: TypeAdapter[Any] = TypeAdapter(cast(Any, annotation))
+            default = cls._default_json(
+                board_name, key_name, info.get_default(call_default_factory=True), adapter
+            )
             specs[key_name] = KeySpec(
                 name=key_name,
                 owner=marker.owner,
@@ -146,16 +153,16 @@ class BoardSchema:
         return cls(board_name, specs, digest, model, adapters)
 
     @staticmethod
-    def _default_json(
-        board: str, key: str, default: Any, adapter: TypeAdapter[Any]
-    ) -> str | None:
+    def _default_json(board: str, key: str, default: Any, adapter: TypeAdapter[Any]) -> str | None:
         if default is PydanticUndefined:
             return None
         try:
             return adapter.dump_json(adapter.validate_python(default)).decode()
         except ValidationError as exc:
-            raise ConfigError(f"default of key {key!r} of {board} fails the key's own type: "
-                              f"{exc.errors()[0]['msg']}. Fix the default.") from exc
+            raise ConfigError(
+                f"default of key {key!r} of {board} fails the key's own type: "
+                f"{exc.errors()[0]['msg']}. Fix the default."
+            ) from exc
 
     @classmethod
     def from_json(cls, text: str) -> BoardSchema:

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import jsonpatch
 from redis import exceptions as redis_errors
@@ -46,6 +46,7 @@ from blackboard.records import (
     CommitResult,
     LogEntry,
     Proposal,
+    new_id,
 )
 from blackboard.schema import BoardSchema
 
@@ -82,8 +83,10 @@ class BoardStore:
 
     def __init__(self, redis: Redis, settings: Settings | None = None) -> None:
         if not redis.connection_pool.connection_kwargs.get("decode_responses"):
-            raise ConfigError("the Redis client must be created with decode_responses=True; "
-                              "or let BoardStore.from_url() create it.")
+            raise ConfigError(
+                "the Redis client must be created with decode_responses=True; "
+                "or let BoardStore.from_url() create it."
+            )
         self.redis = redis
         self.settings = settings or Settings.from_env()
         self._global = GlobalKeys(self.settings.key_prefix)
@@ -91,6 +94,7 @@ class BoardStore:
         self._board_digest: dict[str, str] = {}
         self._commit_script = redis.register_script(_lua("commit.lua"))
         self._create_script = redis.register_script(_lua("create.lua"))
+        self._read_at_script = redis.register_script(_lua("read_at.lua"))
 
     @classmethod
     def from_url(cls, url: str | None = None, settings: Settings | None = None) -> BoardStore:
@@ -116,14 +120,16 @@ class BoardStore:
     def register(self, schema: BoardSchema) -> None:
         """Make a schema available to validate commits on boards declared with it."""
         if schema.model is None:
-            raise ConfigError(f"schema {schema.name} has no Python model; build it with "
-                              "BoardSchema.from_model to validate writes.")
+            raise ConfigError(
+                f"schema {schema.name} has no Python model; build it with "
+                "BoardSchema.from_model to validate writes."
+            )
         self._schemas[schema.digest] = schema
 
     async def declaration(self, board_id: str) -> BoardSchema:
         """The board's declaration as stored in Redis (describes; cannot validate)."""
         async with _redis_errors(f"read the declaration of board {board_id!r}"):
-            text = await self.redis.get(self.keys(board_id).declaration)
+            text = cast("str | None", await self.redis.get(self.keys(board_id).declaration))
         if text is None:
             raise await self._not_found(board_id)
         return BoardSchema.from_json(text)
@@ -132,7 +138,7 @@ class BoardStore:
         digest = self._board_digest.get(board_id)
         if digest is None:
             async with _redis_errors(f"read board {board_id!r}"):
-                digest = await self.redis.hget(self.keys(board_id).meta, "decl")
+                digest = cast("str | None", await self.redis.hget(self.keys(board_id).meta, "decl"))
             if digest is None:
                 raise await self._not_found(board_id)
             self._board_digest[board_id] = digest
@@ -173,8 +179,7 @@ class BoardStore:
             # which listing skips, never a board that listing cannot find.
             await self.redis.zadd(self._global.boards, {board_id: time.time() * 1000}, nx=True)
             created = await self._create_script(
-                keys=[keys.meta, keys.state, keys.snapshots, keys.snapshot_index,
-                      keys.declaration],
+                keys=[keys.meta, keys.state, keys.snapshots, keys.snapshot_index, keys.declaration],
                 args=[schema.digest, schema.to_json(), snapshot, len(state), *flat],
             )
         if not created:
@@ -195,13 +200,12 @@ class BoardStore:
         """Boards in creation order, from the board index (no key scans)."""
         index = self._global.archived if archived else self._global.boards
         async with _redis_errors("list boards"):
-            ids = await self.redis.zrange(index, offset, offset + limit - 1)
+            ids = cast("list[str]", await self.redis.zrange(index, offset, offset + limit - 1))
         return await self._infos(ids)
 
     async def _infos(self, board_ids: Iterable[str]) -> list[BoardInfo]:
         ids = list(board_ids)
-        fields = ("version", "status", "compliant", "decl", "bytes", "tokens",
-                  "created", "updated")
+        fields = ("version", "status", "compliant", "decl", "bytes", "tokens", "created", "updated")
         async with _redis_errors("read board metadata"):
             pipe = self.redis.pipeline(transaction=False)
             for board_id in ids:
@@ -214,13 +218,21 @@ class BoardStore:
             meta, decl = replies[2 * i], replies[2 * i + 1]
             if meta[0] is None or decl is None:
                 continue  # index entry of a board whose creation did not finish
-            m = dict(zip(fields, meta))
-            result.append(BoardInfo(
-                board_id=board_id, schema_name=codec.loads(decl)["name"], digest=m["decl"],
-                status=m["status"], version=int(m["version"]), compliant=int(m["compliant"]),
-                bytes=int(m["bytes"]), tokens=int(m["tokens"]),
-                created_ms=int(m["created"]), updated_ms=int(m["updated"]),
-            ))
+            m = dict(zip(fields, meta, strict=False))
+            result.append(
+                BoardInfo(
+                    board_id=board_id,
+                    schema_name=codec.loads(decl)["name"],
+                    digest=m["decl"],
+                    status=m["status"],
+                    version=int(m["version"]),
+                    compliant=int(m["compliant"]),
+                    bytes=int(m["bytes"]),
+                    tokens=int(m["tokens"]),
+                    created_ms=int(m["created"]),
+                    updated_ms=int(m["updated"]),
+                )
+            )
         return result
 
     async def archive(self, board_id: str) -> None:
@@ -242,7 +254,7 @@ class BoardStore:
 
     async def _not_found(self, board_id: str) -> BoardNotFound:
         try:
-            known = await self.redis.zrange(self._global.boards, 0, 9999)
+            known = cast("list[str]", await self.redis.zrange(self._global.boards, 0, 9999))
         except redis_errors.RedisError:
             known = []
         return BoardNotFound(board_id, difflib.get_close_matches(board_id, known, n=3))
@@ -257,8 +269,19 @@ class BoardStore:
         return int(raw)
 
     async def read(self, board_id: str, *, at: int | None = None) -> BoardState:
-        """The whole board, now or at version ``at``."""
+        """The whole board, now or at version ``at`` (one round trip either way)."""
         keys = self.keys(board_id)
+        if at is not None:
+            async with _redis_errors(f"read board {board_id!r} at version {at}"):
+                reply = await self._read_at_script(
+                    keys=[keys.meta, keys.snapshots, keys.snapshot_index, keys.log, keys.state],
+                    args=[at],
+                )
+            if reply[0] == "notfound":
+                raise await self._not_found(board_id)
+            if reply[0] == "range":
+                self._check_version(board_id, at, int(reply[1]))
+            return BoardState(board_id=board_id, version=at, data=history.state_from_reply(reply))
         async with _redis_errors(f"read board {board_id!r}"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hget(keys.meta, "version")
@@ -266,13 +289,8 @@ class BoardStore:
             version, raw = await pipe.execute()
             if version is None:
                 raise await self._not_found(board_id)
-            version = int(version)
-            if at is None or at == version:
-                data = {k: codec.loads(v) for k, v in raw.items()}
-                return BoardState(board_id=board_id, version=version, data=data)
-            self._check_version(board_id, at, version)
-            data = await history.state_at(self.redis, keys, at)
-        return BoardState(board_id=board_id, version=at, data=data)
+        data = {k: codec.loads(v) for k, v in raw.items()}
+        return BoardState(board_id=board_id, version=int(version), data=data)
 
     async def read_key(self, board_id: str, key: str, *, at: int | None = None) -> Any:
         """One key's value (``None`` if unset), without loading the rest of the board."""
@@ -301,9 +319,16 @@ class BoardStore:
                 pipe.hstrlen(keys.state, name)
             replies = await pipe.execute()
         (version, nbytes, ntokens), lengths = replies[0], replies[1:]
-        per_key = {n: (ln, codec.approx_tokens(ln)) for n, ln in zip(names, lengths) if ln}
-        return BoardSize(board_id=board_id, version=int(version), bytes=int(nbytes),
-                         tokens=int(ntokens), keys=per_key)
+        per_key = {
+            n: (ln, codec.approx_tokens(ln)) for n, ln in zip(names, lengths, strict=True) if ln
+        }
+        return BoardSize(
+            board_id=board_id,
+            version=int(version),
+            bytes=int(nbytes),
+            tokens=int(ntokens),
+            keys=per_key,
+        )
 
     async def history(
         self, board_id: str, *, start: int = 1, end: int | None = None, limit: int | None = None
@@ -313,7 +338,10 @@ class BoardStore:
         await self.version(board_id)
         hi = "+" if end is None else f"{end}-0"
         async with _redis_errors(f"read the history of board {board_id!r}"):
-            rows = await self.redis.xrange(keys.log, f"{max(start, 1)}-0", hi, count=limit)
+            rows = cast(
+                "list[tuple[str, dict[str, str]]]",
+                await self.redis.xrange(keys.log, f"{max(start, 1)}-0", hi, count=limit),
+            )
         return [history.entry_from_stream(i, f) for i, f in rows]
 
     async def diff(self, board_id: str, v1: int, v2: int) -> list[dict[str, Any]]:
@@ -328,7 +356,8 @@ class BoardStore:
         if not 0 <= at <= current:
             raise ValidationFailed(
                 f"board {board_id!r} has versions 0..{current}; version {at} does not exist.",
-                rule="version", expected=f"0 <= version <= {current}",
+                rule="version",
+                expected=f"0 <= version <= {current}",
             )
 
     # -- writes ---------------------------------------------------------------------
@@ -341,7 +370,9 @@ class BoardStore:
                 f"value of key {key!r} is {len(text.encode())} bytes, over the "
                 f"{limit}-byte limit (max_value_bytes). Store less (summarise, or keep a "
                 "reference to the data instead of the data).",
-                key=key, rule="max_value_bytes", expected=f"<= {limit} bytes",
+                key=key,
+                rule="max_value_bytes",
+                expected=f"<= {limit} bytes",
             )
         schema.validate_json(key, text)
         return text
@@ -352,14 +383,17 @@ class BoardStore:
             raise OwnershipError(
                 f"author {author!r} owns no key of board schema {schema.name}; known "
                 f"authors are {', '.join(sorted(owned))}. Propose as the agent that owns "
-                "the key.", author=author,
+                "the key.",
+                author=author,
             )
         for key in keys:
             if schema.owner(key) != author:
                 raise OwnershipError(
                     f"author {author!r} may not write key {key!r}: it is owned by "
                     f"{schema.owner(key)!r}. Write only your own keys, or hand off to "
-                    "its owner.", author=author, key=key,
+                    "its owner.",
+                    author=author,
+                    key=key,
                 )
 
     async def commit(
@@ -386,7 +420,8 @@ class BoardStore:
             raise ValidationFailed(
                 f"patch is {len(patch_text.encode())} bytes, over the "
                 f"{self.settings.max_patch_bytes}-byte limit (max_patch_bytes). Split it "
-                "or store less.", rule="max_patch_bytes",
+                "or store less.",
+                rule="max_patch_bytes",
                 expected=f"<= {self.settings.max_patch_bytes} bytes",
             )
         plan = patches.plan(proposal.patch, schema)
@@ -410,8 +445,15 @@ class BoardStore:
             writes, unchanged, undo = applied
             reads += unchanged
         return await self._run_commit(
-            board_id, schema, proposal, kind, outcome, patch_text, writes,
-            [*dict.fromkeys(k for k in [*reads, *plan.reads] if k not in plan.writes)], undo,
+            board_id,
+            schema,
+            proposal,
+            kind,
+            outcome,
+            patch_text,
+            writes,
+            [*dict.fromkeys(k for k in [*reads, *plan.reads] if k not in plan.writes)],
+            undo,
         )
 
     async def _apply(
@@ -436,14 +478,16 @@ class BoardStore:
             return CommitResult(board_id=board_id, version=int(earlier), duplicate=True)
         if proposal.base > int(version):
             self._check_version(board_id, proposal.base, int(version))
-        changed = {k: int(v) for k, v in zip(touched, kvers) if v and int(v) > proposal.base}
+        changed = {
+            k: int(v) for k, v in zip(touched, kvers, strict=True) if v and int(v) > proposal.base
+        }
         if changed:
             raise ConflictError(board_id, proposal.base, changed)
-        before = {k: codec.loads(v) for k, v in zip(touched, values) if v is not None}
+        before = {k: codec.loads(v) for k, v in zip(touched, values, strict=False) if v is not None}
         after = patches.apply_to(plan.ops, before)
         writes: list[tuple[str, str, str]] = []
         unchanged: list[str] = []
-        old_texts = dict(zip(touched, values))
+        old_texts = dict(zip(touched, values, strict=False))
         for key in plan.writes:
             if key not in after:
                 writes.append((key, "remove", ""))
@@ -474,32 +518,64 @@ class BoardStore:
     ) -> CommitResult:
         keys = self.keys(board_id)
         args: list[Any] = [
-            schema.digest, proposal.base, proposal.proposal_id,
-            self.settings.snapshot_min_bytes, keys.events, len(writes), len(reads),
-            proposal.author, codec.dumps(proposal.author), kind, patch_text, undo,
-            proposal.activation_id, proposal.trace_id, proposal.reason, outcome, board_id,
+            schema.digest,
+            proposal.base,
+            proposal.proposal_id,
+            self.settings.snapshot_min_bytes,
+            keys.events,
+            len(writes),
+            len(reads),
+            proposal.author,
+            codec.dumps(proposal.author),
+            kind,
+            patch_text,
+            undo,
+            proposal.activation_id,
+            proposal.trace_id,
+            proposal.reason,
+            outcome,
+            board_id,
         ]
         for write in writes:
             args.extend(write)
         args.extend(reads)
         async with _redis_errors(f"commit to board {board_id!r}"):
             reply = await self._commit_script(
-                keys=[keys.meta, keys.state, keys.kver, keys.log, keys.proposals,
-                      keys.snapshots, keys.snapshot_index],
+                keys=[
+                    keys.meta,
+                    keys.state,
+                    keys.kver,
+                    keys.log,
+                    keys.proposals,
+                    keys.snapshots,
+                    keys.snapshot_index,
+                ],
                 args=args,
             )
             if reply[0] == "ok" and self.settings.wait_replicas:
-                await self.redis.execute_command(
-                    "WAIT", self.settings.wait_replicas, self.settings.wait_timeout_ms)
+                await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "WAIT", self.settings.wait_replicas, self.settings.wait_timeout_ms
+                )
         return await self._answer(board_id, proposal, reply)
 
     async def _answer(self, board_id: str, proposal: Proposal, reply: list[Any]) -> CommitResult:
         status = reply[0]
         if status == "ok":
-            log.debug("commit", extra={"board": board_id, "version": reply[1],
-                                       "author": proposal.author, "trace": proposal.trace_id})
-            return CommitResult(board_id=board_id, version=int(reply[1]),
-                                snapshot=bool(reply[2]), keys=list(reply[3:]))
+            log.debug(
+                "commit",
+                extra={
+                    "board": board_id,
+                    "version": reply[1],
+                    "author": proposal.author,
+                    "trace": proposal.trace_id,
+                },
+            )
+            return CommitResult(
+                board_id=board_id,
+                version=int(reply[1]),
+                snapshot=bool(reply[2]),
+                keys=list(reply[3:]),
+            )
         if status == "dup":
             return CommitResult(board_id=board_id, version=int(reply[1]), duplicate=True)
         if status == "conflict":
@@ -509,17 +585,23 @@ class BoardStore:
             raise ValidationFailed(
                 f"cannot {reply[2]} key {reply[1]!r}: it is not set on board {board_id!r}. "
                 "Use 'add' to set a key that may be unset.",
-                key=reply[1], rule="json_patch", expected="add for an unset key",
+                key=reply[1],
+                rule="json_patch",
+                expected="add for an unset key",
             )
         if status == "ahead":
             self._check_version(board_id, proposal.base, int(reply[1]))
         if status == "archived":
-            raise ProposalRejected(f"board {board_id!r} is archived and accepts no commits; "
-                                   "create a new board to continue the case.")
+            raise ProposalRejected(
+                f"board {board_id!r} is archived and accepts no commits; "
+                "create a new board to continue the case."
+            )
         if status == "decl":
             self._board_digest.pop(board_id, None)
-            raise ConfigError(f"board {board_id!r} was re-declared (digest {reply[1]}) "
-                              "since this process read it; reload the board's schema.")
+            raise ConfigError(
+                f"board {board_id!r} was re-declared (digest {reply[1]}) "
+                "since this process read it; reload the board's schema."
+            )
         self._board_digest.pop(board_id, None)
         raise await self._not_found(board_id)
 
@@ -544,7 +626,7 @@ class BoardStore:
             stop=stop_after_attempt(self.settings.conflict_retries + 1),
             reraise=True,
         )
-        extra = {} if proposal_id is None else {"proposal_id": proposal_id}
+        proposal_id = proposal_id or new_id()
         async for attempt in retrying:
             with attempt:
                 current = await self.read(board_id)
@@ -554,25 +636,46 @@ class BoardStore:
                 for key in sorted(set(current.data) | set(target.data)):
                     if key not in target.data:
                         ops.append({"op": "remove", "path": f"/{key}"})
-                    elif key not in current.data or codec.dumps(
-                            current.data[key]) != codec.dumps(target.data[key]):
+                    elif key not in current.data or codec.dumps(current.data[key]) != codec.dumps(
+                        target.data[key]
+                    ):
                         ops.append({"op": "add", "path": f"/{key}", "value": target.data[key]})
                 why = reason or f"rollback to version {to}"
                 if not ops:  # already identical: still recorded, as a no-op rollback
-                    return await self._record_noop(board_id, current.version, author, why,
-                                                   trace_id, extra)
-                proposal = Proposal(author=author, base=current.version, patch=ops,
-                                    reason=why, trace_id=trace_id, **extra)
-                return await self.commit(board_id, proposal, kind="rollback",
-                                         outcome=f"restored:{to}")
+                    return await self._record_noop(
+                        board_id, current.version, author, why, trace_id, proposal_id
+                    )
+                proposal = Proposal(
+                    author=author,
+                    base=current.version,
+                    patch=ops,
+                    reason=why,
+                    trace_id=trace_id,
+                    proposal_id=proposal_id,
+                )
+                return await self.commit(
+                    board_id, proposal, kind="rollback", outcome=f"restored:{to}"
+                )
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _record_noop(
-        self, board_id: str, base: int, author: str, reason: str, trace_id: str,
-        extra: dict[str, str],
+        self,
+        board_id: str,
+        base: int,
+        author: str,
+        reason: str,
+        trace_id: str,
+        proposal_id: str,
     ) -> CommitResult:
         schema = await self._schema_for(board_id)
-        proposal = Proposal(author=author, base=base, patch=[], reason=reason,
-                            trace_id=trace_id, **extra)
-        return await self._run_commit(board_id, schema, proposal, "rollback", "no-op", "[]",
-                                      [], [], "[]")
+        proposal = Proposal(
+            author=author,
+            base=base,
+            patch=[],
+            reason=reason,
+            trace_id=trace_id,
+            proposal_id=proposal_id,
+        )
+        return await self._run_commit(
+            board_id, schema, proposal, "rollback", "no-op", "[]", [], [], "[]"
+        )

@@ -48,10 +48,26 @@ def start_redis_server(*extra: str) -> RedisServer:
     workdir = tempfile.mkdtemp(prefix="bb-redis-")
     sock = os.path.join(workdir, "redis.sock")
     process = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", workdir,
-         "--logfile", os.path.join(workdir, "redis.log"), *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            sock,
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--logfile",
+            os.path.join(workdir, "redis.log"),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     server = RedisServer(f"unix://{sock}", sock, workdir, process)
     deadline = time.monotonic() + 15
@@ -60,10 +76,10 @@ def start_redis_server(*extra: str) -> RedisServer:
             with server.client() as c:
                 c.ping()
             return server
-        except (redis.ConnectionError, FileNotFoundError):
+        except (redis.ConnectionError, FileNotFoundError) as exc:
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
-                raise RuntimeError(f"redis-server did not start; see {workdir}/redis.log")
+                raise RuntimeError(f"redis-server did not start; see {workdir}/redis.log") from exc
             time.sleep(0.02)
 
 

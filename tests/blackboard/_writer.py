@@ -30,8 +30,13 @@ async def main(url: str, board: str, mode: str, n: int, name: str) -> None:
         while True:
             if mode == "counter":
                 state = await store.read(board)
-                proposal = Proposal(author="counter", base=state.version, patch=[
-                    {"op": "replace", "path": "/counter", "value": state.data["counter"] + 1}])
+                proposal = Proposal(
+                    author="counter",
+                    base=state.version,
+                    patch=[
+                        {"op": "replace", "path": "/counter", "value": state.data["counter"] + 1}
+                    ],
+                )
             else:
                 version = await store.version(board)
                 proposal = Proposal.updates(name, version, {f"notes_{name}": [f"{name}{i}"]})

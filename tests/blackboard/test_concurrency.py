@@ -35,8 +35,12 @@ async def increment(store: BoardStore, board: str, times: int) -> int:
         while True:
             state = await store.read(board)
             try:
-                await store.commit(board, Proposal.updates(
-                    "counter", state.version, {"counter": state.data["counter"] + 1}))
+                await store.commit(
+                    board,
+                    Proposal.updates(
+                        "counter", state.version, {"counter": state.data["counter"] + 1}
+                    ),
+                )
                 break
             except ConflictError:
                 conflicts += 1
@@ -59,9 +63,14 @@ async def test_disjoint_writers_never_conflict(store: BoardStore) -> None:
     versions: list[int] = []
     for round_ in range(20):
         base = await store.version("shared")
-        results = await asyncio.gather(*(
-            store.commit("shared", Proposal.updates(name, base, {f"notes_{name}": [str(round_)]}))
-            for name in ("a", "b")))
+        results = await asyncio.gather(
+            *(
+                store.commit(
+                    "shared", Proposal.updates(name, base, {f"notes_{name}": [str(round_)]})
+                )
+                for name in ("a", "b")
+            )
+        )
         versions += [r.version for r in results]
     assert sorted(versions) == list(range(1, 41))
     await assert_log_is_gapless(store, "shared")
@@ -80,8 +89,12 @@ async def test_same_proposal_three_times_commits_once(store: BoardStore, board: 
 
 
 async def test_same_proposal_concurrently_commits_once(store: BoardStore, board: str) -> None:
-    proposal = Proposal(author="docs", base=0, proposal_id="dup-append",
-                        patch=[{"op": "add", "path": "/notes/-", "value": "only once"}])
+    proposal = Proposal(
+        author="docs",
+        base=0,
+        proposal_id="dup-append",
+        patch=[{"op": "add", "path": "/notes/-", "value": "only once"}],
+    )
     results = await asyncio.gather(*(store.commit(board, proposal) for _ in range(3)))
     assert sorted(r.duplicate for r in results) == [False, True, True]
     assert {r.version for r in results} == {1}
@@ -90,9 +103,15 @@ async def test_same_proposal_concurrently_commits_once(store: BoardStore, board:
 
 
 def run_writers(url: str, board: str, specs: list[tuple[str, int, str]]) -> list[dict]:
-    procs = [subprocess.Popen([sys.executable, str(WRITER), url, board, mode, str(n), name],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for mode, n, name in specs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WRITER), url, board, mode, str(n), name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mode, n, name in specs
+    ]
     outputs = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
@@ -108,10 +127,18 @@ async def test_os_processes_overlapping_and_disjoint(redis_server) -> None:  # t
     await client.flushdb()
     store = BoardStore(client)
     await store.create("procs", BoardSchema.from_model(Shared))
-    results = await asyncio.to_thread(run_writers, redis_server.url, "procs", [
-        ("counter", 25, "c1"), ("counter", 25, "c2"), ("counter", 25, "c3"),
-        ("disjoint", 25, "a"), ("disjoint", 25, "b"),
-    ])
+    results = await asyncio.to_thread(
+        run_writers,
+        redis_server.url,
+        "procs",
+        [
+            ("counter", 25, "c1"),
+            ("counter", 25, "c2"),
+            ("counter", 25, "c3"),
+            ("disjoint", 25, "a"),
+            ("disjoint", 25, "b"),
+        ],
+    )
     total = 5 * 25
     assert await store.read_key("procs", "counter") == 75  # no lost update across processes
     assert await store.version("procs") == total

@@ -19,7 +19,7 @@ from blackboard.history import replay
 
 _ids = itertools.count()
 
-text = st.text(alphabet="abcxyz é\"\\", max_size=12)
+text = st.text(alphabet='abcxyz é"\\', max_size=12)
 steps = st.lists(
     st.one_of(
         st.tuples(st.just("score"), st.integers(300, 850)),
@@ -45,16 +45,21 @@ def proposal_for(step: tuple[str, Any], base: int) -> Proposal:
     if kind == "rating":
         return Proposal.updates("risk", base, {"risk_rating": arg})
     if kind == "note":
-        return Proposal(author="docs", base=base, patch=[
-            {"op": "add", "path": "/notes/-", "value": arg}])
+        return Proposal(
+            author="docs", base=base, patch=[{"op": "add", "path": "/notes/-", "value": arg}]
+        )
     if kind == "notes":
         return Proposal.updates("docs", base, {"notes": arg})
     if kind == "detail":
-        return Proposal(author="risk", base=base, patch=[
-            {"op": "add", "path": f"/details/{arg[0]}", "value": arg[1]}])
+        return Proposal(
+            author="risk",
+            base=base,
+            patch=[{"op": "add", "path": f"/details/{arg[0]}", "value": arg[1]}],
+        )
     if kind == "drop_detail":
-        return Proposal(author="risk", base=base, patch=[
-            {"op": "remove", "path": f"/details/{arg}"}])
+        return Proposal(
+            author="risk", base=base, patch=[{"op": "remove", "path": f"/details/{arg}"}]
+        )
     if kind == "remove_amount":
         return Proposal(author="docs", base=base, patch=[{"op": "remove", "path": "/loan_amount"}])
     assert kind == "amount"
@@ -97,8 +102,11 @@ async def run_steps(store: BoardStore, schema: BoardSchema, seq: list[tuple[str,
         assert (await store.read(board, at=v)).data == expected
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(seq=steps)
 async def test_log_replay_and_time_travel(
     store: BoardStore, loan_schema: BoardSchema, seq: list[tuple[str, Any]]

@@ -38,12 +38,22 @@ async def test_create_starts_at_version_zero_with_defaults(
     assert (info.version, info.status, info.compliant, info.schema_name) == (0, "active", 0, "Loan")
     state = await store.read("loan-7")
     assert state.version == 0
-    assert state.data == {"loan_amount": 5000.0, "tax_id": None, "notes": [], "credit_score": None,
-                          "risk_rating": None, "details": {}, "decision": None, "counter": 0}
+    assert state.data == {
+        "loan_amount": 5000.0,
+        "tax_id": None,
+        "notes": [],
+        "credit_score": None,
+        "risk_rating": None,
+        "details": {},
+        "decision": None,
+        "counter": 0,
+    }
     assert await store.history("loan-7") == []
 
 
-async def test_create_twice_is_refused(store: BoardStore, board: str, loan_schema: BoardSchema) -> None:
+async def test_create_twice_is_refused(
+    store: BoardStore, board: str, loan_schema: BoardSchema
+) -> None:
     await store.commit(board, Proposal.updates("docs", 0, {"loan_amount": 1.0}))
     with pytest.raises(BoardExists, match="already exists"):
         await store.create(board, loan_schema)
@@ -61,11 +71,17 @@ async def test_declaration_is_stored_as_json_schema_and_ownership(
     store: BoardStore, board: str, loan_schema: BoardSchema
 ) -> None:
     raw = json.loads(await store.redis.get(store.keys(board).declaration))
-    assert raw["owners"] == {"docs": ["loan_amount", "tax_id", "notes"],
-                             "risk": ["credit_score", "risk_rating", "details"],
-                             "compliance": ["decision"], "counter": ["counter"]}
+    assert raw["owners"] == {
+        "docs": ["loan_amount", "tax_id", "notes"],
+        "risk": ["credit_score", "risk_rating", "details"],
+        "compliance": ["decision"],
+        "counter": ["counter"],
+    }
     assert raw["keys"]["credit_score"]["schema"]["anyOf"][0] == {
-        "maximum": 850, "minimum": 300, "type": "integer"}
+        "maximum": 850,
+        "minimum": 300,
+        "type": "integer",
+    }
     assert raw["keys"]["notes"]["summarisable"] is True
     stored = await store.declaration(board)
     assert stored == loan_schema  # same name, keys and digest; no Python model needed
@@ -81,37 +97,75 @@ async def test_list_boards_uses_the_index(store: BoardStore, loan_schema: BoardS
 
 
 async def test_commit_whole_key_updates(store: BoardStore, board: str) -> None:
-    result = await store.commit(board, Proposal.updates("risk", 0, {"credit_score": 720,
-                                                                    "risk_rating": "low"}))
-    assert (result.version, result.keys, result.duplicate) == (1, ["credit_score", "risk_rating"],
-                                                               False)
+    result = await store.commit(
+        board, Proposal.updates("risk", 0, {"credit_score": 720, "risk_rating": "low"})
+    )
+    assert (result.version, result.keys, result.duplicate) == (
+        1,
+        ["credit_score", "risk_rating"],
+        False,
+    )
     assert await store.read_key(board, "credit_score") == 720
     entry = (await store.history(board))[0]
     assert (entry.version, entry.author, entry.kind, entry.keys) == (
-        1, "risk", "write", ["credit_score", "risk_rating"])
-    assert entry.undo == [{"op": "add", "path": "/credit_score", "value": None},
-                          {"op": "add", "path": "/risk_rating", "value": None}]
+        1,
+        "risk",
+        "write",
+        ["credit_score", "risk_rating"],
+    )
+    assert entry.undo == [
+        {"op": "add", "path": "/credit_score", "value": None},
+        {"op": "add", "path": "/risk_rating", "value": None},
+    ]
 
 
 async def test_commit_sub_path_patch_and_its_undo(store: BoardStore, board: str) -> None:
-    await store.commit(board, Proposal(author="docs", base=0, patch=[
-        {"op": "add", "path": "/notes/-", "value": "income verified"},
-        {"op": "add", "path": "/notes/-", "value": "id checked"}]))
-    await store.commit(board, Proposal(author="docs", base=1, patch=[
-        {"op": "test", "path": "/notes/0", "value": "income verified"},
-        {"op": "replace", "path": "/notes/1", "value": "id verified"}]))
+    await store.commit(
+        board,
+        Proposal(
+            author="docs",
+            base=0,
+            patch=[
+                {"op": "add", "path": "/notes/-", "value": "income verified"},
+                {"op": "add", "path": "/notes/-", "value": "id checked"},
+            ],
+        ),
+    )
+    await store.commit(
+        board,
+        Proposal(
+            author="docs",
+            base=1,
+            patch=[
+                {"op": "test", "path": "/notes/0", "value": "income verified"},
+                {"op": "replace", "path": "/notes/1", "value": "id verified"},
+            ],
+        ),
+    )
     assert await store.read_key(board, "notes") == ["income verified", "id verified"]
     entry = (await store.history(board, start=2))[0]
     assert entry.undo == [{"op": "replace", "path": "/notes/1", "value": "id checked"}]
 
 
 async def test_log_entry_records_ids_reason_and_outcome(store: BoardStore, board: str) -> None:
-    proposal = Proposal.updates("compliance", 0, {"decision": "approve"}, proposal_id="p-1",
-                                activation_id="act-9", trace_id="tr-3", reason="all clear")
+    proposal = Proposal.updates(
+        "compliance",
+        0,
+        {"decision": "approve"},
+        proposal_id="p-1",
+        activation_id="act-9",
+        trace_id="tr-3",
+        reason="all clear",
+    )
     await store.commit(board, proposal, outcome="policies:ok")
     entry = (await store.history(board))[0]
-    assert (entry.proposal_id, entry.activation_id, entry.trace_id, entry.reason,
-            entry.outcome) == ("p-1", "act-9", "tr-3", "all clear", "policies:ok")
+    assert (
+        entry.proposal_id,
+        entry.activation_id,
+        entry.trace_id,
+        entry.reason,
+        entry.outcome,
+    ) == ("p-1", "act-9", "tr-3", "all clear", "policies:ok")
     assert entry.ts_ms > 1_600_000_000_000
     assert entry.patch == proposal.patch
 
@@ -141,8 +195,13 @@ async def test_events_are_published(store: BoardStore, board: str) -> None:
             break
     await pubsub.aclose()
     assert message is not None
-    assert json.loads(message["data"]) == {"board": "loan-1", "version": 1, "kind": "write",
-                                           "author": "risk", "keys": ["risk_rating"]}
+    assert json.loads(message["data"]) == {
+        "board": "loan-1",
+        "version": 1,
+        "kind": "write",
+        "author": "risk",
+        "keys": ["risk_rating"],
+    }
 
 
 async def test_size_accounting_is_incremental(store: BoardStore, board: str) -> None:
@@ -150,7 +209,9 @@ async def test_size_accounting_is_incremental(store: BoardStore, board: str) -> 
     await store.commit(board, Proposal.updates("risk", 1, {"details": {"a": 1}}))
     sizes = await store.sizes(board)
     state = await store.read(board)
-    expected = {k: len(json.dumps(v, separators=(",", ":")).encode()) for k, v in state.data.items()}
+    expected = {
+        k: len(json.dumps(v, separators=(",", ":")).encode()) for k, v in state.data.items()
+    }
     assert {k: b for k, (b, _) in sizes.keys.items()} == expected
     assert sizes.bytes == sum(expected.values())
     assert sizes.tokens == sum((b + 3) // 4 for b in expected.values())
@@ -197,49 +258,128 @@ async def test_script_cache_flush_is_survived(store: BoardStore, board: str) -> 
 # -- bad input: a typed error that says what to do, and nothing changes ----------------
 
 BAD_PROPOSALS: list[tuple[str, Proposal, type[Exception], str]] = [
-    ("malformed op", Proposal(author="risk", base=0, patch=[{"op": "upsert", "path": "/details"}]),
-     ValidationFailed, "malformed JSON Patch"),
-    ("no value", Proposal(author="risk", base=0, patch=[{"op": "add", "path": "/details"}]),
-     ValidationFailed, "has no 'value'"),
-    ("whole board", Proposal(author="risk", base=0, patch=[{"op": "add", "path": "", "value": {}}]),
-     ValidationFailed, "targets the whole board"),
-    ("empty patch", Proposal(author="risk", base=0, patch=[]), ValidationFailed,
-     "non-empty list"),
-    ("unknown key", Proposal.updates("risk", 0, {"colour": "red"}), ValidationFailed,
-     "has no key 'colour'"),
-    ("bad type", Proposal.updates("risk", 0, {"credit_score": "high"}), ValidationFailed,
-     "fails its type"),
-    ("bad range", Proposal.updates("risk", 0, {"credit_score": 90}), ValidationFailed,
-     "greater than or equal to 300"),
-    ("nested bad type", Proposal(author="risk", base=0, patch=[
-        {"op": "add", "path": "/details/x", "value": "one"}]), ValidationFailed,
-     "at details/x"),
-    ("path missing", Proposal(author="docs", base=0, patch=[
-        {"op": "replace", "path": "/notes/3", "value": "x"}]), ValidationFailed,
-     "does not apply"),
-    ("failed test", Proposal(author="docs", base=0, patch=[
-        {"op": "test", "path": "/notes", "value": ["y"]},
-        {"op": "add", "path": "/notes/-", "value": "x"}]), ValidationFailed, "'test' operation"),
-    ("unknown author", Proposal.updates("mallory", 0, {"risk_rating": "low"}), OwnershipError,
-     "owns no key"),
-    ("not owner", Proposal.updates("docs", 0, {"risk_rating": "low"}), OwnershipError,
-     "owned by 'risk'"),
-    ("base ahead", Proposal.updates("risk", 5, {"risk_rating": "low"}), ValidationFailed,
-     "version 5 does not exist"),
-    ("replace unset", Proposal(author="docs", base=0, patch=[
-        {"op": "remove", "path": "/loan_amount"}, ]), None, ""),
-    ("not json", Proposal.updates("risk", 0, {"details": {"a": float("nan")}}), ValidationFailed,
-     "not JSON"),
-    ("unknown read", Proposal.updates("risk", 0, {"risk_rating": "low"}, reads=["colour"]),
-     ValidationFailed, "has no key 'colour'"),
+    (
+        "malformed op",
+        Proposal(author="risk", base=0, patch=[{"op": "upsert", "path": "/details"}]),
+        ValidationFailed,
+        "malformed JSON Patch",
+    ),
+    (
+        "no value",
+        Proposal(author="risk", base=0, patch=[{"op": "add", "path": "/details"}]),
+        ValidationFailed,
+        "has no 'value'",
+    ),
+    (
+        "whole board",
+        Proposal(author="risk", base=0, patch=[{"op": "add", "path": "", "value": {}}]),
+        ValidationFailed,
+        "targets the whole board",
+    ),
+    ("empty patch", Proposal(author="risk", base=0, patch=[]), ValidationFailed, "non-empty list"),
+    (
+        "unknown key",
+        Proposal.updates("risk", 0, {"colour": "red"}),
+        ValidationFailed,
+        "has no key 'colour'",
+    ),
+    (
+        "bad type",
+        Proposal.updates("risk", 0, {"credit_score": "high"}),
+        ValidationFailed,
+        "fails its type",
+    ),
+    (
+        "bad range",
+        Proposal.updates("risk", 0, {"credit_score": 90}),
+        ValidationFailed,
+        "greater than or equal to 300",
+    ),
+    (
+        "nested bad type",
+        Proposal(
+            author="risk", base=0, patch=[{"op": "add", "path": "/details/x", "value": "one"}]
+        ),
+        ValidationFailed,
+        "at details/x",
+    ),
+    (
+        "path missing",
+        Proposal(
+            author="docs", base=0, patch=[{"op": "replace", "path": "/notes/3", "value": "x"}]
+        ),
+        ValidationFailed,
+        "does not apply",
+    ),
+    (
+        "failed test",
+        Proposal(
+            author="docs",
+            base=0,
+            patch=[
+                {"op": "test", "path": "/notes", "value": ["y"]},
+                {"op": "add", "path": "/notes/-", "value": "x"},
+            ],
+        ),
+        ValidationFailed,
+        "'test' operation",
+    ),
+    (
+        "unknown author",
+        Proposal.updates("mallory", 0, {"risk_rating": "low"}),
+        OwnershipError,
+        "owns no key",
+    ),
+    (
+        "not owner",
+        Proposal.updates("docs", 0, {"risk_rating": "low"}),
+        OwnershipError,
+        "owned by 'risk'",
+    ),
+    (
+        "base ahead",
+        Proposal.updates("risk", 5, {"risk_rating": "low"}),
+        ValidationFailed,
+        "version 5 does not exist",
+    ),
+    (
+        "replace unset",
+        Proposal(
+            author="docs",
+            base=0,
+            patch=[
+                {"op": "remove", "path": "/loan_amount"},
+            ],
+        ),
+        None,
+        "",
+    ),
+    (
+        "not json",
+        Proposal.updates("risk", 0, {"details": {"a": float("nan")}}),
+        ValidationFailed,
+        "not JSON",
+    ),
+    (
+        "unknown read",
+        Proposal.updates("risk", 0, {"risk_rating": "low"}, reads=["colour"]),
+        ValidationFailed,
+        "has no key 'colour'",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("name", "proposal", "error", "message"),
-                         [p for p in BAD_PROPOSALS if p[2] is not None],
-                         ids=[p[0] for p in BAD_PROPOSALS if p[2] is not None])
+@pytest.mark.parametrize(
+    ("name", "proposal", "error", "message"),
+    [p for p in BAD_PROPOSALS if p[2] is not None],
+    ids=[p[0] for p in BAD_PROPOSALS if p[2] is not None],
+)
 async def test_bad_proposals_are_rejected_and_change_nothing(
-    store: BoardStore, board: str, name: str, proposal: Proposal, error: type[Exception],
+    store: BoardStore,
+    board: str,
+    name: str,
+    proposal: Proposal,
+    error: type[Exception],
     message: str,
 ) -> None:
     before = await snapshot_of(store, board)
@@ -250,15 +390,23 @@ async def test_bad_proposals_are_rejected_and_change_nothing(
 
 
 async def test_remove_of_unset_key_is_rejected(store: BoardStore, board: str) -> None:
-    await store.commit(board, Proposal(author="docs", base=0, patch=[
-        {"op": "remove", "path": "/loan_amount"}]))
+    await store.commit(
+        board, Proposal(author="docs", base=0, patch=[{"op": "remove", "path": "/loan_amount"}])
+    )
     before = await snapshot_of(store, board)
-    with pytest.raises(ValidationFailed, match="cannot remove key 'loan_amount'.*Use 'add'"):
-        await store.commit(board, Proposal(author="docs", base=1, patch=[
-            {"op": "remove", "path": "/loan_amount"}]))
+    with pytest.raises(ValidationFailed, match=r"cannot remove key 'loan_amount'.*Use 'add'"):
+        await store.commit(
+            board, Proposal(author="docs", base=1, patch=[{"op": "remove", "path": "/loan_amount"}])
+        )
     with pytest.raises(ValidationFailed, match="cannot replace key 'loan_amount'"):
-        await store.commit(board, Proposal(author="docs", base=1, patch=[
-            {"op": "replace", "path": "/loan_amount", "value": 3.0}]))
+        await store.commit(
+            board,
+            Proposal(
+                author="docs",
+                base=1,
+                patch=[{"op": "replace", "path": "/loan_amount", "value": 3.0}],
+            ),
+        )
     assert await snapshot_of(store, board) == before
 
 
@@ -282,8 +430,15 @@ async def test_stale_base_on_overlapping_key_is_a_conflict(store: BoardStore, bo
     assert "Re-read the board" in str(err.value)
     # The same stale base through the read-modify-write path.
     with pytest.raises(ConflictError):
-        await store.commit(board, Proposal(author="risk", base=0, patch=[
-            {"op": "add", "path": "/details/x", "value": 1}], reads=["credit_score"]))
+        await store.commit(
+            board,
+            Proposal(
+                author="risk",
+                base=0,
+                patch=[{"op": "add", "path": "/details/x", "value": 1}],
+                reads=["credit_score"],
+            ),
+        )
     assert await snapshot_of(store, board) == before
 
 
@@ -295,11 +450,13 @@ async def test_stale_base_on_disjoint_key_commits(store: BoardStore, board: str)
 
 async def test_read_set_change_is_a_conflict_no_write_skew(store: BoardStore, board: str) -> None:
     """Two writers each read the other's key: only one may commit from the same base."""
-    await store.commit(board, Proposal.updates("docs", 0, {"loan_amount": 100.0},
-                                               reads=["credit_score"]))
+    await store.commit(
+        board, Proposal.updates("docs", 0, {"loan_amount": 100.0}, reads=["credit_score"])
+    )
     with pytest.raises(ConflictError) as err:
-        await store.commit(board, Proposal.updates("risk", 0, {"credit_score": 600},
-                                                   reads=["loan_amount"]))
+        await store.commit(
+            board, Proposal.updates("risk", 0, {"credit_score": 600}, reads=["loan_amount"])
+        )
     assert err.value.changed == {"loan_amount": 1}
 
 
@@ -339,7 +496,8 @@ async def test_unreachable_redis_is_store_unavailable(tmp_path: Any) -> None:
 
 
 async def test_concurrent_creates_of_one_id(store: BoardStore, loan_schema: BoardSchema) -> None:
-    results = await asyncio.gather(*(store.create("same", loan_schema) for _ in range(5)),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        *(store.create("same", loan_schema) for _ in range(5)), return_exceptions=True
+    )
     assert sum(not isinstance(r, Exception) for r in results) == 1
     assert all(isinstance(r, BoardExists) for r in results if isinstance(r, Exception))
