@@ -23,8 +23,22 @@ def redis_server(*extra: str) -> Iterator[str]:
     workdir = tempfile.mkdtemp(prefix="bb-bench-")
     sock = os.path.join(workdir, "redis.sock")
     proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no",
-         "--dir", workdir, "--logfile", os.path.join(workdir, "redis.log"), *extra],
+        [
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            sock,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--logfile",
+            os.path.join(workdir, "redis.log"),
+            *extra,
+        ],
     )
     try:
         deadline = time.monotonic() + 15
@@ -46,8 +60,10 @@ def redis_server(*extra: str) -> Iterator[str]:
 
 def machine() -> str:
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
-    return (f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"{version.stdout.split()[2]}")
+    return (
+        f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{version.stdout.split()[2]}"
+    )
 
 
 def percentile(samples: list[float], p: float) -> float:

@@ -50,14 +50,19 @@ def summary(name: str, samples: list[float]) -> dict[str, float]:
         "p99_us": percentile(samples, 99) * 1e6,
         "mean_us": sum(samples) / len(samples) * 1e6,
     }
-    print(f"  {name:<34} {row['per_s']:>9,.0f}/s  p50 {row['p50_us']:7.1f} us  "
-          f"p99 {row['p99_us']:7.1f} us")
+    print(
+        f"  {name:<34} {row['per_s']:>9,.0f}/s  p50 {row['p50_us']:7.1f} us  "
+        f"p99 {row['p99_us']:7.1f} us"
+    )
     return row
 
 
 def ids() -> dict[str, str]:
-    return {"proposal_id": uuid.uuid4().hex, "activation_id": uuid.uuid4().hex,
-            "trace_id": uuid.uuid4().hex}
+    return {
+        "proposal_id": uuid.uuid4().hex,
+        "activation_id": uuid.uuid4().hex,
+        "trace_id": uuid.uuid4().hex,
+    }
 
 
 async def raw_vs_library(store: BoardStore, n: int, rounds: int) -> float:
@@ -103,15 +108,23 @@ async def big_vs_small(store: BoardStore, n: int, rounds: int) -> float:
     await store.create("big", SCHEMA, initial={"blobs": {}})
     big_version = 0
     for i in range(20):  # 20 x 512 KB = 10 MB, written through the commit path
-        await store.commit("big", Proposal(author="loader", base=big_version, patch=[
-            {"op": "add", "path": f"/blobs/b{i}", "value": chunk}]))
+        await store.commit(
+            "big",
+            Proposal(
+                author="loader",
+                base=big_version,
+                patch=[{"op": "add", "path": f"/blobs/b{i}", "value": chunk}],
+            ),
+        )
         big_version += 1
     sizes = {b: (await store.info(b)).bytes for b in ("small", "big")}
 
     def writer(board: str, offset: int) -> Timed:
         async def commit(i: int) -> None:
-            await store.commit(board, Proposal.updates(
-                "agent", offset + i, {"summary": f"step {i}"}, **ids()))
+            await store.commit(
+                board, Proposal.updates("agent", offset + i, {"summary": f"step {i}"}, **ids())
+            )
+
         return commit
 
     small: list[float] = []
@@ -145,8 +158,9 @@ async def read_at_version(store: BoardStore, n: int) -> None:
             samples.append(time.perf_counter() - t0)
         return samples
 
-    print(f"read-at-version, {n:,} versions, {len(snaps)} snapshots "
-          f"(largest gap {width} versions):")
+    print(
+        f"read-at-version, {n:,} versions, {len(snaps)} snapshots (largest gap {width} versions):"
+    )
     summary(f"at a snapshot (v{near})", await read(near))
     summary(f"farthest from one (v{far}, {far - near} patches)", await read(far))
     summary("current version", await read(n))
@@ -171,9 +185,11 @@ async def memory_per_commit(store: BoardStore, n: int) -> tuple[float, float]:
         await store.commit("mem", proposal)
     per_commit = (await used() - before) / n
     avg_patch = patch_bytes / n
-    print(f"Redis memory per commit ({n:,} commits of a ~{avg_patch:.0f} B patch, "
-          f"with three 32-char ids each): {per_commit:.0f} B "
-          f"(= {per_commit / avg_patch:.2f} x patch bytes)")
+    print(
+        f"Redis memory per commit ({n:,} commits of a ~{avg_patch:.0f} B patch, "
+        f"with three 32-char ids each): {per_commit:.0f} B "
+        f"(= {per_commit / avg_patch:.2f} x patch bytes)"
+    )
     return per_commit, avg_patch
 
 
