@@ -69,6 +69,9 @@ class CommitResult(BaseModel):
     """Keys whose value changed (empty for a duplicate or a no-op write)."""
     snapshot: bool = False
     """Whether this commit also stored a snapshot of the board."""
+    replicas: int | None = None
+    """With ``Settings.wait_replicas``: how many replicas acknowledged the commit before
+    the wait timed out (the commit stands either way)."""
 
 
 class LogEntry(BaseModel):

@@ -552,11 +552,28 @@ class BoardStore:
                 ],
                 args=args,
             )
-            if reply[0] == "ok" and self.settings.wait_replicas:
+        result = await self._answer(board_id, proposal, reply)
+        if self.settings.wait_replicas and not result.duplicate:
+            result.replicas = await self._wait_replicas(board_id, result.version)
+        return result
+
+    async def _wait_replicas(self, board_id: str, version: int) -> int:
+        wanted = self.settings.wait_replicas
+        async with _redis_errors(f"wait for replicas of board {board_id!r}"):
+            acked = int(
                 await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                    "WAIT", self.settings.wait_replicas, self.settings.wait_timeout_ms
+                    "WAIT", wanted, self.settings.wait_timeout_ms
                 )
-        return await self._answer(board_id, proposal, reply)
+            )
+        if acked < wanted:
+            log.warning(
+                "commit acknowledged by %d of %d replicas within %d ms",
+                acked,
+                wanted,
+                self.settings.wait_timeout_ms,
+                extra={"board": board_id, "version": version},
+            )
+        return acked
 
     async def _answer(self, board_id: str, proposal: Proposal, reply: list[Any]) -> CommitResult:
         status = reply[0]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -38,7 +39,7 @@ class RedisServer:
         return redis.Redis(unix_socket_path=self.socket, decode_responses=True)
 
 
-def start_redis_server(*extra: str) -> RedisServer:
+def start_redis_server(*extra: str, port: int = 0) -> RedisServer:
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed: the real-Redis half of the suite is skipped"
@@ -51,7 +52,9 @@ def start_redis_server(*extra: str) -> RedisServer:
         [
             binary,
             "--port",
-            "0",
+            str(port),
+            "--bind",
+            "127.0.0.1",
             "--unixsocket",
             sock,
             "--unixsocketperm",
@@ -91,6 +94,20 @@ def stop_redis_server(server: RedisServer) -> None:
         server.process.kill()
         server.process.wait()
     shutil.rmtree(server.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_servers() -> Iterator[Callable[..., RedisServer]]:
+    """Start extra private servers (``start(*args, port=0)``); all stopped afterwards."""
+    started: list[RedisServer] = []
+
+    def start(*extra: str, port: int = 0) -> RedisServer:
+        started.append(start_redis_server(*extra, port=port))
+        return started[-1]
+
+    yield start
+    for server in reversed(started):
+        stop_redis_server(server)
 
 
 @pytest.fixture(scope="session")
