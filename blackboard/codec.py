@@ -3,12 +3,13 @@ value read from Redis is ever evaluated."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 from blackboard.errors import ValidationFailed
 
-__all__ = ["approx_tokens", "dumps", "loads"]
+__all__ = ["approx_tokens", "content_hash", "dumps", "loads"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -37,3 +38,8 @@ def approx_tokens(nbytes: int) -> int:
     sizes never need a re-read of the board. Good enough for thresholds; not for billing.
     """
     return (nbytes + 3) // 4
+
+
+def content_hash(text: str) -> str:
+    """Short content hash (64 bits) used for board fingerprints, not for security."""
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

@@ -53,6 +53,11 @@ class BoardKeys:
         return self._k("kver")
 
     @property
+    def khash(self) -> str:
+        """Hash: board key -> short hash of its JSON value (content fingerprints)."""
+        return self._k("khash")
+
+    @property
     def log(self) -> str:
         """Stream: one entry per commit, entry id ``<version>-0``."""
         return self._k("log")
@@ -88,6 +93,7 @@ class BoardKeys:
             self.meta,
             self.state,
             self.kver,
+            self.khash,
             self.log,
             self.proposals,
             self.snapshots,

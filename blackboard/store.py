@@ -172,14 +172,21 @@ class BoardStore:
         keys = self.keys(board_id)
         flat: list[str] = []
         for k, v in state.items():
-            flat += [k, v]
+            flat += [k, v, codec.content_hash(v)]
         snapshot = "{" + ",".join(f'"{k}":{v}' for k, v in state.items()) + "}"
         async with _redis_errors(f"create board {board_id!r}"):
             # Index first: a crash between the two leaves an index entry without a board,
             # which listing skips, never a board that listing cannot find.
             await self.redis.zadd(self._global.boards, {board_id: time.time() * 1000}, nx=True)
             created = await self._create_script(
-                keys=[keys.meta, keys.state, keys.snapshots, keys.snapshot_index, keys.declaration],
+                keys=[
+                    keys.meta,
+                    keys.state,
+                    keys.snapshots,
+                    keys.snapshot_index,
+                    keys.declaration,
+                    keys.khash,
+                ],
                 args=[schema.digest, schema.to_json(), snapshot, len(state), *flat],
             )
         if not created:
@@ -329,6 +336,14 @@ class BoardStore:
             tokens=int(ntokens),
             keys=per_key,
         )
+
+    async def fingerprint(self, board_id: str) -> str:
+        """A hash of the board's content (not its version): equal content, equal
+        fingerprint. Built from per-key hashes the commit keeps, so it costs O(keys),
+        not O(board bytes). Loop detection compares these."""
+        async with _redis_errors(f"read board {board_id!r}"):
+            hashes = cast("dict[str, str]", await self.redis.hgetall(self.keys(board_id).khash))
+        return codec.content_hash(",".join(f"{k}={hashes[k]}" for k in sorted(hashes)))
 
     async def history(
         self, board_id: str, *, start: int = 1, end: int | None = None, limit: int | None = None
@@ -536,8 +551,8 @@ class BoardStore:
             outcome,
             board_id,
         ]
-        for write in writes:
-            args.extend(write)
+        for key, action, value in writes:
+            args += [key, action, value, codec.content_hash(value) if value else ""]
         args.extend(reads)
         async with _redis_errors(f"commit to board {board_id!r}"):
             reply = await self._commit_script(
@@ -549,6 +564,7 @@ class BoardStore:
                     keys.proposals,
                     keys.snapshots,
                     keys.snapshot_index,
+                    keys.khash,
                 ],
                 args=args,
             )

@@ -9,6 +9,7 @@ KEYS[5] proposals  hash   proposal id -> version (idempotency, checked here and 
                           around the call: a client retry may send the script twice)
 KEYS[6] snaps      hash   version -> JSON object of the whole board
 KEYS[7] snapidx    zset   snapshot versions
+KEYS[8] khash      hash   key -> short hash of its value, for content fingerprints
 
 ARGV[1]  declaration digest the caller validated against
 ARGV[2]  base version
@@ -23,7 +24,9 @@ ARGV[12] undo patch (JSON), or '' to build it here from the old values (blind pa
 ARGV[13] activation id         ARGV[14] trace id
 ARGV[15] reason                ARGV[16] outcome
 ARGV[17] board id (event)
-ARGV[18..] W triples: key, action ('set' | 'replace' | 'remove'), value JSON ('' if remove)
+ARGV[18..] W quadruples: key, action ('set' | 'replace' | 'remove'), value JSON ('' if
+         remove), hash of the value (computed by the caller: Lua here has no hash function
+         on every backend)
 then R keys of the read set.
 
 Returns one of
@@ -34,8 +37,8 @@ Returns one of
   {'notfound'} {'archived'} {'decl', stored_digest} {'ahead', version}
 Nothing is written unless the answer is 'ok'.
 ]]
-local meta, state, kver, log, proposals, snaps, snapidx =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local meta, state, kver, log, proposals, snaps, snapidx, khash =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
 local m = redis.call('HMGET', meta, 'version', 'status', 'decl', 'bytes', 'tokens', 'since_snap')
 if not m[1] then return {'notfound'} end
@@ -54,7 +57,7 @@ if base > version then return {'ahead', version} end
 
 local W, R = tonumber(ARGV[6]), tonumber(ARGV[7])
 local FIRST = 18
-local READS = FIRST + 3 * W
+local READS = FIRST + 4 * W
 
 -- Serializable: no key written or read may have changed after the base version.
 local conflicts = {'conflict'}
@@ -65,13 +68,13 @@ local function check(k)
     conflicts[#conflicts + 1] = kv
   end
 end
-for i = 0, W - 1 do check(ARGV[FIRST + 3 * i]) end
+for i = 0, W - 1 do check(ARGV[FIRST + 4 * i]) end
 for i = 0, R - 1 do check(ARGV[READS + i]) end
 if #conflicts > 1 then return conflicts end
 
 -- Every precondition before the first write, so a refusal changes nothing.
 for i = 0, W - 1 do
-  local k, action = ARGV[FIRST + 3 * i], ARGV[FIRST + 3 * i + 1]
+  local k, action = ARGV[FIRST + 4 * i], ARGV[FIRST + 4 * i + 1]
   if action ~= 'set' and redis.call('HEXISTS', state, k) == 0 then
     return {'missing', k, action}
   end
@@ -85,7 +88,7 @@ local undo = {}
 local changed = {}
 local dbytes, dtokens = 0, 0
 for i = 0, W - 1 do
-  local k, action, value = ARGV[FIRST + 3 * i], ARGV[FIRST + 3 * i + 1], ARGV[FIRST + 3 * i + 2]
+  local k, action, value = ARGV[FIRST + 4 * i], ARGV[FIRST + 4 * i + 1], ARGV[FIRST + 4 * i + 2]
   local old = false
   local oldlen
   if build_undo then
@@ -98,11 +101,13 @@ for i = 0, W - 1 do
   local did = true
   if action == 'remove' then
     redis.call('HDEL', state, k)
+    redis.call('HDEL', khash, k)
   elseif old and old == value then
     did = false          -- same content: not a change, no new key version
     newlen = oldlen
   else
     redis.call('HSET', state, k, value)
+    redis.call('HSET', khash, k, ARGV[FIRST + 4 * i + 3])
     newlen = #value
   end
   if did then

@@ -501,3 +501,18 @@ async def test_concurrent_creates_of_one_id(store: BoardStore, loan_schema: Boar
     )
     assert sum(not isinstance(r, Exception) for r in results) == 1
     assert all(isinstance(r, BoardExists) for r in results if isinstance(r, Exception))
+
+
+async def test_fingerprint_follows_content_not_versions(store: BoardStore, board: str) -> None:
+    empty = await store.fingerprint(board)
+    await store.commit(board, Proposal.updates("risk", 0, {"risk_rating": "low"}))
+    changed = await store.fingerprint(board)
+    await store.commit(board, Proposal.updates("risk", 1, {"risk_rating": None}))
+    assert changed != empty
+    assert await store.fingerprint(board) == empty  # same content again, same fingerprint
+    await store.rollback(board, to=1, author="supervisor")
+    assert await store.fingerprint(board) == changed
+    await store.commit(
+        board, Proposal(author="docs", base=3, patch=[{"op": "remove", "path": "/notes"}])
+    )
+    assert await store.fingerprint(board) not in (empty, changed)
