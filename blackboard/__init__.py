@@ -3,33 +3,46 @@
 The public API is what ``__all__`` lists; everything else may change.
 """
 
+from blackboard.app import App, Audit, Gate, Limits, Policy
 from blackboard.config import Settings
 from blackboard.connection import connect
 from blackboard.errors import (
+    AgentError,
     BlackboardError,
     BoardExists,
     BoardNotFound,
     BudgetExceeded,
     ConfigError,
     ConflictError,
+    FatalError,
     LoopDetected,
     OwnershipError,
     ProposalRejected,
+    SemanticError,
     StoreUnavailable,
+    TransientError,
     ValidationFailed,
 )
 from blackboard.records import (
+    Activation,
     BoardInfo,
     BoardSize,
     BoardState,
     CommitResult,
+    Handoff,
     LogEntry,
+    Outcome,
     Proposal,
+    Submission,
 )
 from blackboard.schema import HUMAN, SUPERVISOR, BoardSchema, Key, KeySpec
 from blackboard.store import BoardStore
 
 __all__ = [
+    "Activation",
+    "AgentError",
+    "App",
+    "Audit",
     "BlackboardError",
     "BoardExists",
     "BoardInfo",
@@ -42,17 +55,26 @@ __all__ = [
     "CommitResult",
     "ConfigError",
     "ConflictError",
+    "FatalError",
+    "Gate",
     "HUMAN",
+    "Handoff",
     "Key",
     "KeySpec",
+    "Limits",
     "LogEntry",
     "LoopDetected",
+    "Outcome",
     "OwnershipError",
+    "Policy",
     "Proposal",
     "ProposalRejected",
     "SUPERVISOR",
+    "SemanticError",
     "Settings",
     "StoreUnavailable",
+    "Submission",
+    "TransientError",
     "ValidationFailed",
     "connect",
 ]

@@ -10,6 +10,10 @@
     │   ├── ValidationFailed   malformed patch, unknown key, bad value, too large
     │   ├── OwnershipError     the author does not own a key it touches
     │   └── ConflictError      a key written or read changed after the base version
+    ├── AgentError             an activation failed
+    │   ├── TransientError     retried with backoff (timeouts, rate limits, connections)
+    │   ├── SemanticError      the output is unusable: sent back as a rewrite request
+    │   └── FatalError         fails the activation and escalates the board
     ├── LoopDetected           a handoff cycle tripped the circuit breaker
     ├── BudgetExceeded         an activation, token, cost or time budget is spent
     └── StoreUnavailable       Redis could not be reached (wraps the redis error)
@@ -23,16 +27,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 __all__ = [
+    "AgentError",
     "BlackboardError",
     "BoardExists",
     "BoardNotFound",
     "BudgetExceeded",
     "ConfigError",
     "ConflictError",
+    "FatalError",
     "LoopDetected",
     "OwnershipError",
     "ProposalRejected",
+    "SemanticError",
     "StoreUnavailable",
+    "TransientError",
     "ValidationFailed",
 ]
 
@@ -131,6 +139,23 @@ class ConflictError(ProposalRejected):
             f"board {board_id!r} changed after base version {base}: {detail}. "
             "Re-read the board and recompute the proposal from the new version."
         )
+
+
+class AgentError(BlackboardError):
+    """An activation failed. Agents raise the subclass that says how to react."""
+
+
+class TransientError(AgentError):
+    """Worth retrying as is: a timeout, a rate limit, a dropped connection."""
+
+
+class SemanticError(AgentError):
+    """The output is unusable (failed validation): the agent gets a rewrite request with
+    this message as feedback; never retried blindly."""
+
+
+class FatalError(AgentError):
+    """Retrying cannot help: the activation fails and the board escalates to a human."""
 
 
 class LoopDetected(BlackboardError):

@@ -87,6 +87,49 @@ class BoardKeys:
         """Pub/sub channel announcing each commit."""
         return self._k("events")
 
+    # -- the supervisor's per-board state (same slot as the board) --------------------
+
+    @property
+    def results(self) -> str:
+        """Hash: proposal id -> JSON outcome (committed / rejected / held / failed)."""
+        return self._k("results")
+
+    @property
+    def activations(self) -> str:
+        """Hash: activation id -> JSON activation record (the envelope)."""
+        return self._k("acts")
+
+    @property
+    def open(self) -> str:
+        """Sorted set: open activation id -> deadline (ms)."""
+        return self._k("open")
+
+    @property
+    def outbox(self) -> str:
+        """Hash: activation id -> queue entry JSON not yet dispatched to its agent."""
+        return self._k("outbox")
+
+    @property
+    def loops(self) -> str:
+        """Hash: handoff counters ('a>b' -> 'fingerprint|count'), rewrite counters, and
+        summarised content hashes."""
+        return self._k("loops")
+
+    @property
+    def routed(self) -> str:
+        """Hash: proposal id -> 1 once its routing step ran (idempotency)."""
+        return self._k("routed")
+
+    @property
+    def held(self) -> str:
+        """Hash: proposal id -> proposal JSON held by a gate."""
+        return self._k("held")
+
+    @property
+    def incidents(self) -> str:
+        """Stream: loops tripped, budgets spent, timeouts, gates, audits, rollbacks."""
+        return self._k("incidents")
+
     def all(self) -> list[str]:
         """Every stored key of the board (for delete)."""
         return [
@@ -99,6 +142,14 @@ class BoardKeys:
             self.snapshots,
             self.snapshot_index,
             self.declaration,
+            self.results,
+            self.activations,
+            self.open,
+            self.outbox,
+            self.loops,
+            self.routed,
+            self.held,
+            self.incidents,
         ]
 
 
@@ -117,6 +168,34 @@ class GlobalKeys:
     def archived(self) -> str:
         """Sorted set of archived board ids, score = archive time in ms."""
         return f"{self.prefix}:archived"
+
+    def proposals(self, shard: int) -> str:
+        """Stream of agents' submissions and operators' commands for the supervisor."""
+        return f"{self.prefix}:proposals:{shard}"
+
+    def queue(self, agent: str) -> str:
+        """Stream of activations for one agent (its instances share a consumer group)."""
+        return f"{self.prefix}:queue:{agent}"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of entries that failed too many deliveries, with the reason."""
+        return f"{self.prefix}:dlq"
+
+    @property
+    def escalations(self) -> str:
+        """Sorted set: board id -> time it was escalated or held for approval (ms)."""
+        return f"{self.prefix}:escalations"
+
+    @property
+    def watch(self) -> str:
+        """Sorted set: board id -> earliest deadline to check (activations, board)."""
+        return f"{self.prefix}:watch"
+
+    @property
+    def app(self) -> str:
+        """String: the app declaration the supervisor published (JSON)."""
+        return f"{self.prefix}:app"
 
     def board(self, board_id: str) -> BoardKeys:
         return BoardKeys(self.prefix, check_board_id(board_id))

@@ -10,13 +10,18 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "Activation",
     "BoardInfo",
     "BoardSize",
     "BoardState",
     "CommitKind",
     "CommitResult",
+    "Handoff",
     "LogEntry",
+    "Outcome",
+    "Preview",
     "Proposal",
+    "Submission",
 ]
 
 CommitKind = Literal["write", "rollback", "summary", "approval", "system"]
@@ -126,3 +131,114 @@ class BoardSize(BaseModel):
     tokens: int
     keys: dict[str, tuple[int, int]]
     """Key -> (bytes, approximate tokens) of its JSON value; unset keys are absent."""
+
+
+class Handoff(BaseModel):
+    """An agent naming who should act next. Strict: unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to: str = Field(min_length=1, max_length=64)
+    """The next agent's name; it must be declared in the app (and permitted, if the
+    author restricts its handoff targets)."""
+    payload: dict[str, Any] = Field(default_factory=dict)
+    confidence: float = Field(default=1.0, ge=0.0, le=1.0)
+    reason: str = Field(default="", max_length=2000)
+
+
+SubmissionKind = Literal["proposal", "failure", "command"]
+
+
+class Submission(BaseModel):
+    """One entry of the supervisor's proposal stream: an agent's proposal (maybe only a
+    handoff), an agent's failure report, or an operator's command."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: SubmissionKind
+    board_id: str
+    proposal_id: str = Field(default_factory=new_id, pattern=_ID)
+    author: str = Field(min_length=1, max_length=64)
+    base: int = Field(default=0, ge=0)
+    patch: list[dict[str, Any]] = Field(default_factory=list)
+    reads: list[str] = Field(default_factory=list)
+    handoff: Handoff | None = None
+    activation_id: str = ""
+    trace_id: str = ""
+    reason: str = Field(default="", max_length=2000)
+    error: Literal["", "semantic", "fatal", "timeout"] = ""
+    """For failures: how the activation failed."""
+    command: str = ""
+    """For commands: approve, reject, rollback, flag, pause, resume, start."""
+    args: dict[str, Any] = Field(default_factory=dict)
+    tokens_in: int = Field(default=0, ge=0)
+    tokens_out: int = Field(default=0, ge=0)
+    cost: float = Field(default=0.0, ge=0.0)
+
+    def proposal(self) -> Proposal:
+        return Proposal(
+            author=self.author, base=self.base, patch=self.patch, proposal_id=self.proposal_id,
+            reads=self.reads, activation_id=self.activation_id, trace_id=self.trace_id,
+            reason=self.reason,
+        )
+
+
+class Outcome(BaseModel):
+    """What became of a submission, recorded per board by proposal id."""
+
+    status: Literal["committed", "rejected", "held", "failed"]
+    version: int | None = None
+    keys: list[str] = Field(default_factory=list)
+    """Keys the commit changed."""
+    audit: str = ""
+    """Name of the audit that failed after commit (the board was rolled back)."""
+    reason: str = ""
+    """Rejection reason code (``validation``, ``ownership``, ``conflict``, ``policy``…)."""
+    message: str = ""
+    """The human-readable explanation, returned to the agent as feedback."""
+
+
+ActivationStatus = Literal["queued", "running", "submitted", "timed_out", "failed", "cancelled"]
+
+
+class Activation(BaseModel):
+    """The supervisor telling one agent to act on one board, and what came of it."""
+
+    activation_id: str
+    board_id: str
+    agent: str
+    base: int
+    """Board version when the activation was created."""
+    trace_id: str
+    parent: str = ""
+    """The activation (or proposal) that caused this one."""
+    reason: Literal["start", "handoff", "trigger", "router", "rewrite", "summarise"] = "trigger"
+    feedback: str = ""
+    """For a rewrite: what to fix (a rejection or a failed audit)."""
+    payload: dict[str, Any] = Field(default_factory=dict)
+    deadline_ms: int = 0
+    created_ms: int = 0
+    status: ActivationStatus = "queued"
+    finished_ms: int = 0
+    duration_ms: int = 0
+    retries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost: float = 0.0
+    outcome: str = ""
+
+
+class Preview(BaseModel):
+    """A proposal applied in memory: what the board would hold, for the keys involved."""
+
+    version: int
+    """The board's version when previewed."""
+    kvers: dict[str, int]
+    """Key -> version of its last change, for every key involved."""
+    view: dict[str, Any]
+    """Key -> value after the proposal (unset keys absent)."""
+    writes: list[str]
+    reads: list[str]
+    """Keys the patch itself reads (test/copy) without writing."""
+    duplicate_of: int | None = None
+    """If this proposal id already committed: the version it committed as."""

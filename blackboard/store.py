@@ -45,6 +45,7 @@ from blackboard.records import (
     CommitKind,
     CommitResult,
     LogEntry,
+    Preview,
     Proposal,
     new_id,
 )
@@ -469,6 +470,54 @@ class BoardStore:
             writes,
             [*dict.fromkeys(k for k in [*reads, *plan.reads] if k not in plan.writes)],
             undo,
+        )
+
+    async def preview(
+        self,
+        board_id: str,
+        proposal: Proposal,
+        *,
+        extra: Iterable[str] = (),
+        kind: CommitKind = "write",
+    ) -> Preview:
+        """The board as it would be after ``proposal``, limited to the keys it touches,
+        reads and ``extra`` (e.g. the keys policies read), without committing.
+
+        Validates like :meth:`commit` (shape, keys, ownership for ``write``, types,
+        sizes) and reports per-key versions so the caller can decide about staleness.
+        """
+        schema = await self._schema_for(board_id)
+        plan = patches.plan(proposal.patch, schema)
+        if kind == "write":
+            self._check_author(schema, proposal.author, plan.writes)
+        wanted = [*dict.fromkeys([*plan.writes, *plan.reads, *proposal.reads, *extra])]
+        for key in wanted:
+            schema.check_key(key)
+        keys = self.keys(board_id)
+        async with _redis_errors(f"read board {board_id!r}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(keys.meta, "version")
+            pipe.hmget(keys.state, wanted)
+            pipe.hmget(keys.kver, wanted)
+            pipe.hget(keys.proposals, proposal.proposal_id)
+            version, values, kvers, earlier = await pipe.execute()
+        if version is None:
+            raise await self._not_found(board_id)
+        before = {k: codec.loads(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+        touched = {k: before[k] for k in [*plan.writes, *plan.reads] if k in before}
+        after = patches.apply_to(plan.ops, touched)
+        view = {k: v for k, v in before.items() if k not in plan.writes}
+        for key in plan.writes:
+            if key in after:
+                self._checked_value(schema, key, after[key])
+                view[key] = after[key]
+        return Preview(
+            version=int(version),
+            kvers={k: int(v or 0) for k, v in zip(wanted, kvers, strict=True)},
+            view=view,
+            writes=list(plan.writes),
+            reads=list(plan.reads),
+            duplicate_of=None if earlier is None else int(earlier),
         )
 
     async def _apply(

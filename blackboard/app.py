@@ -1,0 +1,267 @@
+"""The app: one declaration of a deployment, imported by every process.
+
+It bundles the board model, the agents, policies, audits, gates, limits, the completion
+condition and an optional router. Misdeclarations fail in the constructor, before
+anything runs. The supervisor publishes :meth:`App.declaration` to Redis so the CLI can
+inspect boards without importing user code, and a process whose declaration differs
+from the published one is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from blackboard import codec
+from blackboard.errors import ConfigError
+from blackboard.schema import HUMAN, SUPERVISOR, BoardSchema
+
+if TYPE_CHECKING:
+    from blackboard.agents.agent import Agent, Trigger
+    from blackboard.records import Handoff
+
+__all__ = ["App", "Audit", "Gate", "Limits", "Policy"]
+
+Check = Callable[[Mapping[str, Any]], "bool | str | None"]
+
+
+def verdict(result: bool | str | None, default_message: str) -> str | None:
+    """A check passes with True or None; False or a message is a failure."""
+    if result is True or result is None:
+        return None
+    return result if isinstance(result, str) and result else default_message
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A deterministic check over the board as it would be after a proposal; runs before
+    commit. The keys it reads join the commit's read set, so a concurrent change to them
+    is a conflict (re-validated), never a silent write skew.
+
+    ``check(board)`` returns True/None when satisfied, else False or a message.
+    """
+
+    name: str
+    reads: tuple[str, ...]
+    check: Check
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Audit:
+    """A check after commit (possibly slow or semantic). A failure rolls the board back
+    to the compliant version and sends the author a rewrite request."""
+
+    name: str
+    reads: tuple[str, ...]
+    check: Callable[[Mapping[str, Any]], Awaitable[bool | str | None] | bool | str | None]
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A human-approval checkpoint: a proposal for which ``when(updates, board)`` is true
+    is held, not committed, until an operator approves or rejects it."""
+
+    name: str
+    reads: tuple[str, ...]
+    when: Callable[[Mapping[str, Any], Mapping[str, Any]], bool]
+    message: str = ""
+
+
+class Limits(BaseModel):
+    """Loop, budget and time limits of every board of the app."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    loop_threshold: int = Field(default=3, ge=2)
+    """The same handoff (or rewrite) repeated this many times with no change to the
+    board's content trips the circuit breaker."""
+    max_rewrites: int = Field(default=2, ge=0)
+    """Consecutive rejections of one agent's proposals before the board escalates."""
+    max_activations: int = Field(default=100, ge=1)
+    """Total activations per board (like a recursion limit)."""
+    activation_timeout_s: float = Field(default=60.0, gt=0)
+    deadline_s: float | None = Field(default=None, gt=0)
+    """Wall-clock budget of a board from its start."""
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost: float | None = Field(default=None, gt=0)
+    summary_bytes: int = Field(default=16_000, ge=64)
+    """Default threshold of a summarisable key (bytes of its JSON)."""
+    summary_tokens: int | None = Field(default=None, ge=16)
+    max_deliveries: int = Field(default=5, ge=1)
+    """Deliveries of one queue entry before it is dead-lettered."""
+    claim_idle_ms: int = Field(default=30_000, ge=10)
+    """A pending entry idle this long is reclaimed from its (presumed dead) consumer."""
+
+
+Router = Callable[[Mapping[str, Any], Sequence[str]], Sequence[str]]
+"""router(board, changed_keys) -> agents to activate, after handoffs and triggers."""
+
+
+@dataclass
+class App:
+    """Everything a deployment runs. Build it once in a module and import it everywhere
+    (``--app pkg.module:app``).
+
+    Args:
+        board: the pydantic board model (every field marked with ``Key``).
+        agents: the agents; names unique; each owns exactly the keys the model gives it.
+        start: agent(s) activated when a board starts.
+        policies, audits, gates: see their classes.
+        done: completion condition over the board; a board is ``done`` when it holds.
+        done_reads: the keys ``done`` reads.
+        router: optional; extra activations decided from the board.
+        summariser: name of the agent that summarises keys that grow too large.
+        limits: loop, budget and time limits.
+        model: the model agents get in their context (see ``blackboard.agents.models``).
+    """
+
+    board: type[BaseModel]
+    agents: Sequence[Agent]
+    start: Sequence[str] = ()
+    policies: Sequence[Policy] = ()
+    audits: Sequence[Audit] = ()
+    gates: Sequence[Gate] = ()
+    done: Check | None = None
+    done_reads: Sequence[str] = ()
+    router: Router | None = None
+    router_reads: Sequence[str] = ()
+    summariser: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    model: Any = None
+    tools: Any = None
+    name: str = ""
+    schema: BoardSchema = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.schema = BoardSchema.from_model(self.board)
+        self.name = self.name or self.schema.name
+        self._agents: dict[str, Agent] = {}
+        for a in self.agents:
+            if not a.name:
+                raise ConfigError("an agent has no name; set `name` on the class or "
+                                  "pass it to @agent(...).")
+            if a.name in self._agents:
+                raise ConfigError(f"two agents are named {a.name!r}; names must be unique.")
+            if a.name in (SUPERVISOR, HUMAN):
+                raise ConfigError(f"{a.name!r} is reserved; give the agent another name.")
+            self._agents[a.name] = a
+        self._check_ownership()
+        self._check_reads()
+
+    # -- build-time checks ----------------------------------------------------------
+
+    def _check_ownership(self) -> None:
+        owners = self.schema.owners()
+        for owner, keys in owners.items():
+            if owner not in self._agents and owner not in (SUPERVISOR, HUMAN):
+                raise ConfigError(
+                    f"keys {', '.join(keys)} are owned by {owner!r}, which is not an agent "
+                    f"of the app (agents: {', '.join(sorted(self._agents))}); add the agent "
+                    "or fix the owner."
+                )
+        for a in self.agents:
+            given = tuple(owners.get(a.name, ()))
+            for key in a.owns:
+                self._known(key, f"agent {a.name!r} owns")
+                if key not in given:
+                    raise ConfigError(
+                        f"agent {a.name!r} declares it owns {key!r}, but the board model "
+                        f"gives that key to {self.schema.owner(key)!r}; a key has exactly "
+                        "one owner."
+                    )
+            if not a.owns:
+                a.owns = given
+        if self.summariser is not None and self.summariser not in self._agents:
+            raise ConfigError(f"summariser {self.summariser!r} is not an agent of the app.")
+        for name in self.start:
+            self.agent(name)
+
+    def _check_reads(self) -> None:
+        for a in self.agents:
+            for key in a.reads:
+                self._known(key, f"agent {a.name!r} reads")
+            for trig in a.triggers:
+                for key in trig.watches:
+                    self._known(key, f"a trigger of agent {a.name!r} watches")
+            for target in a.handoffs or ():
+                if target not in self._agents:
+                    raise ConfigError(f"agent {a.name!r} may hand off to {target!r}, which "
+                                      "is not an agent of the app.")
+        for kind, items in (("policy", self.policies), ("audit", self.audits),
+                            ("gate", self.gates)):
+            for item in items:
+                for key in item.reads:
+                    self._known(key, f"{kind} {item.name!r} reads")
+        for key in (*self.done_reads, *self.router_reads):
+            self._known(key, "the app's done/router condition reads")
+
+    def _known(self, key: str, who: str) -> None:
+        if key not in self.schema.keys:
+            raise ConfigError(f"{who} {key!r}, which is not a key of board "
+                              f"{self.schema.name} ({', '.join(self.schema.keys)}).")
+
+    # -- queries --------------------------------------------------------------------
+
+    def agent(self, name: str) -> Agent:
+        try:
+            return self._agents[name]
+        except KeyError:
+            raise ConfigError(f"no agent named {name!r} in app {self.name}; agents are "
+                              f"{', '.join(sorted(self._agents))}.") from None
+
+    @property
+    def agent_names(self) -> list[str]:
+        return list(self._agents)
+
+    def triggers_for(self, changed: Sequence[str]) -> list[tuple[Agent, Trigger]]:
+        """Agents with a trigger watching a changed key (only those are evaluated)."""
+        changed_set = set(changed)
+        return [(a, t) for a in self.agents for t in a.triggers
+                if changed_set.intersection(t.watches)]
+
+    def check_handoff(self, author: str, handoff: Handoff) -> str | None:
+        """None if the handoff is acceptable, else why not."""
+        if handoff.to not in self._agents:
+            return (f"handoff to unknown agent {handoff.to!r}; agents are "
+                    f"{', '.join(sorted(self._agents))}")
+        allowed = self._agents[author].handoffs if author in self._agents else None
+        if allowed is not None and handoff.to not in allowed:
+            return (f"agent {author!r} may hand off only to {', '.join(allowed)}, "
+                    f"not {handoff.to!r}")
+        return None
+
+    def summary_threshold(self, key: str) -> tuple[int, int | None]:
+        spec = self.schema.keys[key]
+        return (spec.summary_bytes or self.limits.summary_bytes,
+                spec.summary_tokens or self.limits.summary_tokens)
+
+    def declaration(self) -> dict[str, Any]:
+        """What the supervisor publishes: enough to inspect boards without user code."""
+        agents = {
+            a.name: {
+                "owns": list(a.owns),
+                "reads": list(a.reads),
+                "watches": sorted({k for t in a.triggers for k in t.watches}),
+                "handoffs": None if a.handoffs is None else list(a.handoffs),
+            }
+            for a in self.agents
+        }
+        body = {
+            "name": self.name,
+            "schema": codec.loads(self.schema.to_json()),
+            "agents": agents,
+            "start": list(self.start),
+            "policies": [{"name": p.name, "reads": list(p.reads)} for p in self.policies],
+            "audits": [{"name": a.name, "reads": list(a.reads)} for a in self.audits],
+            "gates": [{"name": g.name, "reads": list(g.reads)} for g in self.gates],
+            "summariser": self.summariser,
+            "limits": self.limits.model_dump(),
+        }
+        body["digest"] = hashlib.sha256(codec.dumps(body).encode()).hexdigest()[:16]
+        return body

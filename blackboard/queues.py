@@ -1,0 +1,150 @@
+"""A work queue on one Redis Stream with one consumer group.
+
+At-least-once delivery: an entry stays pending until acknowledged; an entry left
+pending longer than ``claim_idle_ms`` (its consumer presumably died) is claimed by the
+next consumer that asks; every delivery is counted by Redis, and an entry delivered more
+than ``max_deliveries`` times goes to the dead-letter stream, written *before* the ack
+so a crash between the two duplicates a dead letter rather than losing the entry.
+Consumers survive a Redis restart: a missing group is recreated.
+
+Known traps handled here (DESIGN §11): streams are never trimmed past an entry any
+group still holds pending; blocking reads stay well under any socket timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+__all__ = ["Delivery", "WorkQueue"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    entry_id: str
+    fields: dict[str, str]
+    deliveries: int
+    """How many times Redis has delivered this entry, this delivery included."""
+
+
+class WorkQueue:
+    """One stream + one consumer group.
+
+    Args:
+        redis: client with ``decode_responses=True``.
+        stream: the stream key.
+        group: the consumer group (all instances of one consumer role share it).
+        dead_letters: stream receiving entries that exhausted their deliveries.
+        max_deliveries: deliveries before dead-lettering.
+        claim_idle_ms: idle time after which a pending entry is reclaimed.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        stream: str,
+        group: str,
+        *,
+        dead_letters: str,
+        max_deliveries: int = 5,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.dead_letters = dead_letters
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+        self._ready = False
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis_errors.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._ready = True
+
+    async def put(self, fields: dict[str, Any]) -> str:
+        return cast(str, await self.redis.xadd(self.stream, fields))
+
+    async def take(self, consumer: str, *, count: int = 10, block_ms: int = 500) -> list[Delivery]:
+        """Reclaimed entries of dead consumers first, then new ones (blocking up to
+        ``block_ms`` when there is nothing to reclaim)."""
+        if not self._ready:
+            await self.ensure_group()
+        try:
+            reclaimed = await self._reclaim(consumer, count)
+            if reclaimed:
+                return reclaimed
+            reply = await self.redis.xreadgroup(
+                self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
+            )
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the server restarted without persistence
+                self._ready = False
+                return []
+            raise
+        entries = reply[0][1] if reply else []
+        return [Delivery(i, f, 1) for i, f in entries if f is not None]
+
+    async def _reclaim(self, consumer: str, count: int) -> list[Delivery]:
+        claimed = await self.redis.xautoclaim(
+            self.stream, self.group, consumer, self.claim_idle_ms, "0-0", count=count
+        )
+        entries = [(i, f) for i, f in claimed[1] if f is not None]
+        for deleted in claimed[2] if len(claimed) > 2 else []:
+            await self.redis.xack(self.stream, self.group, deleted)  # trimmed away: nothing to do
+        if not entries:
+            return []
+        pending = await self.redis.xpending_range(
+            self.stream, self.group, min=entries[0][0], max=entries[-1][0],
+            count=len(entries) * 2, consumername=consumer,
+        )
+        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        result = []
+        for entry_id, fields in entries:
+            delivery = Delivery(entry_id, fields, counts.get(entry_id, 2))
+            if delivery.deliveries > self.max_deliveries:
+                await self.dead_letter(
+                    delivery, f"delivered {delivery.deliveries} times without being "
+                    f"acknowledged (max_deliveries={self.max_deliveries})"
+                )
+            else:
+                result.append(delivery)
+        return result
+
+    async def ack(self, entry_id: str) -> None:
+        await self.redis.xack(self.stream, self.group, entry_id)
+
+    async def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move an entry to the dead-letter stream (written before the ack)."""
+        await self.redis.xadd(self.dead_letters, {
+            **delivery.fields, "dl_stream": self.stream, "dl_group": self.group,
+            "dl_entry": delivery.entry_id, "dl_deliveries": delivery.deliveries,
+            "dl_reason": reason, "dl_ts": int(time.time() * 1000),
+        })
+        await self.ack(delivery.entry_id)
+        log.warning("dead-lettered %s from %s: %s", delivery.entry_id, self.stream, reason)
+
+    async def trim(self) -> int:
+        """Drop entries every consumer has acknowledged (never a pending one)."""
+        info = await self.redis.xpending(self.stream, self.group)
+        if info["pending"]:
+            floor = info["min"]
+        else:
+            groups = await self.redis.xinfo_groups(self.stream)
+            mine = [g for g in groups if g["name"] == self.group]
+            if not mine:
+                return 0
+            floor = mine[0]["last-delivered-id"]
+            ms, seq = floor.split("-")
+            floor = f"{ms}-{int(seq) + 1}"
+        return int(await self.redis.xtrim(self.stream, minid=floor, approximate=False))

@@ -1,0 +1,110 @@
+"""The supervisor's atomic control step (``lua/route.lua``) and dispatch.
+
+One call per submission counts tokens, cost, rewrites and handoffs (with the board's
+content fingerprint), trips the circuit breaker or a budget (the board is escalated and
+an incident recorded: who, what cycle, which versions), and writes the new activations
+to the board's outbox. Dispatch then moves outbox entries to the agents' queues; a
+redelivered submission finds its routing done and only re-dispatches what is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+
+from blackboard import codec
+from blackboard.app import Limits
+from blackboard.keys import GlobalKeys
+from blackboard.records import Activation
+
+__all__ = ["RouteResult", "Routing", "Router"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Routing:
+    """Everything one control step needs to know."""
+
+    routing_id: str
+    version: int
+    fingerprint: str = ""
+    tokens: int = 0
+    cost: float = 0.0
+    reset_rewrite: str = ""
+    rewrite: str = ""
+    status: str = ""
+    close: str = ""
+    pairs: list[str] = field(default_factory=list)
+    activations: list[Activation] = field(default_factory=list)
+    compliant: bool = False
+
+
+@dataclass
+class RouteResult:
+    outcome: str
+    """``ok``, ``again`` (already routed) or ``tripped``."""
+    status: str = ""
+    trip_kind: str = ""
+    trip_detail: str = ""
+    dispatch: list[tuple[str, str, str]] = field(default_factory=list)
+    """(activation id, agent, queue entry JSON) waiting in the outbox."""
+
+
+class Router:
+    def __init__(self, redis: Redis, keys: GlobalKeys, limits: Limits) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.limits = limits
+        source = resources.files("blackboard.supervisor").joinpath("lua", "route.lua")
+        self._script = redis.register_script(source.read_text())
+
+    async def route(self, board_id: str, step: Routing) -> RouteResult:
+        bk = self.keys.board(board_id)
+        lim = self.limits
+        args: list[Any] = [
+            step.routing_id, int(time.time() * 1000), step.fingerprint, lim.loop_threshold,
+            lim.max_activations, lim.max_rewrites, step.tokens, repr(float(step.cost)),
+            lim.max_tokens or 0, lim.max_cost or 0, step.reset_rewrite, step.rewrite,
+            step.status, step.close, step.version, len(step.pairs), *step.pairs,
+            len(step.activations),
+        ]
+        for act in step.activations:
+            entry = codec.dumps({"agent": act.agent, "board": board_id,
+                                 "activation": act.activation_id})
+            args += [act.activation_id, act.agent, act.deadline_ms, act.model_dump_json(), entry]
+        args.append("1" if step.compliant else "0")
+        reply = await self._script(
+            keys=[bk.meta, bk.loops, bk.routed, bk.activations, bk.open, bk.outbox,
+                  bk.incidents],
+            args=args,
+        )
+        if reply[0] == "tripped":
+            log.warning("board %s escalated: %s: %s", board_id, reply[1], reply[2],
+                        extra={"board": board_id, "version": step.version})
+            await self.redis.zadd(self.keys.escalations, {board_id: time.time() * 1000})
+            return RouteResult("tripped", "escalated", reply[1], reply[2])
+        rows = reply[2:]
+        outbox = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
+        return RouteResult(reply[0], reply[1], dispatch=outbox)
+
+    async def dispatch(self, board_id: str, result: RouteResult) -> int:
+        """Move outbox entries to agent queues, if the board is active."""
+        if result.status != "active" or not result.dispatch:
+            return 0
+        bk = self.keys.board(board_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for activation_id, agent, entry in result.dispatch:
+            pipe.xadd(self.keys.queue(agent), codec.loads(entry))
+            pipe.hdel(bk.outbox, activation_id)
+        pipe.zrangebyscore(bk.open, "-inf", "+inf", start=0, num=1, withscores=True)
+        replies = await pipe.execute()
+        earliest = replies[-1]
+        if earliest:
+            await self.redis.zadd(self.keys.watch, {board_id: earliest[0][1]}, lt=True)
+        return len(result.dispatch)

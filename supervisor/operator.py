@@ -1,0 +1,186 @@
+"""Operators' commands, executed by the supervisor on the same validated commit path as
+agents' proposals and logged with the operator's name: approve / reject a held proposal,
+roll back (to a version, to the compliant version, or to before an agent's last commit),
+flag the current version, pause, resume.
+
+Commands arrive as submissions of kind ``command`` (the CLI appends them to the
+supervisor's stream and waits for the outcome) or are called directly in embedded mode.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from blackboard.errors import BlackboardError, ValidationFailed
+from blackboard.records import Outcome, Submission
+from blackboard.supervisor.control import Wanted
+from blackboard.supervisor.loops import Routing
+
+if TYPE_CHECKING:
+    from blackboard.supervisor.process import Supervisor
+
+__all__ = ["Operator"]
+
+COMMANDS = ("approve", "reject", "rollback", "flag", "pause", "resume")
+
+
+class Operator:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.sup = supervisor
+
+    async def command(self, sub: Submission, recorded: str | None) -> Outcome:
+        """Run one command once (its proposal id makes it idempotent)."""
+        if recorded is not None:
+            return Outcome.model_validate_json(recorded)
+        if sub.command not in COMMANDS:
+            outcome = Outcome(status="rejected", reason="usage", message=(
+                f"unknown command {sub.command!r}; commands are {', '.join(COMMANDS)}."))
+        else:
+            try:
+                outcome = await getattr(self, sub.command)(sub, sub.args)
+            except BlackboardError as exc:
+                outcome = Outcome(status="rejected", reason=type(exc).__name__, message=str(exc))
+        bk = self.sup.keys.board(sub.board_id)
+        await self.sup.redis.hset(bk.results, sub.proposal_id, outcome.model_dump_json())
+        return outcome
+
+    # -- gates ----------------------------------------------------------------------
+
+    async def _held(self, sub: Submission, args: dict[str, Any]) -> Submission:
+        bk = self.sup.keys.board(sub.board_id)
+        pid = str(args.get("proposal_id", ""))
+        if not pid:  # the only held proposal, for convenience
+            held = await self.sup.redis.hkeys(bk.held)
+            if len(held) != 1:
+                raise ValidationFailed(
+                    f"board {sub.board_id!r} holds {len(held)} proposals; name the one to "
+                    "act on with proposal_id.", rule="usage")
+            pid = held[0]
+        raw = await self.sup.redis.hget(bk.held, pid)
+        if raw is None:
+            raise ValidationFailed(f"board {sub.board_id!r} holds no proposal {pid!r}; see "
+                                   "`blackboard escalations` for what is waiting.", rule="usage")
+        return Submission.model_validate_json(raw)
+
+    async def approve(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        held = await self._held(sub, args)
+        note = str(args.get("note", ""))
+        proposal = held.proposal().model_copy(update={
+            "author": sub.author,
+            "reason": f"approved {held.proposal_id} of {held.author}: {note}".strip(": "),
+        })
+        decision = await self.sup.validator.decide(sub.board_id, proposal, kind="approval",
+                                                   gates=False)
+        bk = self.sup.keys.board(sub.board_id)
+        await self.sup.redis.hdel(bk.held, held.proposal_id)
+        await self.sup.redis.hset(bk.meta, "status", "active")
+        await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
+        if decision.status != "committed" or decision.commit is None:
+            outcome = Outcome(status="rejected", reason=decision.reason, message=decision.message)
+            await self._record(held, outcome)
+            await self.sup._follow_up(held, outcome, None)
+            return outcome
+        outcome = Outcome(status="committed", version=decision.commit.version,
+                          keys=decision.commit.keys)
+        await self._record(held, outcome)
+        await self.sup._follow_up(held.model_copy(update={"proposal_id": f"approved.{held.proposal_id}"}),
+                                  outcome, None)
+        return outcome
+
+    async def reject(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        held = await self._held(sub, args)
+        note = str(args.get("note", "")) or "rejected by an operator"
+        bk = self.sup.keys.board(sub.board_id)
+        await self.sup.redis.hdel(bk.held, held.proposal_id)
+        await self.sup.redis.hset(bk.meta, "status", "active")
+        await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
+        outcome = Outcome(status="rejected", reason="gate_rejected",
+                          message=f"{sub.author} rejected the proposal: {note}")
+        await self._record(held, outcome)
+        await self.sup._follow_up(held.model_copy(update={"proposal_id": f"rejected.{held.proposal_id}"}),
+                                  outcome, None)
+        return Outcome(status="committed", message=outcome.message)
+
+    async def _record(self, held: Submission, outcome: Outcome) -> None:
+        bk = self.sup.keys.board(held.board_id)
+        await self.sup.redis.hset(bk.results, held.proposal_id, outcome.model_dump_json())
+
+    # -- rollback and compliance ------------------------------------------------------
+
+    async def rollback(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        store = self.sup.store
+        if args.get("compliant"):
+            to = int(await self.sup.redis.hget(self.sup.keys.board(sub.board_id).meta,
+                                               "compliant") or 0)
+        elif args.get("before_agent"):
+            to = await self.before_agent(sub.board_id, str(args["before_agent"]))
+        elif "to" in args:
+            to = int(args["to"])
+        else:
+            raise ValidationFailed("rollback needs one of to=V, compliant=True or "
+                                   "before_agent=NAME.", rule="usage")
+        result = await store.rollback(sub.board_id, to=to, author=sub.author,
+                                      reason=sub.reason or f"operator rollback to v{to}",
+                                      proposal_id=f"rb.{sub.proposal_id}")
+        return Outcome(status="committed", version=result.version, keys=result.keys)
+
+    async def before_agent(self, board_id: str, agent: str) -> int:
+        for entry in reversed(await self.sup.store.history(board_id)):
+            if entry.author == agent and entry.kind == "write":
+                return entry.version - 1
+        raise ValidationFailed(f"agent {agent!r} has no commit on board {board_id!r}.",
+                               rule="usage")
+
+    async def restore_compliant(
+        self, board_id: str, *, by: str, why: str, proposal_id: str
+    ) -> int:
+        """Roll back to the compliant version; returns the version restored."""
+        bk = self.sup.keys.board(board_id)
+        to = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
+        result = await self.sup.store.rollback(board_id, to=to, author=by, reason=why,
+                                               proposal_id=proposal_id)
+        await self.sup._incident(board_id, "rollback", f"{why} (to v{to})", result.version)
+        return to
+
+    async def flag(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        """An upheld flag: back to the compliant version, and the agent whose commit broke
+        compliance is asked to redo its work with the flag as feedback."""
+        bk = self.sup.keys.board(sub.board_id)
+        compliant = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
+        culprit = ""
+        for entry in await self.sup.store.history(sub.board_id, start=compliant + 1):
+            if entry.kind == "write":
+                culprit = entry.author
+                break
+        why = f"flagged by {sub.author}: {sub.reason or args.get('reason', '')}".strip(": ")
+        await self.restore_compliant(sub.board_id, by=sub.author, why=why,
+                                     proposal_id=f"flag.{sub.proposal_id}")
+        wanted = [Wanted(culprit, "rewrite", {"feedback": why})] if culprit else []
+        await self.sup._route(sub.board_id, Routing(routing_id=sub.proposal_id, version=0,
+                                                    rewrite=culprit), wanted,
+                              parent=sub.proposal_id, trace_id=sub.trace_id)
+        return Outcome(status="committed", message=why)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def pause(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        bk = self.sup.keys.board(sub.board_id)
+        await self.sup.redis.hset(bk.meta, mapping={"status": "paused",
+                                                    "updated": int(time.time() * 1000)})
+        return Outcome(status="committed", message=f"paused by {sub.author}")
+
+    async def resume(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        """Back to active: loop counters reset (a human looked), outbox dispatched."""
+        bk = self.sup.keys.board(sub.board_id)
+        loops = await self.sup.redis.hkeys(bk.loops)
+        stale = [k for k in loops if not k.startswith("sum:")]
+        if stale:
+            await self.sup.redis.hdel(bk.loops, *stale)
+        await self.sup.redis.hset(bk.meta, mapping={"status": "active",
+                                                    "updated": int(time.time() * 1000)})
+        await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
+        result = await self.sup.router.route(sub.board_id, Routing(
+            routing_id=sub.proposal_id, version=0))
+        await self.sup.router.dispatch(sub.board_id, result)
+        return Outcome(status="committed", message=f"resumed by {sub.author}")

@@ -1,0 +1,440 @@
+"""The supervisor: the only writer of record.
+
+It consumes submissions (agents' proposals and failure reports, operators' commands)
+from Redis Streams through a consumer group, validates and commits, runs audits, decides
+who acts next, counts loops and budgets, and dispatches activations. Every step is
+idempotent and keyed by the submission's proposal id, and the entry is acknowledged
+last, so a supervisor killed at any instant loses nothing: another replica (or the
+restarted one) reclaims the entry and finishes the work without doing any of it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+import zlib
+from collections.abc import Mapping
+from typing import Any, cast
+
+from blackboard import codec
+from blackboard.app import App, verdict
+from blackboard.errors import BoardNotFound, ConfigError, StoreUnavailable
+from blackboard.keys import GlobalKeys
+from blackboard.queues import Delivery, WorkQueue
+from blackboard.records import Activation, BoardInfo, Outcome, Submission, new_id
+from blackboard.store import BoardStore
+from blackboard.supervisor.control import Wanted, plan_after_commit, reads_for
+from blackboard.supervisor.loops import Router, Routing
+from blackboard.supervisor.operator import Operator
+from blackboard.supervisor.validation import Decision, Validator
+
+__all__ = ["Supervisor", "submit"]
+
+log = logging.getLogger(__name__)
+
+GROUP = "supervisor"
+ACTIVE = "active"
+STOPPED = ("escalated", "done", "failed")
+
+
+def shard_of(board_id: str, shards: int) -> int:
+    return zlib.crc32(board_id.encode()) % shards
+
+
+async def submit(store: BoardStore, submission: Submission, shards: int = 1) -> str:
+    """Append a submission to the supervisor's stream (what agents and the CLI call)."""
+    keys = GlobalKeys(store.settings.key_prefix)
+    stream = keys.proposals(shard_of(submission.board_id, shards))
+    return cast(str, await store.redis.xadd(stream, {"s": submission.model_dump_json()}))
+
+
+def activation_id(parent: str, agent: str, extra: str = "") -> str:
+    """Deterministic, so a redelivered submission re-creates the same activations."""
+    return "a" + codec.content_hash(f"{parent}>{agent}:{extra}")
+
+
+class Supervisor:
+    """Supervises every board of one app.
+
+    Args:
+        app: the deployment's declaration.
+        store: the board store (its Redis is where everything lives).
+        name: this replica's consumer name (default: host, pid and a random suffix).
+        shards: number of submission streams (boards are spread by id).
+    """
+
+    def __init__(
+        self, app: App, store: BoardStore, *, name: str | None = None, shards: int = 1
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.redis = store.redis
+        self.keys = GlobalKeys(store.settings.key_prefix)
+        self.name = name or f"sup-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.shards = shards
+        self.validator = Validator(app, store)
+        self.router = Router(self.redis, self.keys, app.limits)
+        self.operator = Operator(self)
+        self.queues = [
+            WorkQueue(self.redis, self.keys.proposals(s), GROUP,
+                      dead_letters=self.keys.dead_letters,
+                      max_deliveries=app.limits.max_deliveries,
+                      claim_idle_ms=app.limits.claim_idle_ms)
+            for s in range(shards)
+        ]
+        store.register(app.schema)
+
+    # -- declaration ----------------------------------------------------------------
+
+    async def publish(self, *, replace: bool = False) -> None:
+        """Publish the app's declaration; refuse to run beside a different one."""
+        declaration = self.app.declaration()
+        stored = await self.redis.get(self.keys.app)
+        if stored is not None and not replace:
+            digest = codec.loads(cast(str, stored))["digest"]
+            if digest != declaration["digest"]:
+                raise ConfigError(
+                    f"Redis holds app declaration {digest}, this process has "
+                    f"{declaration['digest']}: another version of the app is deployed. Stop "
+                    "the other processes first, or start with replace=True "
+                    "(--replace-declaration) to take over."
+                )
+        await self.redis.set(self.keys.app, codec.dumps(declaration))
+
+    # -- boards ---------------------------------------------------------------------
+
+    async def start(
+        self, board_id: str, initial: Mapping[str, Any] | None = None, *, trace_id: str = ""
+    ) -> BoardInfo:
+        """Create a board and activate the app's start agents."""
+        info = await self.store.create(board_id, self.app.schema, initial)
+        now = int(time.time() * 1000)
+        bk = self.keys.board(board_id)
+        deadline = 0
+        if self.app.limits.deadline_s is not None:
+            deadline = now + int(self.app.limits.deadline_s * 1000)
+            await self.redis.hset(bk.meta, "deadline_ms", deadline)
+            await self.redis.zadd(self.keys.watch, {board_id: deadline}, lt=True)
+        trace = trace_id or new_id()
+        wanted = [Wanted(name, "start") for name in self.app.start]
+        await self._route(board_id, Routing(routing_id=f"start:{board_id}", version=0),
+                          wanted, parent=f"start:{board_id}", trace_id=trace)
+        return info
+
+    # -- the loop -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None, *, batch: int = 64) -> None:
+        """Consume submissions until ``stop`` is set. Survives Redis restarts."""
+        stop = stop or asyncio.Event()
+        await self.publish()
+        tasks = [asyncio.create_task(self._consume(q, stop, batch)) for q in self.queues]
+        tasks.append(asyncio.create_task(self._watchdog(stop)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _consume(self, queue: WorkQueue, stop: asyncio.Event, batch: int) -> None:
+        backoff = 0.05
+        while not stop.is_set():
+            try:
+                deliveries = await queue.take(self.name, count=batch, block_ms=200)
+                by_board: dict[str, list[tuple[Delivery, Submission]]] = {}
+                for d in deliveries:
+                    sub = self._parse(d)
+                    if sub is None:
+                        await queue.dead_letter(d, "not a valid submission")
+                        continue
+                    by_board.setdefault(sub.board_id, []).append((d, sub))
+                await asyncio.gather(*(self._board_batch(queue, items)
+                                       for items in by_board.values()))
+                backoff = 0.05
+            except StoreUnavailable as exc:
+                log.warning("Redis unavailable, retrying: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except (ConnectionError, OSError, TimeoutError) as exc:
+                log.warning("Redis connection lost, retrying: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _board_batch(self, queue: WorkQueue, items: list[tuple[Delivery, Submission]]) -> None:
+        for delivery, sub in items:  # one board's submissions in order: fewer conflicts
+            try:
+                await self.handle(sub)
+            except (StoreUnavailable, ConnectionError, OSError, TimeoutError):
+                raise
+            except BoardNotFound as exc:
+                await queue.dead_letter(delivery, str(exc))
+                continue
+            except Exception:
+                # Left pending: redelivered, then dead-lettered after max_deliveries.
+                log.exception("submission %s on board %s failed", sub.proposal_id,
+                              sub.board_id)
+                continue
+            await queue.ack(delivery.entry_id)
+
+    @staticmethod
+    def _parse(delivery: Delivery) -> Submission | None:
+        try:
+            return Submission.model_validate_json(delivery.fields.get("s", ""))
+        except ValueError:
+            return None
+
+    # -- one submission --------------------------------------------------------------
+
+    async def handle(self, sub: Submission) -> Outcome:
+        """Process one submission; safe to call again with the same one."""
+        bk = self.keys.board(sub.board_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(bk.results, sub.proposal_id)
+        pipe.hget(bk.meta, "status")
+        pipe.hget(bk.activations, sub.activation_id or "-")
+        recorded, status, act_raw = await pipe.execute()
+        if status is None:
+            raise await self.store._not_found(sub.board_id)
+        activation = Activation.model_validate_json(act_raw) if act_raw else None
+        if sub.kind == "command":
+            return await self.operator.command(sub, recorded)
+        if recorded is not None:
+            outcome = Outcome.model_validate_json(recorded)
+        elif status in STOPPED:
+            outcome = Outcome(status="rejected", reason="board_stopped", message=(
+                f"board {sub.board_id!r} is {status}; it accepts no writes until an "
+                "operator resumes it."))
+        elif sub.kind == "failure":
+            outcome = Outcome(status="failed", reason=sub.error, message=sub.reason)
+        else:
+            outcome = await self._decide(sub, activation)
+        if recorded is None:
+            await self.redis.hset(bk.results, sub.proposal_id, outcome.model_dump_json())
+        await self._follow_up(sub, outcome, activation)
+        return outcome
+
+    async def _decide(self, sub: Submission, activation: Activation | None) -> Outcome:
+        if sub.handoff is not None:
+            problem = self.app.check_handoff(sub.author, sub.handoff)
+            if problem:
+                return Outcome(status="rejected", reason="handoff",
+                               message=f"{problem}. Hand off to a declared agent you may "
+                               "hand off to.")
+        if not sub.patch:
+            return Outcome(status="committed")
+        summary = (activation is not None and activation.reason == "summarise"
+                   and sub.author == self.app.summariser)
+        depends = list(self.app.agent(sub.author).reads) if sub.author in self.app.agent_names else []
+        decision = await self.validator.decide(
+            sub.board_id, sub.proposal(), kind="summary" if summary else "write",
+            gates=not summary, depends_on=depends,
+        )
+        if decision.status == "held":
+            bk = self.keys.board(sub.board_id)
+            await self.redis.hset(bk.held, sub.proposal_id, sub.model_dump_json())
+            await self.redis.zadd(self.keys.escalations, {sub.board_id: time.time() * 1000})
+            return Outcome(status="held", reason=f"gate:{decision.gate}",
+                           message=decision.message)
+        if decision.status == "rejected":
+            return Outcome(status="rejected", reason=decision.reason, message=decision.message)
+        assert decision.commit is not None
+        return await self._audit(sub, decision)
+
+    async def _audit(self, sub: Submission, decision: Decision) -> Outcome:
+        commit = decision.commit
+        assert commit is not None
+        outcome = Outcome(status="committed", version=commit.version, keys=commit.keys)
+        if not self.app.audits or not commit.keys:
+            return outcome
+        reads = sorted({k for a in self.app.audits for k in a.reads})
+        view = (await self.store.read(sub.board_id, at=commit.version)).data
+        for audit in self.app.audits:
+            try:
+                result = audit.check({k: view.get(k) for k in reads})
+                if asyncio.iscoroutine(result):
+                    result = await result
+                failed = verdict(result, audit.message or f"audit {audit.name!r} failed")
+            except Exception as exc:
+                failed = f"audit {audit.name!r} raised {type(exc).__name__}: {exc}"
+            if failed:
+                outcome.audit = audit.name
+                outcome.message = failed
+                await self.operator.restore_compliant(
+                    sub.board_id, by="supervisor", why=f"audit {audit.name!r} failed: {failed}",
+                    proposal_id=f"audit-rb.{sub.proposal_id}")
+                return outcome
+        return outcome
+
+    # -- after the decision -----------------------------------------------------------
+
+    async def _follow_up(
+        self, sub: Submission, outcome: Outcome, activation: Activation | None
+    ) -> None:
+        board_id = sub.board_id
+        step = Routing(routing_id=sub.proposal_id, version=outcome.version or 0,
+                       tokens=sub.tokens_in + sub.tokens_out, cost=sub.cost,
+                       close=sub.activation_id)
+        wanted: list[Wanted] = []
+        agent_known = sub.author in self.app.agent_names
+        if outcome.status == "committed" and not outcome.audit:
+            step.reset_rewrite = sub.author
+            step.compliant = bool(outcome.keys)
+            wanted, done = await self._next(sub, outcome)
+            if done:
+                step.status = "done"
+            if sub.handoff is not None:
+                step.pairs.append(f"{sub.author}>{sub.handoff.to}")
+        elif outcome.status in ("rejected", "failed") and sub.error in ("", "semantic"):
+            if agent_known and outcome.reason != "board_stopped":
+                step.rewrite = sub.author
+                step.pairs.append(f"{sub.author}>{sub.author}:rewrite")
+                wanted = [Wanted(sub.author, "rewrite", {"feedback": outcome.message})]
+        elif outcome.audit:
+            step.rewrite = sub.author
+            step.pairs.append(f"{sub.author}>{sub.author}:audit")
+            wanted = [Wanted(sub.author, "rewrite", {"feedback": outcome.message})]
+        elif outcome.status == "held":
+            step.status = "awaiting_approval"
+        elif sub.error == "timeout":
+            wanted, escalate = await self._after_timeout(sub)
+            if escalate:
+                step.status = "escalated"
+                await self._incident(board_id, "timeout", sub.reason, outcome.version or 0)
+        elif sub.error == "fatal":
+            step.status = "failed"
+            await self._incident(board_id, "fatal", f"{sub.author}: {sub.reason}", 0)
+        if step.pairs:
+            step.fingerprint = await self.store.fingerprint(board_id)
+        parent = sub.activation_id or sub.proposal_id
+        await self._route(board_id, step, wanted, parent=parent,
+                          trace_id=sub.trace_id or (activation.trace_id if activation else ""))
+
+    async def _next(self, sub: Submission, outcome: Outcome) -> tuple[list[Wanted], bool]:
+        changed = outcome.keys
+        reads = reads_for(self.app, changed)
+        summarisable = [k for k in changed if self.app.schema.keys[k].summarisable]
+        bk = self.keys.board(sub.board_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hmget(bk.state, reads or ["-"])
+        pipe.hgetall(bk.loops)
+        for key in summarisable:
+            pipe.hstrlen(bk.state, key)
+            pipe.hget(bk.khash, key)
+        replies = await pipe.execute()
+        board = {k: codec.loads(v) for k, v in zip(reads, replies[0], strict=False)
+                 if v is not None}
+        loops: dict[str, str] = replies[1]
+        failed = {k[7:]: v for k, v in loops.items() if k.startswith("failed:")}
+        due = []
+        for i, key in enumerate(summarisable):
+            size, content = int(replies[2 + 2 * i]), replies[3 + 2 * i]
+            limit_bytes, limit_tokens = self.app.summary_threshold(key)
+            over = size > limit_bytes or (limit_tokens is not None
+                                          and codec.approx_tokens(size) > limit_tokens)
+            marker = f"sum:{key}"
+            if over and loops.get(marker) != content and self.app.summariser is not None:
+                due.append(key)
+            if over or loops.get(marker):  # remember what was (or is being) summarised
+                await self.redis.hset(bk.loops, marker, content or "")
+        plan = plan_after_commit(self.app, author=sub.author, handoff=sub.handoff,
+                                 changed=changed, board=board, failed=failed, summarise=due)
+        return plan.activations, plan.done
+
+    async def _after_timeout(self, sub: Submission) -> tuple[list[Wanted], bool]:
+        """A timed-out branch: partial joins waiting on it may proceed; else escalate."""
+        owned = list(self.app.agent(sub.author).owns) if sub.author in self.app.agent_names else []
+        partial = [(a, t) for a, t in self.app.triggers_for(owned) if t.join and t.partial]
+        if not partial:
+            return [], True
+        bk = self.keys.board(sub.board_id)
+        await self.redis.hset(bk.loops, f"failed:{sub.author}", sub.reason or "timed out")
+        fake = Outcome(status="committed", keys=owned)
+        wanted, _ = await self._next(sub.model_copy(update={"handoff": None}), fake)
+        return wanted, False
+
+    async def _route(
+        self, board_id: str, step: Routing, wanted: list[Wanted], *, parent: str, trace_id: str
+    ) -> None:
+        now = int(time.time() * 1000)
+        timeout_ms = int(self.app.limits.activation_timeout_s * 1000)
+        deadline = now + timeout_ms
+        board_deadline = await self.redis.hget(self.keys.board(board_id).meta, "deadline_ms")
+        if board_deadline:
+            deadline = min(deadline, int(board_deadline))
+        for w in wanted:
+            payload = dict(w.payload)
+            feedback = str(payload.pop("feedback", "")) if w.reason == "rewrite" else ""
+            step.activations.append(Activation(
+                activation_id=activation_id(parent, w.agent, str(payload.get("key", ""))),
+                board_id=board_id, agent=w.agent, base=step.version, trace_id=trace_id,
+                parent=parent, reason=w.reason, feedback=feedback,  # type: ignore[arg-type]
+                payload=payload, deadline_ms=deadline, created_ms=now,
+            ))
+        result = await self.router.route(board_id, step)
+        if result.outcome == "tripped":
+            return
+        await self.router.dispatch(board_id, result)
+        if result.status in STOPPED or result.status == "awaiting_approval":
+            await self.redis.zadd(self.keys.escalations, {board_id: now})
+
+    async def _incident(self, board_id: str, kind: str, detail: str, version: int) -> None:
+        bk = self.keys.board(board_id)
+        await self.redis.xadd(bk.incidents, {"kind": kind, "detail": detail,
+                                             "version": version,
+                                             "ts": int(time.time() * 1000)})
+
+    # -- deadlines ------------------------------------------------------------------
+
+    async def _watchdog(self, stop: asyncio.Event, every_s: float = 0.05) -> None:
+        while not stop.is_set():
+            try:
+                await self.check_deadlines()
+            except (StoreUnavailable, ConnectionError, OSError, TimeoutError) as exc:
+                log.warning("watchdog: Redis unavailable: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), every_s)
+            except asyncio.TimeoutError:
+                pass
+
+    async def check_deadlines(self) -> int:
+        """Report timed-out activations (as failure submissions) and escalate boards past
+        their deadline. Returns how many timeouts it reported."""
+        now = int(time.time() * 1000)
+        due = cast(list[str], await self.redis.zrangebyscore(self.keys.watch, "-inf", now))
+        reported = 0
+        for board_id in due:
+            bk = self.keys.board(board_id)
+            expired = cast(list[str], await self.redis.zrangebyscore(bk.open, "-inf", now))
+            for aid in expired:
+                raw = await self.redis.hget(bk.activations, aid)
+                if raw is None:
+                    continue
+                act = Activation.model_validate_json(raw)
+                await submit(self.store, Submission(
+                    kind="failure", board_id=board_id, proposal_id=f"timeout.{aid}",
+                    author=act.agent, activation_id=aid, trace_id=act.trace_id,
+                    error="timeout", reason=f"activation {aid} of {act.agent!r} timed out "
+                    f"after {self.app.limits.activation_timeout_s:g} s",
+                ), self.shards)
+                await self.redis.zadd(bk.open, {aid: now + 3_600_000})  # reported once
+                reported += 1
+            meta = await self.redis.hmget(bk.meta, ["deadline_ms", "status"])
+            if meta[0] and int(meta[0]) <= now and meta[1] == ACTIVE:
+                await self.redis.hset(bk.meta, mapping={"status": "escalated",
+                                                        "escalated_reason": "deadline"})
+                await self._incident(board_id, "deadline", "board deadline passed", 0)
+                await self.redis.zadd(self.keys.escalations, {board_id: now})
+            nxt = await self.redis.zrangebyscore(bk.open, "-inf", "+inf", start=0, num=1,
+                                                 withscores=True)
+            future = [int(nxt[0][1])] if nxt else []
+            if meta[0] and meta[1] == ACTIVE and int(meta[0]) > now:
+                future.append(int(meta[0]))
+            if future:
+                await self.redis.zadd(self.keys.watch, {board_id: min(future)})
+            else:
+                await self.redis.zrem(self.keys.watch, board_id)
+        return reported
+
