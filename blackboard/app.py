@@ -144,8 +144,9 @@ class App:
         self._agents: dict[str, Agent] = {}
         for a in self.agents:
             if not a.name:
-                raise ConfigError("an agent has no name; set `name` on the class or "
-                                  "pass it to @agent(...).")
+                raise ConfigError(
+                    "an agent has no name; set `name` on the class or pass it to @agent(...)."
+                )
             if a.name in self._agents:
                 raise ConfigError(f"two agents are named {a.name!r}; names must be unique.")
             if a.name in (SUPERVISOR, HUMAN):
@@ -191,10 +192,15 @@ class App:
                     self._known(key, f"a trigger of agent {a.name!r} watches")
             for target in a.handoffs or ():
                 if target not in self._agents:
-                    raise ConfigError(f"agent {a.name!r} may hand off to {target!r}, which "
-                                      "is not an agent of the app.")
-        for kind, items in (("policy", self.policies), ("audit", self.audits),
-                            ("gate", self.gates)):
+                    raise ConfigError(
+                        f"agent {a.name!r} may hand off to {target!r}, which "
+                        "is not an agent of the app."
+                    )
+        for kind, items in (
+            ("policy", self.policies),
+            ("audit", self.audits),
+            ("gate", self.gates),
+        ):
             for item in items:
                 for key in item.reads:
                     self._known(key, f"{kind} {item.name!r} reads")
@@ -203,8 +209,10 @@ class App:
 
     def _known(self, key: str, who: str) -> None:
         if key not in self.schema.keys:
-            raise ConfigError(f"{who} {key!r}, which is not a key of board "
-                              f"{self.schema.name} ({', '.join(self.schema.keys)}).")
+            raise ConfigError(
+                f"{who} {key!r}, which is not a key of board "
+                f"{self.schema.name} ({', '.join(self.schema.keys)})."
+            )
 
     # -- queries --------------------------------------------------------------------
 
@@ -212,8 +220,10 @@ class App:
         try:
             return self._agents[name]
         except KeyError:
-            raise ConfigError(f"no agent named {name!r} in app {self.name}; agents are "
-                              f"{', '.join(sorted(self._agents))}.") from None
+            raise ConfigError(
+                f"no agent named {name!r} in app {self.name}; agents are "
+                f"{', '.join(sorted(self._agents))}."
+            ) from None
 
     @property
     def agent_names(self) -> list[str]:
@@ -222,24 +232,28 @@ class App:
     def triggers_for(self, changed: Sequence[str]) -> list[tuple[Agent, Trigger]]:
         """Agents with a trigger watching a changed key (only those are evaluated)."""
         changed_set = set(changed)
-        return [(a, t) for a in self.agents for t in a.triggers
-                if changed_set.intersection(t.watches)]
+        return [
+            (a, t) for a in self.agents for t in a.triggers if changed_set.intersection(t.watches)
+        ]
 
     def check_handoff(self, author: str, handoff: Handoff) -> str | None:
         """None if the handoff is acceptable, else why not."""
         if handoff.to not in self._agents:
-            return (f"handoff to unknown agent {handoff.to!r}; agents are "
-                    f"{', '.join(sorted(self._agents))}")
+            return (
+                f"handoff to unknown agent {handoff.to!r}; agents are "
+                f"{', '.join(sorted(self._agents))}"
+            )
         allowed = self._agents[author].handoffs if author in self._agents else None
         if allowed is not None and handoff.to not in allowed:
-            return (f"agent {author!r} may hand off only to {', '.join(allowed)}, "
-                    f"not {handoff.to!r}")
+            return f"agent {author!r} may hand off only to {', '.join(allowed)}, not {handoff.to!r}"
         return None
 
     def summary_threshold(self, key: str) -> tuple[int, int | None]:
         spec = self.schema.keys[key]
-        return (spec.summary_bytes or self.limits.summary_bytes,
-                spec.summary_tokens or self.limits.summary_tokens)
+        return (
+            spec.summary_bytes or self.limits.summary_bytes,
+            spec.summary_tokens or self.limits.summary_tokens,
+        )
 
     def declaration(self) -> dict[str, Any]:
         """What the supervisor publishes: enough to inspect boards without user code."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from blackboard.errors import ValidationFailed
 
-__all__ = ["approx_tokens", "content_hash", "dumps", "loads"]
+__all__ = ["approx_tokens", "canonical", "content_hash", "dumps", "loads"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -17,7 +17,9 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 def dumps(value: Any) -> str:
     """Compact JSON. NaN and infinities are refused: they are not JSON."""
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
+        text.encode()  # a lone surrogate (seen in model output) is not valid UTF-8
+        return text
     except (TypeError, ValueError) as exc:
         raise ValidationFailed(
             f"value is not JSON-serialisable: {exc}. Send plain JSON values "
@@ -43,3 +45,8 @@ def approx_tokens(nbytes: int) -> int:
 def content_hash(text: str) -> str:
     """Short content hash (64 bits) used for board fingerprints, not for security."""
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def canonical(text: str) -> str:
+    """The same JSON with object members sorted: equal content, equal text."""
+    return json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))

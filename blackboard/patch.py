@@ -72,7 +72,7 @@ def plan(patch: Sequence[Mapping[str, Any]], schema: BoardSchema) -> PatchPlan:
     blind = True
     ops: list[dict[str, Any]] = []
     for i, op in enumerate(patch):
-        if not isinstance(op, Mapping) or op.get("op") not in _OPS:
+        if not isinstance(op, Mapping) or not isinstance(op.get("op"), str) or op["op"] not in _OPS:
             raise _malformed(
                 f"operation {i} must be an object whose 'op' is one of {', '.join(sorted(_OPS))}"
             )

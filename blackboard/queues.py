@@ -105,8 +105,12 @@ class WorkQueue:
         if not entries:
             return []
         pending = await self.redis.xpending_range(
-            self.stream, self.group, min=entries[0][0], max=entries[-1][0],
-            count=len(entries) * 2, consumername=consumer,
+            self.stream,
+            self.group,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries) * 2,
+            consumername=consumer,
         )
         counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         result = []
@@ -114,8 +118,9 @@ class WorkQueue:
             delivery = Delivery(entry_id, fields, counts.get(entry_id, 2))
             if delivery.deliveries > self.max_deliveries:
                 await self.dead_letter(
-                    delivery, f"delivered {delivery.deliveries} times without being "
-                    f"acknowledged (max_deliveries={self.max_deliveries})"
+                    delivery,
+                    f"delivered {delivery.deliveries} times without being "
+                    f"acknowledged (max_deliveries={self.max_deliveries})",
                 )
             else:
                 result.append(delivery)
@@ -126,11 +131,18 @@ class WorkQueue:
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Move an entry to the dead-letter stream (written before the ack)."""
-        await self.redis.xadd(self.dead_letters, {
-            **delivery.fields, "dl_stream": self.stream, "dl_group": self.group,
-            "dl_entry": delivery.entry_id, "dl_deliveries": delivery.deliveries,
-            "dl_reason": reason, "dl_ts": int(time.time() * 1000),
-        })
+        await self.redis.xadd(
+            self.dead_letters,
+            {
+                **delivery.fields,
+                "dl_stream": self.stream,
+                "dl_group": self.group,
+                "dl_entry": delivery.entry_id,
+                "dl_deliveries": delivery.deliveries,
+                "dl_reason": reason,
+                "dl_ts": int(time.time() * 1000),
+            },
+        )
         await self.ack(delivery.entry_id)
         log.warning("dead-lettered %s from %s: %s", delivery.entry_id, self.stream, reason)
 

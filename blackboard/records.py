@@ -177,8 +177,13 @@ class Submission(BaseModel):
 
     def proposal(self) -> Proposal:
         return Proposal(
-            author=self.author, base=self.base, patch=self.patch, proposal_id=self.proposal_id,
-            reads=self.reads, activation_id=self.activation_id, trace_id=self.trace_id,
+            author=self.author,
+            base=self.base,
+            patch=self.patch,
+            proposal_id=self.proposal_id,
+            reads=self.reads,
+            activation_id=self.activation_id,
+            trace_id=self.trace_id,
             reason=self.reason,
         )
 

@@ -16,10 +16,11 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, cast
+from typing import Any, cast, get_args
 
 import jsonpatch
 from redis import exceptions as redis_errors
+from pydantic import ValidationError as PydanticValidationError
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
@@ -173,7 +174,7 @@ class BoardStore:
         keys = self.keys(board_id)
         flat: list[str] = []
         for k, v in state.items():
-            flat += [k, v, codec.content_hash(v)]
+            flat += [k, v, codec.content_hash(codec.canonical(v))]
         snapshot = "{" + ",".join(f'"{k}":{v}' for k, v in state.items()) + "}"
         async with _redis_errors(f"create board {board_id!r}"):
             # Index first: a crash between the two leaves an index entry without a board,
@@ -191,6 +192,8 @@ class BoardStore:
                 args=[schema.digest, schema.to_json(), snapshot, len(state), *flat],
             )
         if not created:
+            if await self.redis.zscore(self._global.archived, board_id) is not None:
+                await self.redis.zrem(self._global.boards, board_id)  # undo our index entry
             raise BoardExists(board_id)
         self._board_digest[board_id] = schema.digest
         log.info("board created", extra={"board": board_id, "schema": schema.name})
@@ -307,12 +310,16 @@ class BoardStore:
         keys = self.keys(board_id)
         async with _redis_errors(f"read board {board_id!r}"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.exists(keys.meta)
+            pipe.hget(keys.meta, "decl")
             pipe.hget(keys.state, key)
-            exists, raw = await pipe.execute()
-        if not exists:
+            digest, raw = await pipe.execute()
+        if digest is None:
             raise await self._not_found(board_id)
-        return None if raw is None else codec.loads(raw)
+        if raw is None:  # unset, or not a key at all: tell the two apart
+            schema = self._schemas.get(digest) or await self.declaration(board_id)
+            schema.check_key(key)
+            return None
+        return codec.loads(raw)
 
     async def sizes(self, board_id: str) -> BoardSize:
         """Bytes and approximate tokens per board and per key, from the commit's
@@ -350,6 +357,11 @@ class BoardStore:
         self, board_id: str, *, start: int = 1, end: int | None = None, limit: int | None = None
     ) -> list[LogEntry]:
         """Log entries with ``start <= version <= end``, oldest first."""
+        if (limit is not None and limit < 1) or (end is not None and end < 0):
+            raise ConfigError(
+                f"history(start={start}, end={end}, limit={limit}): end must be "
+                ">= 0 and limit >= 1."
+            )
         keys = self.keys(board_id)
         await self.version(board_id)
         hi = "+" if end is None else f"{end}-0"
@@ -430,6 +442,10 @@ class BoardStore:
             BoardNotFound, ValidationFailed, OwnershipError, ConflictError,
             ProposalRejected (archived board), StoreUnavailable.
         """
+        if kind not in get_args(CommitKind):
+            raise ConfigError(
+                f"unknown commit kind {kind!r}; use one of {', '.join(get_args(CommitKind))}."
+            )
         schema = await self._schema_for(board_id)
         patch_text = codec.dumps(proposal.patch)
         if len(patch_text.encode()) > self.settings.max_patch_bytes:
@@ -468,7 +484,9 @@ class BoardStore:
             outcome,
             patch_text,
             writes,
-            [*dict.fromkeys(k for k in [*reads, *plan.reads] if k not in plan.writes)],
+            # Every key involved but not sent as a write is re-checked by the script,
+            # including written keys whose value turned out unchanged.
+            [*dict.fromkeys(k for k in [*reads, *plan.reads] if k not in {w[0] for w in writes})],
             undo,
         )
 
@@ -554,7 +572,10 @@ class BoardStore:
         old_texts = dict(zip(touched, values, strict=False))
         for key in plan.writes:
             if key not in after:
-                writes.append((key, "remove", ""))
+                if key in before:
+                    writes.append((key, "remove", ""))
+                else:  # unset before and after (e.g. add then remove): no change
+                    unchanged.append(key)
                 continue
             text = self._checked_value(schema, key, after[key])
             if text == old_texts[key]:
@@ -601,7 +622,12 @@ class BoardStore:
             board_id,
         ]
         for key, action, value in writes:
-            args += [key, action, value, codec.content_hash(value) if value else ""]
+            args += [
+                key,
+                action,
+                value,
+                codec.content_hash(codec.canonical(value)) if value else "",
+            ]
         args.extend(reads)
         async with _redis_errors(f"commit to board {board_id!r}"):
             reply = await self._commit_script(
@@ -709,6 +735,21 @@ class BoardStore:
             reraise=True,
         )
         proposal_id = proposal_id or new_id()
+        try:
+            Proposal(
+                author=author,
+                base=0,
+                patch=[],
+                proposal_id=proposal_id,
+                reason=reason,
+                trace_id=trace_id,
+            )
+        except PydanticValidationError as exc:
+            raise ConfigError(
+                f"invalid rollback argument: {exc.errors()[0]['msg']} "
+                f"({exc.errors()[0]['loc'][0]})."
+            ) from exc
+        schema = await self._schema_for(board_id)
         async for attempt in retrying:
             with attempt:
                 current = await self.read(board_id)
@@ -723,14 +764,19 @@ class BoardStore:
                     ):
                         ops.append({"op": "add", "path": f"/{key}", "value": target.data[key]})
                 why = reason or f"rollback to version {to}"
+                # Keys left alone join the read set: a commit to any of them racing this
+                # rollback is a conflict (and a recomputation), so the result is exactly
+                # version `to`'s content.
+                untouched = [k for k in schema.keys if k not in {o["path"][1:] for o in ops}]
                 if not ops:  # already identical: still recorded, as a no-op rollback
                     return await self._record_noop(
-                        board_id, current.version, author, why, trace_id, proposal_id
+                        board_id, current.version, author, why, trace_id, proposal_id, untouched
                     )
                 proposal = Proposal(
                     author=author,
                     base=current.version,
                     patch=ops,
+                    reads=untouched,
                     reason=why,
                     trace_id=trace_id,
                     proposal_id=proposal_id,
@@ -748,6 +794,7 @@ class BoardStore:
         reason: str,
         trace_id: str,
         proposal_id: str,
+        reads: list[str],
     ) -> CommitResult:
         schema = await self._schema_for(board_id)
         proposal = Proposal(
@@ -759,5 +806,5 @@ class BoardStore:
             proposal_id=proposal_id,
         )
         return await self._run_commit(
-            board_id, schema, proposal, "rollback", "no-op", "[]", [], [], "[]"
+            board_id, schema, proposal, "rollback", "no-op", "[]", [], reads, "[]"
         )

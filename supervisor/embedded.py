@@ -62,18 +62,16 @@ class Deployment:
             for task in self._tasks:  # a crashed component must not look like a hang
                 if task.done() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            info = await self.store.info(board_id)
-            if info.status in SETTLED:
-                return info
-            pipe = self.store.redis.pipeline(transaction=True)
+            pipe = self.store.redis.pipeline(transaction=True)  # one consistent look
+            pipe.hget(bk.meta, "status")
             pipe.zcard(bk.open)
             pipe.hlen(bk.outbox)
-            open_, outbox = await pipe.execute()
-            if open_ == 0 and outbox == 0:
-                return info
+            status, open_, outbox = await pipe.execute()
+            if status in SETTLED or (open_ == 0 and outbox == 0):
+                return await self.store.info(board_id)
             if time.monotonic() > deadline:
                 raise BlackboardError(f"board {board_id!r} did not settle in {timeout:g} s "
-                                      f"(status {info.status}, {open_} open activations).")
+                                      f"(status {status}, {open_} open activations).")
             await asyncio.sleep(0.005)
 
     async def command(

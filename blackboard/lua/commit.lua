@@ -42,14 +42,15 @@ local meta, state, kver, log, proposals, snaps, snapidx, khash =
 
 local m = redis.call('HMGET', meta, 'version', 'status', 'decl', 'bytes', 'tokens', 'since_snap')
 if not m[1] then return {'notfound'} end
-if m[2] == 'archived' then return {'archived'} end
-if m[3] ~= ARGV[1] then return {'decl', m[3]} end
 
+-- A redelivered proposal that already committed is a duplicate, whatever else changed.
 local pid = ARGV[3]
 if pid ~= '' then
   local prev = redis.call('HGET', proposals, pid)
   if prev then return {'dup', tonumber(prev)} end
 end
+if m[2] == 'archived' then return {'archived'} end
+if m[3] ~= ARGV[1] then return {'decl', m[3]} end
 
 local version = tonumber(m[1])
 local base = tonumber(ARGV[2])

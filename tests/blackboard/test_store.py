@@ -516,3 +516,10 @@ async def test_fingerprint_follows_content_not_versions(store: BoardStore, board
         board, Proposal(author="docs", base=3, patch=[{"op": "remove", "path": "/notes"}])
     )
     assert await store.fingerprint(board) not in (empty, changed)
+
+
+async def test_read_of_undeclared_key_and_history_misuse(store: BoardStore, board: str) -> None:
+    with pytest.raises(ValidationFailed, match="has no key 'colour'"):
+        await store.read_key(board, "colour")
+    with pytest.raises(ConfigError, match="limit >= 1"):
+        await store.history(board, limit=0)

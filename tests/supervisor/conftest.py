@@ -1,66 +1,11 @@
-"""A loan-like app used across the supervisor tests."""
-
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
-
 import pytest
-from pydantic import BaseModel, Field
+from bbtest import build_app
 
-from blackboard import App, Audit, Gate, Key, Limits, Policy
-from blackboard.agents import Context, Handoff, Output, agent, when_changed
-
-
-class Case(BaseModel):
-    amount: Annotated[float | None, Field(gt=0), Key("intake")] = None
-    income: Annotated[float | None, Key("intake")] = None
-    score: Annotated[int | None, Key("risk")] = None
-    max_amount: Annotated[float, Key("human")] = 1_000_000.0
-    decision: Annotated[Literal["approve", "reject"] | None, Key("compliance")] = None
-    log: Annotated[list[str], Key("intake", summarisable=True, summary_bytes=400)] = []
-    summary_note: Annotated[str, Key("summariser")] = ""
-
-
-def build_app(**overrides: Any) -> App:
-    @agent("intake")
-    async def intake(ctx: Context) -> Output:
-        fix = ctx.feedback  # a rewrite brings the rejection as feedback
-        amount = 50_000.0 if not fix else 40_000.0
-        return Output(updates={"amount": amount, "income": 90_000.0}, tokens_in=10,
-                      tokens_out=5, cost=0.01)
-
-    @agent("risk", reads=("income",), triggers=(when_changed("income"),))
-    async def risk(ctx: Context) -> Output:
-        score = 700 if ctx.board["income"] > 50_000 else 500
-        return Output(updates={"score": score},
-                      handoff=Handoff(to="compliance", reason="scored", confidence=0.9))
-
-    @agent("compliance", reads=("score", "amount"))
-    async def compliance(ctx: Context) -> Output:
-        return Output(updates={"decision": "approve" if ctx.board["score"] >= 600 else "reject"})
-
-    @agent("summariser")
-    async def summariser(ctx: Context) -> Output:
-        key = ctx.payload["key"]
-        items = ctx.board[key]
-        return Output(updates={key: [f"[{len(items) - 2} earlier entries condensed]", *items[-2:]]})
-
-    kwargs: dict[str, Any] = dict(
-        board=Case,
-        agents=[intake, risk, compliance, summariser],
-        start=["intake"],
-        done=lambda b: b.get("decision") is not None,
-        done_reads=["decision"],
-        summariser="summariser",
-        limits=Limits(activation_timeout_s=5),
-    )
-    kwargs.update(overrides)
-    return App(**kwargs)
+from blackboard import App
 
 
 @pytest.fixture
 def app() -> App:
     return build_app()
-
-
-__all__ = ["Audit", "Case", "Gate", "Policy", "build_app"]

@@ -14,5 +14,8 @@ async def test_sequential_flow_to_done(app: App, store: BoardStore) -> None:
     state = await store.read("c1")
     assert state.data["decision"] == "approve"
     assert [(e.author, e.keys) for e in await store.history("c1")] == [
-        ("intake", ["amount", "income"]), ("risk", ["score"]), ("compliance", ["decision"])]
+        ("intake", ["amount", "income"]),
+        ("risk", ["score"]),
+        ("compliance", ["decision"]),
+    ]
     assert info.compliant == 3
