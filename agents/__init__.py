@@ -13,6 +13,7 @@ from blackboard.agents.agent import (
     when_all,
     when_changed,
 )
+
 from blackboard.records import Handoff
 
 __all__ = [

@@ -18,6 +18,8 @@ import time
 import uuid
 from typing import Any, cast
 
+from blackboard.agents.agent import Agent, Context, Output, to_output
+from blackboard.supervisor.process import submit
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -27,14 +29,12 @@ from tenacity import (
 )
 
 from blackboard import codec
-from blackboard.agents.agent import Agent, Context, Output, to_output
 from blackboard.app import App
 from blackboard.errors import FatalError, SemanticError, StoreUnavailable, TransientError
 from blackboard.keys import GlobalKeys
 from blackboard.queues import Delivery, WorkQueue
 from blackboard.records import Activation, Submission
 from blackboard.store import BoardStore
-from blackboard.supervisor.process import submit
 
 __all__ = ["AgentWorker"]
 

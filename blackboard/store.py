@@ -19,8 +19,8 @@ from importlib import resources
 from typing import Any, cast, get_args
 
 import jsonpatch
-from redis import exceptions as redis_errors
 from pydantic import ValidationError as PydanticValidationError
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 

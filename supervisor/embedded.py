@@ -12,11 +12,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from blackboard.agents.runtime import AgentWorker
+from blackboard.supervisor.process import Supervisor
+
 from blackboard.app import App
 from blackboard.errors import BlackboardError
 from blackboard.records import BoardInfo, Outcome, Submission
 from blackboard.store import BoardStore
-from blackboard.supervisor.process import Supervisor
 
 __all__ = ["Deployment"]
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from blackboard.errors import BlackboardError, ValidationFailed
-from blackboard.records import Outcome, Submission
 from blackboard.supervisor.control import Wanted
 from blackboard.supervisor.loops import Routing
+
+from blackboard.errors import BlackboardError, ValidationFailed
+from blackboard.records import Outcome, Submission
 
 if TYPE_CHECKING:
     from blackboard.supervisor.process import Supervisor

@@ -20,6 +20,11 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, cast
 
+from blackboard.supervisor.control import Wanted, plan_after_commit, reads_for
+from blackboard.supervisor.loops import Router, Routing
+from blackboard.supervisor.operator import Operator
+from blackboard.supervisor.validation import Decision, Validator
+
 from blackboard import codec
 from blackboard.app import App, verdict
 from blackboard.errors import BoardNotFound, ConfigError, StoreUnavailable
@@ -27,10 +32,6 @@ from blackboard.keys import GlobalKeys
 from blackboard.queues import Delivery, WorkQueue
 from blackboard.records import Activation, BoardInfo, Outcome, Submission, new_id
 from blackboard.store import BoardStore
-from blackboard.supervisor.control import Wanted, plan_after_commit, reads_for
-from blackboard.supervisor.loops import Router, Routing
-from blackboard.supervisor.operator import Operator
-from blackboard.supervisor.validation import Decision, Validator
 
 __all__ = ["Supervisor", "submit"]
 
@@ -195,12 +196,19 @@ class Supervisor:
         pipe.hget(bk.results, sub.proposal_id)
         pipe.hget(bk.meta, "status")
         pipe.hget(bk.activations, sub.activation_id or "-")
-        recorded, status, act_raw = await pipe.execute()
+        pipe.zscore(bk.open, sub.activation_id or "-")
+        recorded, status, act_raw, still_open = await pipe.execute()
         if status is None:
             raise await self.store._not_found(sub.board_id)
         activation = Activation.model_validate_json(act_raw) if act_raw else None
         if sub.kind == "command":
             return await self.operator.command(sub, recorded)
+        if sub.kind == "failure" and recorded is None and still_open is None:
+            # The activation was already closed (e.g. the agent's own timeout and the
+            # watchdog's both reported it): one report is handled, the other ignored.
+            stale = Outcome(status="failed", reason="stale", message=sub.reason)
+            await self.redis.hset(bk.results, sub.proposal_id, stale.model_dump_json())
+            return stale
         if recorded is not None:
             outcome = Outcome.model_validate_json(recorded)
         elif status in STOPPED:
@@ -279,7 +287,9 @@ class Supervisor:
                        close=sub.activation_id)
         wanted: list[Wanted] = []
         agent_known = sub.author in self.app.agent_names
-        if outcome.status == "committed" and not outcome.audit:
+        if outcome.reason in ("board_stopped", "stale"):
+            pass  # nothing follows; routing only closes the activation
+        elif outcome.status == "committed" and not outcome.audit:
             step.reset_rewrite = sub.author
             step.compliant = bool(outcome.keys)
             wanted, done = await self._next(sub, outcome)

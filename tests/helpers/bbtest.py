@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
+from blackboard.agents import Context, Handoff, Output, agent, when_changed
 from pydantic import BaseModel, Field
 
 from blackboard import App, BoardStore, Key, Limits
-from blackboard.agents import Context, Handoff, Output, agent, when_changed
 
 
 class Case(BaseModel):

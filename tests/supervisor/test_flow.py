@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from blackboard import App, BoardStore
 from blackboard.supervisor import Deployment
+
+from blackboard import App, BoardStore
 
 
 async def test_sequential_flow_to_done(app: App, store: BoardStore) -> None:
