@@ -14,6 +14,7 @@ from blackboard.agents.agent import (
     when_changed,
 )
 
+from blackboard.agents.runtime import AgentWorker
 from blackboard.records import Handoff
 
 __all__ = [
@@ -27,13 +28,3 @@ __all__ = [
     "when_all",
     "when_changed",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # The runtime imports the supervisor (to submit); load it only when asked for, so
-    # that declaring agents never imports the supervisor.
-    if name == "AgentWorker":
-        from blackboard.agents.runtime import AgentWorker
-
-        return AgentWorker
-    raise AttributeError(name)

@@ -19,7 +19,6 @@ import uuid
 from typing import Any, cast
 
 from blackboard.agents.agent import Agent, Context, Output, to_output
-from blackboard.supervisor.process import submit
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -32,7 +31,7 @@ from blackboard import codec
 from blackboard.app import App
 from blackboard.errors import FatalError, SemanticError, StoreUnavailable, TransientError
 from blackboard.keys import GlobalKeys
-from blackboard.queues import Delivery, WorkQueue
+from blackboard.queues import Delivery, WorkQueue, submit
 from blackboard.records import Activation, Submission
 from blackboard.store import BoardStore
 
@@ -153,7 +152,7 @@ class AgentWorker:
             log.exception("agent %s failed on board %s", self.agent.name, act.board_id)
             kind, error, reason = "failure", "fatal", f"{type(exc).__name__}: {exc}"
         base = ctx.version if ctx is not None else act.base
-        await submit(self.store, Submission(
+        await submit(self.redis, self.keys.prefix, Submission(
             kind=kind,  # type: ignore[arg-type]
             board_id=act.board_id, proposal_id=act.activation_id, author=self.agent.name,
             base=base, patch=output.operations() if kind == "proposal" else [],

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-__all__ = ["Delivery", "WorkQueue"]
+from blackboard.keys import GlobalKeys
+from blackboard.records import Submission
+
+__all__ = ["Delivery", "WorkQueue", "shard_of", "submit"]
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +164,14 @@ class WorkQueue:
             ms, seq = floor.split("-")
             floor = f"{ms}-{int(seq) + 1}"
         return int(await self.redis.xtrim(self.stream, minid=floor, approximate=False))
+
+
+def shard_of(board_id: str, shards: int) -> int:
+    """Which of the supervisor's submission streams carries a board's submissions."""
+    return zlib.crc32(board_id.encode()) % shards
+
+
+async def submit(redis: Redis, prefix: str, submission: Submission, shards: int = 1) -> str:
+    """Append a submission to the supervisor's stream (what agents and the CLI call)."""
+    stream = GlobalKeys(prefix).proposals(shard_of(submission.board_id, shards))
+    return cast(str, await redis.xadd(stream, {"s": submission.model_dump_json()}))

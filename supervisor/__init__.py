@@ -8,7 +8,7 @@ so it never shadows supervisord's top-level ``supervisor`` package.
 """
 
 from blackboard.supervisor.embedded import Deployment
-from blackboard.supervisor.process import Supervisor, submit
+from blackboard.supervisor.process import Supervisor
 from blackboard.supervisor.validation import Decision, Validator
 
-__all__ = ["Decision", "Deployment", "Supervisor", "Validator", "submit"]
+__all__ = ["Decision", "Deployment", "Supervisor", "Validator"]

@@ -16,7 +16,6 @@ import os
 import socket
 import time
 import uuid
-import zlib
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -29,28 +28,17 @@ from blackboard import codec
 from blackboard.app import App, verdict
 from blackboard.errors import BoardNotFound, ConfigError, StoreUnavailable
 from blackboard.keys import GlobalKeys
-from blackboard.queues import Delivery, WorkQueue
+from blackboard.queues import Delivery, WorkQueue, submit
 from blackboard.records import Activation, BoardInfo, Outcome, Submission, new_id
 from blackboard.store import BoardStore
 
-__all__ = ["Supervisor", "submit"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger(__name__)
 
 GROUP = "supervisor"
 ACTIVE = "active"
 STOPPED = ("escalated", "done", "failed")
-
-
-def shard_of(board_id: str, shards: int) -> int:
-    return zlib.crc32(board_id.encode()) % shards
-
-
-async def submit(store: BoardStore, submission: Submission, shards: int = 1) -> str:
-    """Append a submission to the supervisor's stream (what agents and the CLI call)."""
-    keys = GlobalKeys(store.settings.key_prefix)
-    stream = keys.proposals(shard_of(submission.board_id, shards))
-    return cast(str, await store.redis.xadd(stream, {"s": submission.model_dump_json()}))
 
 
 def activation_id(parent: str, agent: str, extra: str = "") -> str:
@@ -423,7 +411,7 @@ class Supervisor:
                 if raw is None:
                     continue
                 act = Activation.model_validate_json(raw)
-                await submit(self.store, Submission(
+                await submit(self.redis, self.keys.prefix, Submission(
                     kind="failure", board_id=board_id, proposal_id=f"timeout.{aid}",
                     author=act.agent, activation_id=aid, trace_id=act.trace_id,
                     error="timeout", reason=f"activation {aid} of {act.agent!r} timed out "

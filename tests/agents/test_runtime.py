@@ -1,0 +1,148 @@
+"""The agent runtime: duplicates commit once, failures are classified, an agent sees only
+its keys. Embedded, on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bbtest import activations, build_app, incidents
+
+from blackboard import BoardStore, FatalError, SemanticError, TransientError
+from blackboard.agents import AgentWorker, Context, Output, agent
+from blackboard.keys import GlobalKeys
+from blackboard.supervisor import Deployment
+
+
+def with_intake(fn: Any, **overrides: Any) -> Any:
+    base = build_app()
+    return build_app(agents=[fn, *[a for a in base.agents if a.name != "intake"]], **overrides)
+
+
+async def run(app: Any, store: BoardStore, workers: int = 1) -> Any:
+    async with Deployment(app, store, workers=workers) as d:
+        await d.start("c1")
+        return await d.settle("c1")
+
+
+async def test_one_activation_delivered_three_times_commits_once(store: BoardStore) -> None:
+    started = asyncio.Event()
+    runs = 0
+
+    @agent("intake")
+    async def intake(ctx: Context) -> Output:
+        nonlocal runs
+        runs += 1
+        started.set()
+        await asyncio.sleep(0.05)  # overlap the three deliveries
+        return Output(updates={"amount": 1.0, "income": 2.0})
+
+    app = with_intake(intake)
+    async with Deployment(app, store, workers=3) as d:
+        await d.supervisor.publish(replace=True)
+        await store.create("c1", app.schema)
+        # The same queue entry three times, as a redelivery storm would produce.
+        from blackboard.supervisor.control import Wanted
+        from blackboard.supervisor.loops import Routing
+
+        await d.supervisor._route("c1", Routing(routing_id="s", version=0),
+                                  [Wanted("intake", "start")], parent="s", trace_id="t")
+        [act] = await activations(store, "c1")
+        entry = {"agent": "intake", "board": "c1", "activation": act["activation_id"]}
+        queue = GlobalKeys(store.settings.key_prefix).queue("intake")
+        for _ in range(2):
+            await store.redis.xadd(queue, entry)
+        info = await d.settle("c1")
+    assert info.status == "done"
+    intake_commits = [e for e in await store.history("c1") if e.author == "intake"]
+    assert len(intake_commits) == 1
+    assert intake_commits[0].proposal_id == act["activation_id"]
+    assert runs >= 1
+
+
+async def test_transient_failures_are_retried(store: BoardStore) -> None:
+    attempts = 0
+
+    @agent("intake")
+    async def flaky(ctx: Context) -> Output:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise TransientError("rate limited")
+        return Output(updates={"amount": 1.0, "income": 2.0})
+
+    info = await run(with_intake(flaky), store)
+    assert info.status == "done"
+    record = (await activations(store, "c1"))[0]
+    assert (record["retries"], record["status"]) == (2, "submitted")
+    assert attempts == 3
+
+
+async def test_semantic_failure_is_a_rewrite_not_a_retry(store: BoardStore) -> None:
+    seen: list[str] = []
+
+    @agent("intake")
+    async def picky(ctx: Context) -> Output:
+        seen.append(ctx.feedback)
+        if not ctx.feedback:
+            raise SemanticError("the model returned prose, not the amount")
+        return Output(updates={"amount": 1.0, "income": 2.0})
+
+    info = await run(with_intake(picky), store)
+    assert info.status == "done"
+    assert seen == ["", "the model returned prose, not the amount"]
+    reasons = [a["reason"] for a in await activations(store, "c1")]
+    assert reasons[:2] == ["start", "rewrite"]
+
+
+async def test_wrong_return_type_is_semantic(store: BoardStore) -> None:
+    @agent("intake")
+    async def sloppy(ctx: Context) -> Any:
+        return "amount is 5" if not ctx.feedback else {"amount": 5.0, "income": 1.0}
+
+    info = await run(with_intake(sloppy), store)
+    assert info.status == "done"
+    rewrite = [a for a in await activations(store, "c1") if a["reason"] == "rewrite"][0]
+    assert "return an Output, a dict of key updates, or None" in rewrite["feedback"]
+
+
+async def test_fatal_failure_fails_the_board(store: BoardStore) -> None:
+    @agent("intake")
+    async def broken(ctx: Context) -> Output:
+        raise FatalError("credentials revoked")
+
+    info = await run(with_intake(broken), store)
+    assert info.status == "failed"
+    [incident] = await incidents(store, "c1")
+    assert incident["kind"] == "fatal" and "credentials revoked" in incident["detail"]
+
+
+async def test_agent_sees_only_its_keys(store: BoardStore) -> None:
+    seen: dict[str, Any] = {}
+
+    @agent("risk", reads=("income",), triggers=())
+    async def risk(ctx: Context) -> Output:
+        seen.update(ctx.board)
+        seen["version"] = ctx.version
+        return Output(updates={"score": 700})
+
+    base = build_app()
+    app = build_app(agents=[*[a for a in base.agents if a.name != "risk"], risk],
+                    start=["risk"])
+    await run(app, store)
+    # Its read key and its owned key, nothing else of the board (amount, decision, log…).
+    assert set(seen) == {"income", "score", "version"}
+
+
+async def test_worker_ignores_finished_activation(store: BoardStore) -> None:
+    info = await run(build_app(), store)
+    assert info.status == "done"
+    version = info.version
+    act = (await activations(store, "c1"))[0]
+    worker = AgentWorker(build_app(), "intake", store)
+    queue = GlobalKeys(store.settings.key_prefix).queue("intake")
+    await store.redis.xadd(queue, {"agent": "intake", "board": "c1",
+                                   "activation": act["activation_id"]})
+    [delivery] = await worker.queue.take(worker.name, block_ms=10)
+    await worker.handle(delivery)
+    assert await store.version("c1") == version
