@@ -10,6 +10,7 @@ from the published one is refused.
 from __future__ import annotations
 
 import hashlib
+import importlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from blackboard.agents.agent import Agent, Trigger
     from blackboard.records import Handoff
 
-__all__ = ["App", "Audit", "Gate", "Limits", "Policy"]
+__all__ = ["App", "Audit", "Gate", "Limits", "Policy", "load_app"]
 
 Check = Callable[[Mapping[str, Any]], "bool | str | None"]
 
@@ -279,3 +280,21 @@ class App:
         }
         body["digest"] = hashlib.sha256(codec.dumps(body).encode()).hexdigest()[:16]
         return body
+
+
+def load_app(spec: str) -> App:
+    """Import ``pkg.module:attribute`` and return the :class:`App` it names."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"--app {spec!r}: expected 'pkg.module:attribute', e.g. "
+                          "'examples.loan:app'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--app {spec!r}: cannot import {module_name!r} ({exc}); check "
+                          "the module path and PYTHONPATH.") from exc
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"--app {spec!r}: {module_name}.{attribute} is "
+                          f"{type(app).__name__}, not a blackboard App.")
+    return app

@@ -1,0 +1,3 @@
+from blackboard.cli import main
+
+main()
