@@ -13,8 +13,8 @@ from blackboard.agents.agent import (
     when_all,
     when_changed,
 )
-
 from blackboard.agents.runtime import AgentWorker
+
 from blackboard.records import Handoff
 
 __all__ = [

@@ -186,6 +186,5 @@ def to_output(result: Output | Mapping[str, Any] | None) -> Output:
     if isinstance(result, Mapping):
         return Output(updates=dict(result))
     raise TypeError(
-        f"run() returned {type(result).__name__}; return an Output, a dict of key "
-        "updates, or None."
+        f"run() returned {type(result).__name__}; return an Output, a dict of key updates, or None."
     )

@@ -73,10 +73,14 @@ class AgentWorker:
         self.name = name or f"{agent}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.retries = retries
         self.shards = shards
-        self.queue = WorkQueue(self.redis, self.keys.queue(agent), GROUP,
-                               dead_letters=self.keys.dead_letters,
-                               max_deliveries=app.limits.max_deliveries,
-                               claim_idle_ms=app.limits.claim_idle_ms)
+        self.queue = WorkQueue(
+            self.redis,
+            self.keys.queue(agent),
+            GROUP,
+            dead_letters=self.keys.dead_letters,
+            max_deliveries=app.limits.max_deliveries,
+            claim_idle_ms=app.limits.claim_idle_ms,
+        )
         self.current: str | None = None
         store.register(app.schema)
 
@@ -105,7 +109,11 @@ class AgentWorker:
         act = Activation.model_validate_json(raw)
         status = await self.redis.hget(bk.meta, "status")
         if act.status in ("submitted", "failed", "timed_out", "cancelled") or status in (
-                "escalated", "done", "failed", None):
+            "escalated",
+            "done",
+            "failed",
+            None,
+        ):
             await self.queue.ack(delivery.entry_id)  # already done, or nothing to do
             return
         self.current = aid
@@ -152,15 +160,28 @@ class AgentWorker:
             log.exception("agent %s failed on board %s", self.agent.name, act.board_id)
             kind, error, reason = "failure", "fatal", f"{type(exc).__name__}: {exc}"
         base = ctx.version if ctx is not None else act.base
-        await submit(self.redis, self.keys.prefix, Submission(
-            kind=kind,  # type: ignore[arg-type]
-            board_id=act.board_id, proposal_id=act.activation_id, author=self.agent.name,
-            base=base, patch=output.operations() if kind == "proposal" else [],
-            reads=list(self.agent.reads), handoff=output.handoff if kind == "proposal" else None,
-            activation_id=act.activation_id, trace_id=act.trace_id,
-            reason=reason or output.reason, error=error,  # type: ignore[arg-type]
-            tokens_in=output.tokens_in, tokens_out=output.tokens_out, cost=output.cost,
-        ), self.shards)
+        await submit(
+            self.redis,
+            self.keys.prefix,
+            Submission(
+                kind=kind,  # type: ignore[arg-type]
+                board_id=act.board_id,
+                proposal_id=act.activation_id,
+                author=self.agent.name,
+                base=base,
+                patch=output.operations() if kind == "proposal" else [],
+                reads=list(self.agent.reads),
+                handoff=output.handoff if kind == "proposal" else None,
+                activation_id=act.activation_id,
+                trace_id=act.trace_id,
+                reason=reason or output.reason,
+                error=error,  # type: ignore[arg-type]
+                tokens_in=output.tokens_in,
+                tokens_out=output.tokens_out,
+                cost=output.cost,
+            ),
+            self.shards,
+        )
         act.status = "submitted" if kind == "proposal" else "failed"
         act.finished_ms = int(time.time() * 1000)
         act.duration_ms = int((time.time() - started) * 1000)
@@ -185,16 +206,24 @@ class AgentWorker:
         pipe.hgetall(bk.loops)
         version, values, loops = await pipe.execute()
         board = {k: codec.loads(v) for k, v in zip(keys, values, strict=False) if v is not None}
-        failed = {k[7:]: v for k, v in cast(dict[str, str], loops).items()
-                  if k.startswith("failed:")}
+        failed = {
+            k[7:]: v for k, v in cast(dict[str, str], loops).items() if k.startswith("failed:")
+        }
         remaining = None
         if act.deadline_ms:
             remaining = (act.deadline_ms - time.time() * 1000) / 1000
         return Context(
-            board_id=act.board_id, version=int(version or 0), board=board,
-            activation_id=act.activation_id, trace_id=act.trace_id, feedback=act.feedback,
-            payload=dict(act.payload), deadline_s=remaining, failed=failed,
-            model=self.app.model, tools=self.app.tools,
+            board_id=act.board_id,
+            version=int(version or 0),
+            board=board,
+            activation_id=act.activation_id,
+            trace_id=act.trace_id,
+            feedback=act.feedback,
+            payload=dict(act.payload),
+            deadline_s=remaining,
+            failed=failed,
+            model=self.app.model,
+            tools=self.app.tools,
         )
 
     async def _save(self, act: Activation) -> None:

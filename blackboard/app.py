@@ -286,15 +286,20 @@ def load_app(spec: str) -> App:
     """Import ``pkg.module:attribute`` and return the :class:`App` it names."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise ConfigError(f"--app {spec!r}: expected 'pkg.module:attribute', e.g. "
-                          "'examples.loan:app'.")
+        raise ConfigError(
+            f"--app {spec!r}: expected 'pkg.module:attribute', e.g. 'examples.loan:app'."
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"--app {spec!r}: cannot import {module_name!r} ({exc}); check "
-                          "the module path and PYTHONPATH.") from exc
+        raise ConfigError(
+            f"--app {spec!r}: cannot import {module_name!r} ({exc}); check "
+            "the module path and PYTHONPATH."
+        ) from exc
     app = getattr(module, attribute, None)
     if not isinstance(app, App):
-        raise ConfigError(f"--app {spec!r}: {module_name}.{attribute} is "
-                          f"{type(app).__name__}, not a blackboard App.")
+        raise ConfigError(
+            f"--app {spec!r}: {module_name}.{attribute} is "
+            f"{type(app).__name__}, not a blackboard App."
+        )
     return app

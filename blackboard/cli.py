@@ -65,14 +65,21 @@ def stop_on_signals() -> asyncio.Event:
 
 
 @click.group()
-@click.option("--redis", "redis_url", envvar="BLACKBOARD_REDIS_URL", default=None,
-              help="redis:// or unix:// URL (default: BLACKBOARD_REDIS_URL, else embedded).")
+@click.option(
+    "--redis",
+    "redis_url",
+    envvar="BLACKBOARD_REDIS_URL",
+    default=None,
+    help="redis:// or unix:// URL (default: BLACKBOARD_REDIS_URL, else embedded).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.pass_context
 def main(click_ctx: click.Context, redis_url: str | None, debug: bool) -> None:
     """Blackboard: validated, versioned shared state for AI agents, on Redis."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     click_ctx.obj = Ctx(redis_url, debug)
 
 
@@ -90,11 +97,15 @@ def _app(ctx: Ctx, spec: str) -> App:
 @click.option("--app", "app_spec", required=True, help="pkg.module:app")
 @click.option("--name", default=None, help="Consumer name of this replica.")
 @click.option("--shards", default=1, show_default=True, help="Submission streams.")
-@click.option("--replace-declaration", is_flag=True,
-              help="Take over from a different app version published in Redis.")
+@click.option(
+    "--replace-declaration",
+    is_flag=True,
+    help="Take over from a different app version published in Redis.",
+)
 @click.pass_obj
-def supervisor(ctx: Ctx, app_spec: str, name: str | None, shards: int,
-               replace_declaration: bool) -> None:
+def supervisor(
+    ctx: Ctx, app_spec: str, name: str | None, shards: int, replace_declaration: bool
+) -> None:
     """Run a supervisor replica (any number may run against one Redis)."""
     from blackboard.supervisor import Supervisor
 

@@ -20,7 +20,7 @@ import jsonpointer
 from blackboard.errors import ValidationFailed
 from blackboard.schema import BoardSchema
 
-__all__ = ["PatchPlan", "apply_to", "inverse", "plan"]
+__all__ = ["PatchPlan", "apply_to", "inverse", "is_blind", "plan"]
 
 _OPS = {"add", "remove", "replace", "move", "copy", "test"}
 _BLIND_OPS = {"add", "replace", "remove"}
@@ -97,6 +97,24 @@ def plan(patch: Sequence[Mapping[str, Any]], schema: BoardSchema) -> PatchPlan:
         reads=tuple(k for k in reads if k not in writes),
         blind=blind,
     )
+
+
+def is_blind(patch: Sequence[Mapping[str, Any]]) -> bool:
+    """Whole-key set/remove operations, each key once (see the module docstring)."""
+    seen: set[str] = set()
+    for op in patch:
+        path = op.get("path") if isinstance(op, Mapping) else None
+        if (
+            not isinstance(path, str)
+            or op.get("op") not in _BLIND_OPS
+            or path.count("/") != 1
+            or not path.startswith("/")
+            or "~" in path
+            or path in seen
+        ):
+            return False
+        seen.add(path)
+    return bool(patch)
 
 
 def apply_to(ops: list[dict[str, Any]], current: dict[str, Any]) -> dict[str, Any]:

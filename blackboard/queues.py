@@ -67,6 +67,7 @@ class WorkQueue:
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = claim_idle_ms
         self._ready = False
+        self._next_reclaim = 0.0
 
     async def ensure_group(self) -> None:
         try:
@@ -77,17 +78,22 @@ class WorkQueue:
         self._ready = True
 
     async def put(self, fields: dict[str, Any]) -> str:
-        return cast(str, await self.redis.xadd(self.stream, fields))
+        return cast(str, await self.redis.xadd(self.stream, cast(Any, fields)))
 
     async def take(self, consumer: str, *, count: int = 10, block_ms: int = 500) -> list[Delivery]:
         """Reclaimed entries of dead consumers first, then new ones (blocking up to
-        ``block_ms`` when there is nothing to reclaim)."""
+        ``block_ms`` when there is nothing to reclaim). Reclaiming is checked at most
+        every half ``claim_idle_ms``: nothing can be reclaimable sooner."""
         if not self._ready:
             await self.ensure_group()
         try:
-            reclaimed = await self._reclaim(consumer, count)
-            if reclaimed:
-                return reclaimed
+            now = time.monotonic()
+            if now >= self._next_reclaim:
+                self._next_reclaim = now + min(self.claim_idle_ms / 2000, 1.0)
+                reclaimed = await self._reclaim(consumer, count)
+                if reclaimed:
+                    self._next_reclaim = 0.0  # there may be more
+                    return reclaimed
             reply = await self.redis.xreadgroup(
                 self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
             )
@@ -96,7 +102,8 @@ class WorkQueue:
                 self._ready = False
                 return []
             raise
-        entries = reply[0][1] if reply else []
+        rows = cast(Any, reply)
+        entries = cast("list[tuple[str, dict[str, str] | None]]", rows[0][1] if rows else [])
         return [Delivery(i, f, 1) for i, f in entries if f is not None]
 
     async def _reclaim(self, consumer: str, count: int) -> list[Delivery]:
@@ -137,15 +144,18 @@ class WorkQueue:
         """Move an entry to the dead-letter stream (written before the ack)."""
         await self.redis.xadd(
             self.dead_letters,
-            {
-                **delivery.fields,
-                "dl_stream": self.stream,
-                "dl_group": self.group,
-                "dl_entry": delivery.entry_id,
-                "dl_deliveries": delivery.deliveries,
-                "dl_reason": reason,
-                "dl_ts": int(time.time() * 1000),
-            },
+            cast(
+                Any,
+                {
+                    **delivery.fields,
+                    "dl_stream": self.stream,
+                    "dl_group": self.group,
+                    "dl_entry": delivery.entry_id,
+                    "dl_deliveries": delivery.deliveries,
+                    "dl_reason": reason,
+                    "dl_ts": int(time.time() * 1000),
+                },
+            ),
         )
         await self.ack(delivery.entry_id)
         log.warning("dead-lettered %s from %s: %s", delivery.entry_id, self.stream, reason)

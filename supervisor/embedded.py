@@ -37,8 +37,11 @@ class Deployment:
         self.app = app
         self.store = store or BoardStore.from_url()
         self.supervisor = Supervisor(app, self.store)
-        self.workers = [AgentWorker(app, name, self.store, name=f"{name}-{i}")
-                        for name in app.agent_names for i in range(workers)]
+        self.workers = [
+            AgentWorker(app, name, self.store, name=f"{name}-{i}")
+            for name in app.agent_names
+            for i in range(workers)
+        ]
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -71,15 +74,29 @@ class Deployment:
             if status in SETTLED or (open_ == 0 and outbox == 0):
                 return await self.store.info(board_id)
             if time.monotonic() > deadline:
-                raise BlackboardError(f"board {board_id!r} did not settle in {timeout:g} s "
-                                      f"(status {status}, {open_} open activations).")
+                raise BlackboardError(
+                    f"board {board_id!r} did not settle in {timeout:g} s "
+                    f"(status {status}, {open_} open activations)."
+                )
             await asyncio.sleep(0.005)
 
     async def command(
-        self, board_id: str, command: str, *, by: str = "human:operator", reason: str = "",
+        self,
+        board_id: str,
+        command: str,
+        *,
+        by: str = "human:operator",
+        reason: str = "",
         **args: Any,
     ) -> Outcome:
         """Run an operator command through the supervisor (approve, reject, rollback…)."""
-        return await self.supervisor.handle(Submission(
-            kind="command", board_id=board_id, author=by, command=command, args=args,
-            reason=reason))
+        return await self.supervisor.handle(
+            Submission(
+                kind="command",
+                board_id=board_id,
+                author=by,
+                command=command,
+                args=args,
+                reason=reason,
+            )
+        )

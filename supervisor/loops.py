@@ -33,7 +33,6 @@ class Routing:
 
     routing_id: str
     version: int
-    fingerprint: str = ""
     tokens: int = 0
     cost: float = 0.0
     reset_rewrite: str = ""
@@ -43,6 +42,8 @@ class Routing:
     pairs: list[str] = field(default_factory=list)
     activations: list[Activation] = field(default_factory=list)
     compliant: bool = False
+    outcome: str = ""
+    """The submission's outcome JSON, recorded atomically with the routing."""
 
 
 @dataclass
@@ -68,43 +69,83 @@ class Router:
         bk = self.keys.board(board_id)
         lim = self.limits
         args: list[Any] = [
-            step.routing_id, int(time.time() * 1000), step.fingerprint, lim.loop_threshold,
-            lim.max_activations, lim.max_rewrites, step.tokens, repr(float(step.cost)),
-            lim.max_tokens or 0, lim.max_cost or 0, step.reset_rewrite, step.rewrite,
-            step.status, step.close, step.version, len(step.pairs), *step.pairs,
+            step.routing_id,
+            int(time.time() * 1000),
+            "",
+            lim.loop_threshold,
+            lim.max_activations,
+            lim.max_rewrites,
+            step.tokens,
+            repr(float(step.cost)),
+            lim.max_tokens or 0,
+            lim.max_cost or 0,
+            step.reset_rewrite,
+            step.rewrite,
+            step.status,
+            step.close,
+            step.version,
+            len(step.pairs),
+            *step.pairs,
             len(step.activations),
         ]
         for act in step.activations:
-            entry = codec.dumps({"agent": act.agent, "board": board_id,
-                                 "activation": act.activation_id})
+            entry = codec.dumps(
+                {"agent": act.agent, "board": board_id, "activation": act.activation_id}
+            )
             args += [act.activation_id, act.agent, act.deadline_ms, act.model_dump_json(), entry]
         args.append("1" if step.compliant else "0")
+        args.append(step.outcome)
         reply = await self._script(
-            keys=[bk.meta, bk.loops, bk.routed, bk.activations, bk.open, bk.outbox,
-                  bk.incidents],
+            keys=[
+                bk.meta,
+                bk.loops,
+                bk.routed,
+                bk.activations,
+                bk.open,
+                bk.outbox,
+                bk.incidents,
+                bk.results,
+                bk.khash,
+            ],
             args=args,
         )
         if reply[0] == "tripped":
-            log.warning("board %s escalated: %s: %s", board_id, reply[1], reply[2],
-                        extra={"board": board_id, "version": step.version})
+            log.warning(
+                "board %s escalated: %s: %s",
+                board_id,
+                reply[1],
+                reply[2],
+                extra={"board": board_id, "version": step.version},
+            )
             await self.redis.zadd(self.keys.escalations, {board_id: time.time() * 1000})
             return RouteResult("tripped", "escalated", reply[1], reply[2])
         rows = reply[2:]
         outbox = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
         return RouteResult(reply[0], reply[1], dispatch=outbox)
 
-    async def dispatch(self, board_id: str, result: RouteResult) -> int:
-        """Move outbox entries to agent queues, if the board is active."""
-        if result.status != "active" or not result.dispatch:
+    async def dispatch(
+        self,
+        board_id: str,
+        result: RouteResult,
+        *,
+        deadline_ms: int = 0,
+        ack: tuple[str, str, str] | None = None,
+    ) -> int:
+        """Move outbox entries to agent queues (if the board is active), note the
+        earliest deadline for the watchdog, then acknowledge the submission's stream
+        entry, all in one round trip: Redis runs them in order, so the ack is last."""
+        send = result.status == "active" and bool(result.dispatch)
+        if not send and ack is None and not deadline_ms:
             return 0
         bk = self.keys.board(board_id)
         pipe = self.redis.pipeline(transaction=False)
-        for activation_id, agent, entry in result.dispatch:
-            pipe.xadd(self.keys.queue(agent), codec.loads(entry))
-            pipe.hdel(bk.outbox, activation_id)
-        pipe.zrangebyscore(bk.open, "-inf", "+inf", start=0, num=1, withscores=True)
-        replies = await pipe.execute()
-        earliest = replies[-1]
-        if earliest:
-            await self.redis.zadd(self.keys.watch, {board_id: earliest[0][1]}, lt=True)
-        return len(result.dispatch)
+        if send:
+            for activation_id, agent, entry in result.dispatch:
+                pipe.xadd(self.keys.queue(agent), codec.loads(entry))
+                pipe.hdel(bk.outbox, activation_id)
+        if deadline_ms:
+            pipe.zadd(self.keys.watch, {board_id: deadline_ms}, lt=True)
+        if ack is not None:
+            pipe.xack(*ack)
+        await pipe.execute()
+        return len(result.dispatch) if send else 0

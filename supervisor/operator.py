@@ -35,8 +35,11 @@ class Operator:
         if recorded is not None:
             return Outcome.model_validate_json(recorded)
         if sub.command not in COMMANDS:
-            outcome = Outcome(status="rejected", reason="usage", message=(
-                f"unknown command {sub.command!r}; commands are {', '.join(COMMANDS)}."))
+            outcome = Outcome(
+                status="rejected",
+                reason="usage",
+                message=(f"unknown command {sub.command!r}; commands are {', '.join(COMMANDS)}."),
+            )
         else:
             try:
                 outcome = await getattr(self, sub.command)(sub, sub.args)
@@ -56,23 +59,31 @@ class Operator:
             if len(held) != 1:
                 raise ValidationFailed(
                     f"board {sub.board_id!r} holds {len(held)} proposals; name the one to "
-                    "act on with proposal_id.", rule="usage")
-            pid = held[0]
+                    "act on with proposal_id.",
+                    rule="usage",
+                )
+            pid = str(held[0])
         raw = await self.sup.redis.hget(bk.held, pid)
         if raw is None:
-            raise ValidationFailed(f"board {sub.board_id!r} holds no proposal {pid!r}; see "
-                                   "`blackboard escalations` for what is waiting.", rule="usage")
+            raise ValidationFailed(
+                f"board {sub.board_id!r} holds no proposal {pid!r}; see "
+                "`blackboard escalations` for what is waiting.",
+                rule="usage",
+            )
         return Submission.model_validate_json(raw)
 
     async def approve(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         held = await self._held(sub, args)
         note = str(args.get("note", ""))
-        proposal = held.proposal().model_copy(update={
-            "author": sub.author,
-            "reason": f"approved {held.proposal_id} of {held.author}: {note}".strip(": "),
-        })
-        decision = await self.sup.validator.decide(sub.board_id, proposal, kind="approval",
-                                                   gates=False)
+        proposal = held.proposal().model_copy(
+            update={
+                "author": sub.author,
+                "reason": f"approved {held.proposal_id} of {held.author}: {note}".strip(": "),
+            }
+        )
+        decision = await self.sup.validator.decide(
+            sub.board_id, proposal, kind="approval", gates=False
+        )
         bk = self.sup.keys.board(sub.board_id)
         await self.sup.redis.hdel(bk.held, held.proposal_id)
         await self.sup.redis.hset(bk.meta, "status", "active")
@@ -82,11 +93,13 @@ class Operator:
             await self._record(held, outcome)
             await self.sup._follow_up(held, outcome, None)
             return outcome
-        outcome = Outcome(status="committed", version=decision.commit.version,
-                          keys=decision.commit.keys)
+        outcome = Outcome(
+            status="committed", version=decision.commit.version, keys=decision.commit.keys
+        )
         await self._record(held, outcome)
-        await self.sup._follow_up(held.model_copy(update={"proposal_id": f"approved.{held.proposal_id}"}),
-                                  outcome, None)
+        await self.sup._follow_up(
+            held.model_copy(update={"proposal_id": f"approved.{held.proposal_id}"}), outcome, None
+        )
         return outcome
 
     async def reject(self, sub: Submission, args: dict[str, Any]) -> Outcome:
@@ -96,11 +109,15 @@ class Operator:
         await self.sup.redis.hdel(bk.held, held.proposal_id)
         await self.sup.redis.hset(bk.meta, "status", "active")
         await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
-        outcome = Outcome(status="rejected", reason="gate_rejected",
-                          message=f"{sub.author} rejected the proposal: {note}")
+        outcome = Outcome(
+            status="rejected",
+            reason="gate_rejected",
+            message=f"{sub.author} rejected the proposal: {note}",
+        )
         await self._record(held, outcome)
-        await self.sup._follow_up(held.model_copy(update={"proposal_id": f"rejected.{held.proposal_id}"}),
-                                  outcome, None)
+        await self.sup._follow_up(
+            held.model_copy(update={"proposal_id": f"rejected.{held.proposal_id}"}), outcome, None
+        )
         return Outcome(status="committed", message=outcome.message)
 
     async def _record(self, held: Submission, outcome: Outcome) -> None:
@@ -112,35 +129,41 @@ class Operator:
     async def rollback(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         store = self.sup.store
         if args.get("compliant"):
-            to = int(await self.sup.redis.hget(self.sup.keys.board(sub.board_id).meta,
-                                               "compliant") or 0)
+            to = int(
+                await self.sup.redis.hget(self.sup.keys.board(sub.board_id).meta, "compliant") or 0
+            )
         elif args.get("before_agent"):
             to = await self.before_agent(sub.board_id, str(args["before_agent"]))
         elif "to" in args:
             to = int(args["to"])
         else:
-            raise ValidationFailed("rollback needs one of to=V, compliant=True or "
-                                   "before_agent=NAME.", rule="usage")
-        result = await store.rollback(sub.board_id, to=to, author=sub.author,
-                                      reason=sub.reason or f"operator rollback to v{to}",
-                                      proposal_id=f"rb.{sub.proposal_id}")
+            raise ValidationFailed(
+                "rollback needs one of to=V, compliant=True or before_agent=NAME.", rule="usage"
+            )
+        result = await store.rollback(
+            sub.board_id,
+            to=to,
+            author=sub.author,
+            reason=sub.reason or f"operator rollback to v{to}",
+            proposal_id=f"rb.{sub.proposal_id}",
+        )
         return Outcome(status="committed", version=result.version, keys=result.keys)
 
     async def before_agent(self, board_id: str, agent: str) -> int:
         for entry in reversed(await self.sup.store.history(board_id)):
             if entry.author == agent and entry.kind == "write":
                 return entry.version - 1
-        raise ValidationFailed(f"agent {agent!r} has no commit on board {board_id!r}.",
-                               rule="usage")
+        raise ValidationFailed(
+            f"agent {agent!r} has no commit on board {board_id!r}.", rule="usage"
+        )
 
-    async def restore_compliant(
-        self, board_id: str, *, by: str, why: str, proposal_id: str
-    ) -> int:
+    async def restore_compliant(self, board_id: str, *, by: str, why: str, proposal_id: str) -> int:
         """Roll back to the compliant version; returns the version restored."""
         bk = self.sup.keys.board(board_id)
         to = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
-        result = await self.sup.store.rollback(board_id, to=to, author=by, reason=why,
-                                               proposal_id=proposal_id)
+        result = await self.sup.store.rollback(
+            board_id, to=to, author=by, reason=why, proposal_id=proposal_id
+        )
         await self.sup._incident(board_id, "rollback", f"{why} (to v{to})", result.version)
         return to
 
@@ -155,33 +178,41 @@ class Operator:
                 culprit = entry.author
                 break
         why = f"flagged by {sub.author}: {sub.reason or args.get('reason', '')}".strip(": ")
-        await self.restore_compliant(sub.board_id, by=sub.author, why=why,
-                                     proposal_id=f"flag.{sub.proposal_id}")
+        await self.restore_compliant(
+            sub.board_id, by=sub.author, why=why, proposal_id=f"flag.{sub.proposal_id}"
+        )
         wanted = [Wanted(culprit, "rewrite", {"feedback": why})] if culprit else []
-        await self.sup._route(sub.board_id, Routing(routing_id=sub.proposal_id, version=0,
-                                                    rewrite=culprit), wanted,
-                              parent=sub.proposal_id, trace_id=sub.trace_id)
+        await self.sup._route(
+            sub.board_id,
+            Routing(routing_id=sub.proposal_id, version=0, rewrite=culprit),
+            wanted,
+            parent=sub.proposal_id,
+            trace_id=sub.trace_id,
+        )
         return Outcome(status="committed", message=why)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def pause(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         bk = self.sup.keys.board(sub.board_id)
-        await self.sup.redis.hset(bk.meta, mapping={"status": "paused",
-                                                    "updated": int(time.time() * 1000)})
+        await self.sup.redis.hset(
+            bk.meta, mapping={"status": "paused", "updated": int(time.time() * 1000)}
+        )
         return Outcome(status="committed", message=f"paused by {sub.author}")
 
     async def resume(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         """Back to active: loop counters reset (a human looked), outbox dispatched."""
         bk = self.sup.keys.board(sub.board_id)
         loops = await self.sup.redis.hkeys(bk.loops)
-        stale = [k for k in loops if not k.startswith("sum:")]
+        stale = [k for k in map(str, loops) if not k.startswith("sum:")]
         if stale:
             await self.sup.redis.hdel(bk.loops, *stale)
-        await self.sup.redis.hset(bk.meta, mapping={"status": "active",
-                                                    "updated": int(time.time() * 1000)})
+        await self.sup.redis.hset(
+            bk.meta, mapping={"status": "active", "updated": int(time.time() * 1000)}
+        )
         await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
-        result = await self.sup.router.route(sub.board_id, Routing(
-            routing_id=sub.proposal_id, version=0))
+        result = await self.sup.router.route(
+            sub.board_id, Routing(routing_id=sub.proposal_id, version=0)
+        )
         await self.sup.router.dispatch(sub.board_id, result)
         return Outcome(status="committed", message=f"resumed by {sub.author}")

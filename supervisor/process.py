@@ -11,6 +11,8 @@ restarted one) reclaims the entry and finishes the work without doing any of it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import os
 import socket
@@ -69,13 +71,18 @@ class Supervisor:
         self.router = Router(self.redis, self.keys, app.limits)
         self.operator = Operator(self)
         self.queues = [
-            WorkQueue(self.redis, self.keys.proposals(s), GROUP,
-                      dead_letters=self.keys.dead_letters,
-                      max_deliveries=app.limits.max_deliveries,
-                      claim_idle_ms=app.limits.claim_idle_ms)
+            WorkQueue(
+                self.redis,
+                self.keys.proposals(s),
+                GROUP,
+                dead_letters=self.keys.dead_letters,
+                max_deliveries=app.limits.max_deliveries,
+                claim_idle_ms=app.limits.claim_idle_ms,
+            )
             for s in range(shards)
         ]
         store.register(app.schema)
+        self._partial_joins = any(t.join and t.partial for a in app.agents for t in a.triggers)
 
     # -- declaration ----------------------------------------------------------------
 
@@ -110,8 +117,13 @@ class Supervisor:
             await self.redis.zadd(self.keys.watch, {board_id: deadline}, lt=True)
         trace = trace_id or new_id()
         wanted = [Wanted(name, "start") for name in self.app.start]
-        await self._route(board_id, Routing(routing_id=f"start:{board_id}", version=0),
-                          wanted, parent=f"start:{board_id}", trace_id=trace)
+        await self._route(
+            board_id,
+            Routing(routing_id=f"start:{board_id}", version=0),
+            wanted,
+            parent=f"start:{board_id}",
+            trace_id=trace,
+        )
         return info
 
     # -- the loop -------------------------------------------------------------------
@@ -140,8 +152,9 @@ class Supervisor:
                         await queue.dead_letter(d, "not a valid submission")
                         continue
                     by_board.setdefault(sub.board_id, []).append((d, sub))
-                await asyncio.gather(*(self._board_batch(queue, items)
-                                       for items in by_board.values()))
+                await asyncio.gather(
+                    *(self._board_batch(queue, items) for items in by_board.values())
+                )
                 backoff = 0.05
             except StoreUnavailable as exc:
                 log.warning("Redis unavailable, retrying: %s", exc)
@@ -152,10 +165,12 @@ class Supervisor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
-    async def _board_batch(self, queue: WorkQueue, items: list[tuple[Delivery, Submission]]) -> None:
+    async def _board_batch(
+        self, queue: WorkQueue, items: list[tuple[Delivery, Submission]]
+    ) -> None:
         for delivery, sub in items:  # one board's submissions in order: fewer conflicts
             try:
-                await self.handle(sub)
+                await self.handle(sub, ack=(queue.stream, queue.group, delivery.entry_id))
             except (StoreUnavailable, ConnectionError, OSError, TimeoutError):
                 raise
             except BoardNotFound as exc:
@@ -163,10 +178,7 @@ class Supervisor:
                 continue
             except Exception:
                 # Left pending: redelivered, then dead-lettered after max_deliveries.
-                log.exception("submission %s on board %s failed", sub.proposal_id,
-                              sub.board_id)
-                continue
-            await queue.ack(delivery.entry_id)
+                log.exception("submission %s on board %s failed", sub.proposal_id, sub.board_id)
 
     @staticmethod
     def _parse(delivery: Delivery) -> Submission | None:
@@ -177,63 +189,89 @@ class Supervisor:
 
     # -- one submission --------------------------------------------------------------
 
-    async def handle(self, sub: Submission) -> Outcome:
-        """Process one submission; safe to call again with the same one."""
+    async def handle(self, sub: Submission, *, ack: tuple[str, str, str] | None = None) -> Outcome:
+        """Process one submission; safe to call again with the same one.
+
+        ``ack`` (stream, group, entry id) is acknowledged in the last round trip, after
+        everything else; a crash before it leaves the entry to be redelivered.
+        """
         bk = self.keys.board(sub.board_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(bk.results, sub.proposal_id)
-        pipe.hget(bk.meta, "status")
+        pipe.hmget(bk.meta, ["status", "deadline_ms"])
         pipe.hget(bk.activations, sub.activation_id or "-")
         pipe.zscore(bk.open, sub.activation_id or "-")
-        recorded, status, act_raw, still_open = await pipe.execute()
+        recorded, (status, deadline), act_raw, still_open = await pipe.execute()
         if status is None:
             raise await self.store._not_found(sub.board_id)
         activation = Activation.model_validate_json(act_raw) if act_raw else None
         if sub.kind == "command":
-            return await self.operator.command(sub, recorded)
+            outcome = await self.operator.command(sub, recorded)
+            if ack is not None:
+                await self.redis.xack(*ack)
+            return outcome
         if sub.kind == "failure" and recorded is None and still_open is None:
             # The activation was already closed (e.g. the agent's own timeout and the
             # watchdog's both reported it): one report is handled, the other ignored.
             stale = Outcome(status="failed", reason="stale", message=sub.reason)
-            await self.redis.hset(bk.results, sub.proposal_id, stale.model_dump_json())
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hset(bk.results, sub.proposal_id, stale.model_dump_json())
+            if ack is not None:
+                pipe.xack(*ack)
+            await pipe.execute()
             return stale
-        if recorded is not None:
+        fresh = recorded is None
+        if not fresh:
             outcome = Outcome.model_validate_json(recorded)
         elif status in STOPPED:
-            outcome = Outcome(status="rejected", reason="board_stopped", message=(
-                f"board {sub.board_id!r} is {status}; it accepts no writes until an "
-                "operator resumes it."))
+            outcome = Outcome(
+                status="rejected",
+                reason="board_stopped",
+                message=(
+                    f"board {sub.board_id!r} is {status}; it accepts no writes until an "
+                    "operator resumes it."
+                ),
+            )
         elif sub.kind == "failure":
             outcome = Outcome(status="failed", reason=sub.error, message=sub.reason)
         else:
             outcome = await self._decide(sub, activation)
-        if recorded is None:
-            await self.redis.hset(bk.results, sub.proposal_id, outcome.model_dump_json())
-        await self._follow_up(sub, outcome, activation)
+        await self._follow_up(
+            sub, outcome, activation, record=fresh, deadline=int(deadline or 0), ack=ack
+        )
         return outcome
 
     async def _decide(self, sub: Submission, activation: Activation | None) -> Outcome:
         if sub.handoff is not None:
             problem = self.app.check_handoff(sub.author, sub.handoff)
             if problem:
-                return Outcome(status="rejected", reason="handoff",
-                               message=f"{problem}. Hand off to a declared agent you may "
-                               "hand off to.")
+                return Outcome(
+                    status="rejected",
+                    reason="handoff",
+                    message=f"{problem}. Hand off to a declared agent you may hand off to.",
+                )
         if not sub.patch:
             return Outcome(status="committed")
-        summary = (activation is not None and activation.reason == "summarise"
-                   and sub.author == self.app.summariser)
-        depends = list(self.app.agent(sub.author).reads) if sub.author in self.app.agent_names else []
+        summary = (
+            activation is not None
+            and activation.reason == "summarise"
+            and sub.author == self.app.summariser
+        )
+        depends = (
+            list(self.app.agent(sub.author).reads) if sub.author in self.app.agent_names else []
+        )
         decision = await self.validator.decide(
-            sub.board_id, sub.proposal(), kind="summary" if summary else "write",
-            gates=not summary, depends_on=depends,
+            sub.board_id,
+            sub.proposal(),
+            kind="summary" if summary else "write",
+            gates=not summary,
+            depends_on=depends,
         )
         if decision.status == "held":
             bk = self.keys.board(sub.board_id)
             await self.redis.hset(bk.held, sub.proposal_id, sub.model_dump_json())
             await self.redis.zadd(self.keys.escalations, {sub.board_id: time.time() * 1000})
-            return Outcome(status="held", reason=f"gate:{decision.gate}",
-                           message=decision.message)
+            return Outcome(status="held", reason=f"gate:{decision.gate}", message=decision.message)
         if decision.status == "rejected":
             return Outcome(status="rejected", reason=decision.reason, message=decision.message)
         assert decision.commit is not None
@@ -249,8 +287,8 @@ class Supervisor:
         view = (await self.store.read(sub.board_id, at=commit.version)).data
         for audit in self.app.audits:
             try:
-                result = audit.check({k: view.get(k) for k in reads})
-                if asyncio.iscoroutine(result):
+                result: Any = audit.check({k: view.get(k) for k in reads})
+                if inspect.isawaitable(result):
                     result = await result
                 failed = verdict(result, audit.message or f"audit {audit.name!r} failed")
             except Exception as exc:
@@ -259,20 +297,35 @@ class Supervisor:
                 outcome.audit = audit.name
                 outcome.message = failed
                 await self.operator.restore_compliant(
-                    sub.board_id, by="supervisor", why=f"audit {audit.name!r} failed: {failed}",
-                    proposal_id=f"audit-rb.{sub.proposal_id}")
+                    sub.board_id,
+                    by="supervisor",
+                    why=f"audit {audit.name!r} failed: {failed}",
+                    proposal_id=f"audit-rb.{sub.proposal_id}",
+                )
                 return outcome
         return outcome
 
     # -- after the decision -----------------------------------------------------------
 
     async def _follow_up(
-        self, sub: Submission, outcome: Outcome, activation: Activation | None
+        self,
+        sub: Submission,
+        outcome: Outcome,
+        activation: Activation | None,
+        *,
+        record: bool = True,
+        deadline: int | None = None,
+        ack: tuple[str, str, str] | None = None,
     ) -> None:
         board_id = sub.board_id
-        step = Routing(routing_id=sub.proposal_id, version=outcome.version or 0,
-                       tokens=sub.tokens_in + sub.tokens_out, cost=sub.cost,
-                       close=sub.activation_id)
+        step = Routing(
+            routing_id=sub.proposal_id,
+            version=outcome.version or 0,
+            tokens=sub.tokens_in + sub.tokens_out,
+            cost=sub.cost,
+            close=sub.activation_id,
+            outcome=outcome.model_dump_json() if record else "",
+        )
         wanted: list[Wanted] = []
         agent_known = sub.author in self.app.agent_names
         if outcome.reason in ("board_stopped", "stale"):
@@ -280,13 +333,13 @@ class Supervisor:
         elif outcome.status == "committed" and not outcome.audit:
             step.reset_rewrite = sub.author
             step.compliant = bool(outcome.keys)
+            if sub.handoff is not None:
+                step.pairs.append(f"{sub.author}>{sub.handoff.to}")
             wanted, done = await self._next(sub, outcome)
             if done:
                 step.status = "done"
-            if sub.handoff is not None:
-                step.pairs.append(f"{sub.author}>{sub.handoff.to}")
         elif outcome.status in ("rejected", "failed") and sub.error in ("", "semantic"):
-            if agent_known and outcome.reason != "board_stopped":
+            if agent_known:
                 step.rewrite = sub.author
                 step.pairs.append(f"{sub.author}>{sub.author}:rewrite")
                 wanted = [Wanted(sub.author, "rewrite", {"feedback": outcome.message})]
@@ -304,41 +357,60 @@ class Supervisor:
         elif sub.error == "fatal":
             step.status = "failed"
             await self._incident(board_id, "fatal", f"{sub.author}: {sub.reason}", 0)
-        if step.pairs:
-            step.fingerprint = await self.store.fingerprint(board_id)
         parent = sub.activation_id or sub.proposal_id
-        await self._route(board_id, step, wanted, parent=parent,
-                          trace_id=sub.trace_id or (activation.trace_id if activation else ""))
+        await self._route(
+            board_id,
+            step,
+            wanted,
+            parent=parent,
+            trace_id=sub.trace_id or (activation.trace_id if activation else ""),
+            deadline=deadline,
+            ack=ack,
+        )
 
     async def _next(self, sub: Submission, outcome: Outcome) -> tuple[list[Wanted], bool]:
+        """Who acts after a commit. One round trip for the keys routing reads and the
+        loop state (failed branches, summarised content), none if it needs neither."""
         changed = outcome.keys
         reads = reads_for(self.app, changed)
         summarisable = [k for k in changed if self.app.schema.keys[k].summarisable]
+        need_loops = bool(summarisable) or self._partial_joins
+        replies: list[Any] = [[], {}]
         bk = self.keys.board(sub.board_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hmget(bk.state, reads or ["-"])
-        pipe.hgetall(bk.loops)
-        for key in summarisable:
-            pipe.hstrlen(bk.state, key)
-            pipe.hget(bk.khash, key)
-        replies = await pipe.execute()
-        board = {k: codec.loads(v) for k, v in zip(reads, replies[0], strict=False)
-                 if v is not None}
-        loops: dict[str, str] = replies[1]
+        if reads or need_loops:
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hmget(bk.state, reads or ["-"])
+            pipe.hgetall(bk.loops) if need_loops else pipe.exists(bk.loops)
+            for key in summarisable:
+                pipe.hstrlen(bk.state, key)
+                pipe.hget(bk.khash, key)
+            replies = await pipe.execute()
+        board = {
+            k: codec.loads(v) for k, v in zip(reads, replies[0], strict=False) if v is not None
+        }
+        loops: dict[str, str] = replies[1] if need_loops else {}
         failed = {k[7:]: v for k, v in loops.items() if k.startswith("failed:")}
         due = []
         for i, key in enumerate(summarisable):
             size, content = int(replies[2 + 2 * i]), replies[3 + 2 * i]
             limit_bytes, limit_tokens = self.app.summary_threshold(key)
-            over = size > limit_bytes or (limit_tokens is not None
-                                          and codec.approx_tokens(size) > limit_tokens)
+            over = size > limit_bytes or (
+                limit_tokens is not None and codec.approx_tokens(size) > limit_tokens
+            )
             marker = f"sum:{key}"
             if over and loops.get(marker) != content and self.app.summariser is not None:
                 due.append(key)
             if over or loops.get(marker):  # remember what was (or is being) summarised
                 await self.redis.hset(bk.loops, marker, content or "")
-        plan = plan_after_commit(self.app, author=sub.author, handoff=sub.handoff,
-                                 changed=changed, board=board, failed=failed, summarise=due)
+        plan = plan_after_commit(
+            self.app,
+            author=sub.author,
+            handoff=sub.handoff,
+            changed=changed,
+            board=board,
+            failed=failed,
+            summarise=due,
+        )
         return plan.activations, plan.done
 
     async def _after_timeout(self, sub: Submission) -> tuple[list[Wanted], bool]:
@@ -354,35 +426,54 @@ class Supervisor:
         return wanted, False
 
     async def _route(
-        self, board_id: str, step: Routing, wanted: list[Wanted], *, parent: str, trace_id: str
+        self,
+        board_id: str,
+        step: Routing,
+        wanted: list[Wanted],
+        *,
+        parent: str,
+        trace_id: str,
+        deadline: int | None = None,
+        ack: tuple[str, str, str] | None = None,
     ) -> None:
         now = int(time.time() * 1000)
-        timeout_ms = int(self.app.limits.activation_timeout_s * 1000)
-        deadline = now + timeout_ms
-        board_deadline = await self.redis.hget(self.keys.board(board_id).meta, "deadline_ms")
-        if board_deadline:
-            deadline = min(deadline, int(board_deadline))
+        if deadline is None:
+            raw = await self.redis.hget(self.keys.board(board_id).meta, "deadline_ms")
+            deadline = int(raw or 0)
+        due = now + int(self.app.limits.activation_timeout_s * 1000)
+        if deadline:
+            due = min(due, deadline)
         for w in wanted:
             payload = dict(w.payload)
             feedback = str(payload.pop("feedback", "")) if w.reason == "rewrite" else ""
-            step.activations.append(Activation(
-                activation_id=activation_id(parent, w.agent, str(payload.get("key", ""))),
-                board_id=board_id, agent=w.agent, base=step.version, trace_id=trace_id,
-                parent=parent, reason=w.reason, feedback=feedback,  # type: ignore[arg-type]
-                payload=payload, deadline_ms=deadline, created_ms=now,
-            ))
+            step.activations.append(
+                Activation(
+                    activation_id=activation_id(parent, w.agent, str(payload.get("key", ""))),
+                    board_id=board_id,
+                    agent=w.agent,
+                    base=step.version,
+                    trace_id=trace_id,
+                    parent=parent,
+                    reason=w.reason,  # type: ignore[arg-type]
+                    feedback=feedback,
+                    payload=payload,
+                    deadline_ms=due,
+                    created_ms=now,
+                )
+            )
         result = await self.router.route(board_id, step)
-        if result.outcome == "tripped":
-            return
-        await self.router.dispatch(board_id, result)
+        await self.router.dispatch(
+            board_id, result, ack=ack, deadline_ms=due if step.activations else 0
+        )
         if result.status in STOPPED or result.status == "awaiting_approval":
             await self.redis.zadd(self.keys.escalations, {board_id: now})
 
     async def _incident(self, board_id: str, kind: str, detail: str, version: int) -> None:
         bk = self.keys.board(board_id)
-        await self.redis.xadd(bk.incidents, {"kind": kind, "detail": detail,
-                                             "version": version,
-                                             "ts": int(time.time() * 1000)})
+        await self.redis.xadd(
+            bk.incidents,
+            {"kind": kind, "detail": detail, "version": version, "ts": int(time.time() * 1000)},
+        )
 
     # -- deadlines ------------------------------------------------------------------
 
@@ -392,10 +483,8 @@ class Supervisor:
                 await self.check_deadlines()
             except (StoreUnavailable, ConnectionError, OSError, TimeoutError) as exc:
                 log.warning("watchdog: Redis unavailable: %s", exc)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
-            except asyncio.TimeoutError:
-                pass
 
     async def check_deadlines(self) -> int:
         """Report timed-out activations (as failure submissions) and escalate boards past
@@ -411,22 +500,34 @@ class Supervisor:
                 if raw is None:
                     continue
                 act = Activation.model_validate_json(raw)
-                await submit(self.redis, self.keys.prefix, Submission(
-                    kind="failure", board_id=board_id, proposal_id=f"timeout.{aid}",
-                    author=act.agent, activation_id=aid, trace_id=act.trace_id,
-                    error="timeout", reason=f"activation {aid} of {act.agent!r} timed out "
-                    f"after {self.app.limits.activation_timeout_s:g} s",
-                ), self.shards)
+                await submit(
+                    self.redis,
+                    self.keys.prefix,
+                    Submission(
+                        kind="failure",
+                        board_id=board_id,
+                        proposal_id=f"timeout.{aid}",
+                        author=act.agent,
+                        activation_id=aid,
+                        trace_id=act.trace_id,
+                        error="timeout",
+                        reason=f"activation {aid} of {act.agent!r} timed out "
+                        f"after {self.app.limits.activation_timeout_s:g} s",
+                    ),
+                    self.shards,
+                )
                 await self.redis.zadd(bk.open, {aid: now + 3_600_000})  # reported once
                 reported += 1
             meta = await self.redis.hmget(bk.meta, ["deadline_ms", "status"])
             if meta[0] and int(meta[0]) <= now and meta[1] == ACTIVE:
-                await self.redis.hset(bk.meta, mapping={"status": "escalated",
-                                                        "escalated_reason": "deadline"})
+                await self.redis.hset(
+                    bk.meta, mapping={"status": "escalated", "escalated_reason": "deadline"}
+                )
                 await self._incident(board_id, "deadline", "board deadline passed", 0)
                 await self.redis.zadd(self.keys.escalations, {board_id: now})
-            nxt = await self.redis.zrangebyscore(bk.open, "-inf", "+inf", start=0, num=1,
-                                                 withscores=True)
+            nxt = await self.redis.zrangebyscore(
+                bk.open, "-inf", "+inf", start=0, num=1, withscores=True
+            )
             future = [int(nxt[0][1])] if nxt else []
             if meta[0] and meta[1] == ACTIVE and int(meta[0]) > now:
                 future.append(int(meta[0]))
@@ -435,4 +536,3 @@ class Supervisor:
             else:
                 await self.redis.zrem(self.keys.watch, board_id)
         return reported
-

@@ -14,6 +14,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from blackboard.app import App, verdict
 from blackboard.errors import ConflictError, ProposalRejected, ValidationFailed
+from blackboard.patch import is_blind
 from blackboard.records import CommitKind, CommitResult, Proposal
 from blackboard.store import BoardStore
 
@@ -84,17 +85,32 @@ class Validator:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _once(
-        self, board_id: str, proposal: Proposal, kind: CommitKind, gates: bool,
+        self,
+        board_id: str,
+        proposal: Proposal,
+        kind: CommitKind,
+        gates: bool,
         depends_on: list[str],
     ) -> Decision:
+        if not self.app.policies and not (gates and self.app.gates) and is_blind(proposal.patch):
+            # Nothing to evaluate on the resulting board: the commit script itself checks
+            # that nothing written or depended on changed after the base (stale = conflict).
+            reads = [*dict.fromkeys([*proposal.reads, *depends_on])]
+            commit = await self.store.commit(
+                board_id,
+                proposal.model_copy(update={"reads": reads}),
+                kind=kind,
+                outcome="policies:none",
+            )
+            return Decision("committed", commit=commit)
         extra = [*self._policy_reads, *(self._gate_reads if gates else []), *depends_on]
         preview = await self.store.preview(board_id, proposal, extra=extra, kind=kind)
         if preview.duplicate_of is not None:
-            commit = CommitResult(board_id=board_id, version=preview.duplicate_of,
-                                  duplicate=True)
+            commit = CommitResult(board_id=board_id, version=preview.duplicate_of, duplicate=True)
             return Decision("committed", commit=commit, view=preview.view)
-        dependencies = [*dict.fromkeys([*preview.writes, *preview.reads, *proposal.reads,
-                                        *depends_on])]
+        dependencies = [
+            *dict.fromkeys([*preview.writes, *preview.reads, *proposal.reads, *depends_on])
+        ]
         stale = {k: preview.kvers[k] for k in dependencies if preview.kvers[k] > proposal.base}
         if stale:
             raise ConflictError(board_id, proposal.base, stale)
@@ -102,12 +118,18 @@ class Validator:
         if gates:
             held = self._gate(preview.view, preview.writes)
             if held is not None:
-                return Decision("held", gate=held.name, view=preview.view,
-                                message=held.message or f"held by gate {held.name!r}")
-        rebased = proposal.model_copy(update={
-            "base": preview.version,
-            "reads": [*dict.fromkeys([*dependencies, *self._policy_reads])],
-        })
+                return Decision(
+                    "held",
+                    gate=held.name,
+                    view=preview.view,
+                    message=held.message or f"held by gate {held.name!r}",
+                )
+        rebased = proposal.model_copy(
+            update={
+                "base": preview.version,
+                "reads": [*dict.fromkeys([*dependencies, *self._policy_reads])],
+            }
+        )
         outcome = "policies:" + (",".join(p.name for p in self.app.policies) or "none")
         try:
             commit = await self.store.commit(board_id, rebased, kind=kind, outcome=outcome)
@@ -118,8 +140,9 @@ class Validator:
     def _check_policies(self, view: dict[str, Any]) -> None:
         for policy in self.app.policies:
             try:
-                failed = verdict(policy.check(view), policy.message or
-                                 f"policy {policy.name!r} is not satisfied")
+                failed = verdict(
+                    policy.check(view), policy.message or f"policy {policy.name!r} is not satisfied"
+                )
             except Exception as exc:  # a user's check must not take the supervisor down
                 failed = f"policy {policy.name!r} raised {type(exc).__name__}: {exc}"
             if failed:

@@ -7,10 +7,10 @@ Runs at most once per routing id: a redelivered submission gets the outbox back.
 
 All KEYS share the board's hash tag.
 KEYS[1] meta   KEYS[2] loops   KEYS[3] routed   KEYS[4] acts   KEYS[5] open
-KEYS[6] outbox KEYS[7] incidents
+KEYS[6] outbox KEYS[7] incidents  KEYS[8] results  KEYS[9] khash (per-key content hashes)
 
 ARGV[1]  routing id (the submission's proposal id)
-ARGV[2]  now (ms)                ARGV[3]  content fingerprint after the submission
+ARGV[2]  now (ms)                ARGV[3]  unused (the fingerprint is built here from khash)
 ARGV[4]  loop threshold          ARGV[5]  max activations
 ARGV[6]  max rewrites            ARGV[7]  tokens used by the submission
 ARGV[8]  cost of the submission  ARGV[9]  max tokens (0 = none)   ARGV[10] max cost (0 = none)
@@ -23,7 +23,9 @@ ARGV[15] board version (for incident records; also the new compliant version if
 ARGV[16] P: number of handoff pairs to count ('from>to' strings follow)
 then P pairs, then A: number of activations, then A quintuples:
   activation id, agent, deadline (ms), activation record JSON, queue entry JSON
-then '1' if ARGV[15] is now the compliant version, else '0'.
+then '1' if ARGV[15] is now the compliant version, else '0',
+then the submission's outcome JSON to record under the routing id ('' = none): recorded
+with the routing, so a redelivered submission whose routing ran is never re-decided.
 
 Returns
   {'ok', status, aid1, agent1, entry1, ...}     activations to dispatch (if status active)
@@ -49,7 +51,9 @@ if redis.call('HSETNX', routed, ARGV[1], ARGV[2]) == 0 then
   return pending_outbox('again')
 end
 
-local now, fp, version = ARGV[2], ARGV[3], ARGV[15]
+local now, version = ARGV[2], ARGV[15]
+local outcome = ARGV[#ARGV]
+if outcome ~= '' then redis.call('HSET', KEYS[8], ARGV[1], outcome) end
 if ARGV[14] ~= '' then redis.call('ZREM', open, ARGV[14]) end
 
 local function trip(kind, detail)
@@ -83,6 +87,14 @@ end
 -- handoff loops: the same pair repeated with no change to the board's content
 local P = tonumber(ARGV[16])
 local threshold = tonumber(ARGV[4])
+local fp = ''
+if P > 0 then  -- the board's content now, as sorted key=hash pairs: O(keys), not O(bytes)
+  local flat = redis.call('HGETALL', KEYS[9])
+  local pairs_ = {}
+  for i = 1, #flat, 2 do pairs_[#pairs_ + 1] = flat[i] .. '=' .. flat[i + 1] end
+  table.sort(pairs_)
+  fp = table.concat(pairs_, ',')
+end
 for i = 1, P do
   local pair = ARGV[16 + i]
   local prev = redis.call('HGET', loops, pair)

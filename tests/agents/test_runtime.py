@@ -7,11 +7,11 @@ import asyncio
 from typing import Any
 
 from bbtest import activations, build_app, incidents
+from blackboard.agents import AgentWorker, Context, Output, agent
+from blackboard.supervisor import Deployment
 
 from blackboard import BoardStore, FatalError, SemanticError, TransientError
-from blackboard.agents import AgentWorker, Context, Output, agent
 from blackboard.keys import GlobalKeys
-from blackboard.supervisor import Deployment
 
 
 def with_intake(fn: Any, **overrides: Any) -> Any:
@@ -45,8 +45,13 @@ async def test_one_activation_delivered_three_times_commits_once(store: BoardSto
         from blackboard.supervisor.control import Wanted
         from blackboard.supervisor.loops import Routing
 
-        await d.supervisor._route("c1", Routing(routing_id="s", version=0),
-                                  [Wanted("intake", "start")], parent="s", trace_id="t")
+        await d.supervisor._route(
+            "c1",
+            Routing(routing_id="s", version=0),
+            [Wanted("intake", "start")],
+            parent="s",
+            trace_id="t",
+        )
         [act] = await activations(store, "c1")
         entry = {"agent": "intake", "board": "c1", "activation": act["activation_id"]}
         queue = GlobalKeys(store.settings.key_prefix).queue("intake")
@@ -127,8 +132,7 @@ async def test_agent_sees_only_its_keys(store: BoardStore) -> None:
         return Output(updates={"score": 700})
 
     base = build_app()
-    app = build_app(agents=[*[a for a in base.agents if a.name != "risk"], risk],
-                    start=["risk"])
+    app = build_app(agents=[*[a for a in base.agents if a.name != "risk"], risk], start=["risk"])
     await run(app, store)
     # Its read key and its owned key, nothing else of the board (amount, decision, log…).
     assert set(seen) == {"income", "score", "version"}
@@ -141,8 +145,9 @@ async def test_worker_ignores_finished_activation(store: BoardStore) -> None:
     act = (await activations(store, "c1"))[0]
     worker = AgentWorker(build_app(), "intake", store)
     queue = GlobalKeys(store.settings.key_prefix).queue("intake")
-    await store.redis.xadd(queue, {"agent": "intake", "board": "c1",
-                                   "activation": act["activation_id"]})
+    await store.redis.xadd(
+        queue, {"agent": "intake", "board": "c1", "activation": act["activation_id"]}
+    )
     [delivery] = await worker.queue.take(worker.name, block_ms=10)
     await worker.handle(delivery)
     assert await store.version("c1") == version

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from blackboard.agents import Context, Output, agent
 from pydantic import BaseModel, Field, create_model
 
 from blackboard import App, Key, Limits
-from blackboard.agents import Context, Output, agent
 
 SLOTS = 40
 
@@ -22,6 +22,14 @@ async def writer(ctx: Context) -> Output:
     return Output()
 
 
-app = App(board=Slots, agents=[writer],
-          limits=Limits(claim_idle_ms=100, max_deliveries=50, max_activations=10_000,
-                        max_rewrites=10_000, loop_threshold=10_000))
+app = App(
+    board=Slots,
+    agents=[writer],
+    limits=Limits(
+        claim_idle_ms=100,
+        max_deliveries=50,
+        max_activations=10_000,
+        max_rewrites=10_000,
+        loop_threshold=10_000,
+    ),
+)

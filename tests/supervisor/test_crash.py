@@ -36,8 +36,11 @@ BOARDS, PER_BOARD = 50, 40  # 2,000 proposals
 def spawn(url: str, name: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": HELPERS, "BLACKBOARD_REDIS_URL": url}
     return subprocess.Popen(
-        [sys.executable, "-m", "blackboard", "supervisor", "--app", "crashapp:app",
-         "--name", name], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-m", "blackboard", "supervisor", "--app", "crashapp:app", "--name", name],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def proposals(rng: random.Random) -> list[Submission]:
@@ -47,10 +50,16 @@ def proposals(rng: random.Random) -> list[Submission]:
         rng.shuffle(slots)
         for i, slot in enumerate(slots[:PER_BOARD]):
             bad = i % 10 == 0  # every tenth fails validation: a rejection with a reason
-            subs.append(Submission(
-                kind="proposal", board_id=f"b{b}", author="w", base=0,
-                proposal_id=f"p{b}-{i}",
-                patch=[{"op": "add", "path": f"/s{slot}", "value": -1 if bad else slot}]))
+            subs.append(
+                Submission(
+                    kind="proposal",
+                    board_id=f"b{b}",
+                    author="w",
+                    base=0,
+                    proposal_id=f"p{b}-{i}",
+                    patch=[{"op": "add", "path": f"/s{slot}", "value": -1 if bad else slot}],
+                )
+            )
     rng.shuffle(subs)
     return subs
 
@@ -81,7 +90,7 @@ async def test_supervisor_killed_at_random_loses_nothing(redis_server: Any) -> N
     deadline = time.monotonic() + 240
     while True:
         if sent < len(subs):
-            for sub in subs[sent:sent + 100]:
+            for sub in subs[sent : sent + 100]:
                 await submit(client, prefix, sub)
             sent = min(sent + 100, len(subs))
         await asyncio.sleep(rng.uniform(0.02, 0.15))  # let the replicas get to work
@@ -99,14 +108,19 @@ async def test_supervisor_killed_at_random_loses_nothing(redis_server: Any) -> N
     for p in procs:
         p.wait(30)
 
-    dead = {f["proposal_id"] if "proposal_id" in f else json.loads(f["s"])["proposal_id"]:
-            f["dl_reason"] for _, f in await client.xrange(GlobalKeys(prefix).dead_letters)}
+    dead = {
+        f["proposal_id"] if "proposal_id" in f else json.loads(f["s"])["proposal_id"]: f[
+            "dl_reason"
+        ]
+        for _, f in await client.xrange(GlobalKeys(prefix).dead_letters)
+    }
     committed = rejected = 0
     reasons: dict[str, int] = {}
     for b in range(BOARDS):
         board = f"b{b}"
-        results = {k: json.loads(v) for k, v in
-                   (await client.hgetall(store.keys(board).results)).items()}
+        results = {
+            k: json.loads(v) for k, v in (await client.hgetall(store.keys(board).results)).items()
+        }
         log = await store.history(board)
         by_pid: dict[str, int] = {}
         for entry in log:
@@ -128,12 +142,15 @@ async def test_supervisor_killed_at_random_loses_nothing(redis_server: Any) -> N
                 assert outcome["status"] == "rejected" and outcome["message"], outcome
                 assert pid not in by_pid
         initial = (await store.read(board, at=0)).data
-        assert replay(copy.deepcopy(initial), [e.patch for e in log]) == (
-            await store.read(board)).data
+        assert (
+            replay(copy.deepcopy(initial), [e.patch for e in log]) == (await store.read(board)).data
+        )
         assert [e.version for e in log] == list(range(1, len(log) + 1))
     assert committed + rejected + len(dead) >= BOARDS * PER_BOARD
     assert reasons == {"schema": BOARDS * PER_BOARD // 10}  # exactly the invalid tenth
     assert kills >= 10
-    print(f"crash test: {kills} kills, {committed} committed, {rejected} rejected, "
-          f"{len(dead)} dead-lettered; rejections: {reasons}")
+    print(
+        f"crash test: {kills} kills, {committed} committed, {rejected} rejected, "
+        f"{len(dead)} dead-lettered; rejections: {reasons}"
+    )
     await store.close()

@@ -1,0 +1,202 @@
+"""The supervisor's validated path, with the supervisor in its own OS process.
+
+  raw commit script called sequentially (one round trip at a time): the reference
+  validated proposals/s through one supervisor process, 100 boards, submitted by a
+      separate agent process
+  handoff latency: agent A submits (with a handoff to B) -> supervisor validates and
+      commits -> B's activation received, p50/p99, sequential
+
+The Redis server runs with AOF (appendfsync everysec), as a deployment would.
+Run: python -m bench.supervisor
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from blackboard.agents import Context, Output, agent
+from pydantic import BaseModel
+
+from bench._server import machine, percentile, redis_server, target
+from blackboard import App, BoardStore, Key, Limits, Proposal, Settings
+from blackboard.keys import GlobalKeys
+from blackboard.queues import submit
+from blackboard.records import Handoff, Submission
+
+
+class Board(BaseModel):
+    x: Annotated[int, Key("a")] = 0
+    y: Annotated[int, Key("b")] = 0
+
+
+@agent("a", handoffs=["b"])
+async def agent_a(ctx: Context) -> Output:
+    return Output()
+
+
+@agent("b")
+async def agent_b(ctx: Context) -> Output:
+    return Output()
+
+
+app = App(
+    board=Board,
+    agents=[agent_a, agent_b],
+    limits=Limits(max_activations=10_000_000, activation_timeout_s=600),
+)
+
+BOARDS = 100
+
+
+def spawn_supervisor(url: str) -> subprocess.Popen[bytes]:
+    root = str(Path(__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "BLACKBOARD_REDIS_URL": url,
+        "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "blackboard",
+            "supervisor",
+            "--app",
+            "bench.supervisor:app",
+            "--replace-declaration",
+        ],
+        env=env,
+    )
+
+
+async def raw_sequential(store: BoardStore, n: int) -> float:
+    await store.create("raw", app.schema)
+    script = store._commit_script
+    recorded: list[tuple[list[str], list[Any]]] = []
+
+    async def record(keys: list[str], args: list[Any]) -> list[Any]:
+        recorded.append((keys, args))
+        return ["ok", len(recorded), 0, "x"]
+
+    store._commit_script = record  # type: ignore[assignment]
+    for i in range(n):
+        await store.commit(
+            "raw", Proposal.updates("a", i, {"x": i + 1}, proposal_id=uuid.uuid4().hex)
+        )
+    store._commit_script = script
+    t0 = time.perf_counter()
+    for keys, args in recorded:
+        await script(keys=keys, args=args)
+    rate = n / (time.perf_counter() - t0)
+    print(f"  raw commit script, sequential      {rate:>9,.0f} commits/s")
+    return rate
+
+
+async def wait_outcomes(store: BoardStore, boards: list[str], total: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        pipe = store.redis.pipeline(transaction=False)
+        for b in boards:
+            pipe.hlen(store.keys(b).results)
+        if sum(await pipe.execute()) >= total:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("supervisor did not finish in time")
+        await asyncio.sleep(0.025)  # a light poll: the supervisor shares these cores
+
+
+async def throughput(store: BoardStore, per_board: int) -> float:
+    boards = [f"t{i}" for i in range(BOARDS)]
+    for b in boards:
+        await store.create(b, app.schema)
+    prefix = store.settings.key_prefix
+    subs = [
+        Submission(
+            kind="proposal",
+            board_id=b,
+            author="a",
+            base=i,
+            patch=[{"op": "replace", "path": "/x", "value": i + 1}],
+        )
+        for i in range(per_board)
+        for b in boards
+    ]
+    t0 = time.perf_counter()
+    pipe = store.redis.pipeline(transaction=False)
+    for s in subs:
+        pipe.xadd(GlobalKeys(prefix).proposals(0), {"s": s.model_dump_json()})
+    await pipe.execute()
+    await wait_outcomes(store, boards, len(subs), timeout=300)
+    rate = len(subs) / (time.perf_counter() - t0)
+    committed = sum([(await store.version(b)) for b in boards])
+    print(
+        f"  validated proposals through one supervisor, {BOARDS} boards: {rate:,.0f}/s "
+        f"({committed:,} committed of {len(subs):,})"
+    )
+    return rate
+
+
+async def handoff_latency(store: BoardStore, n: int) -> tuple[float, float]:
+    await store.create("h", app.schema)
+    keys = GlobalKeys(store.settings.key_prefix)
+    queue_b = keys.queue("b")
+    await store.redis.xgroup_create(queue_b, "lat", id="$", mkstream=True)
+    samples = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        await submit(
+            store.redis,
+            keys.prefix,
+            Submission(
+                kind="proposal",
+                board_id="h",
+                author="a",
+                base=i,
+                patch=[{"op": "replace", "path": "/x", "value": i + 1}],
+                handoff=Handoff(to="b", reason="go"),
+            ),
+        )
+        reply = await store.redis.xreadgroup("lat", "me", {queue_b: ">"}, count=1, block=5000)
+        samples.append(time.perf_counter() - t0)
+        assert reply, "no activation received"
+        await store.redis.xack(queue_b, "lat", reply[0][1][0][0])
+    samples = samples[n // 10 :]  # warm-up
+    p50, p99 = percentile(samples, 50) * 1000, percentile(samples, 99) * 1000
+    print(
+        f"  handoff latency (submit -> commit -> next activation received): "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    )
+    return p50, p99
+
+
+async def main() -> None:
+    print(f"bench/supervisor.py  {datetime.date.today()}  {machine()}")
+    with redis_server("--appendonly", "yes", "--appendfsync", "everysec") as url:
+        store = BoardStore.from_url(url, Settings(redis_url=url))
+        from blackboard.supervisor import Supervisor
+
+        await Supervisor(app, store).publish(replace=True)
+        raw = await raw_sequential(store, 3000)
+        proc = spawn_supervisor(url)
+        try:
+            p50, p99 = await handoff_latency(store, 1000)
+            rate = await throughput(store, per_board=30)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        await store.close()
+    target("validated_vs_raw_sequential", rate / raw, ">=", 0.5)
+    target("handoff_p50_ms", p50, "<=", 2)
+    target("handoff_p99_ms", p99, "<=", 10)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
