@@ -8,9 +8,11 @@ from blackboard.config import Settings
 from blackboard.connection import connect
 from blackboard.errors import (
     AgentError,
+    AlreadyDecided,
     BlackboardError,
     BoardExists,
     BoardNotFound,
+    BoardStopped,
     BudgetExceeded,
     ConfigError,
     ConflictError,
@@ -41,6 +43,7 @@ from blackboard.store import BoardStore
 __all__ = [
     "Activation",
     "AgentError",
+    "AlreadyDecided",
     "App",
     "Audit",
     "BlackboardError",
@@ -50,6 +53,7 @@ __all__ = [
     "BoardSchema",
     "BoardSize",
     "BoardState",
+    "BoardStopped",
     "BoardStore",
     "BudgetExceeded",
     "CommitResult",

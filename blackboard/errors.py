@@ -9,7 +9,9 @@
     ├── ProposalRejected       a proposed write was refused; the board is unchanged
     │   ├── ValidationFailed   malformed patch, unknown key, bad value, too large
     │   ├── OwnershipError     the author does not own a key it touches
-    │   └── ConflictError      a key written or read changed after the base version
+    │   ├── ConflictError      a key written or read changed after the base version
+    │   ├── BoardStopped       the board is escalated, done or failed
+    │   └── AlreadyDecided     the supervisor already decided this proposal id
     ├── AgentError             an activation failed
     │   ├── TransientError     retried with backoff (timeouts, rate limits, connections)
     │   ├── SemanticError      the output is unusable: sent back as a rewrite request
@@ -28,9 +30,11 @@ from collections.abc import Mapping, Sequence
 
 __all__ = [
     "AgentError",
+    "AlreadyDecided",
     "BlackboardError",
     "BoardExists",
     "BoardNotFound",
+    "BoardStopped",
     "BudgetExceeded",
     "ConfigError",
     "ConflictError",
@@ -156,6 +160,19 @@ class SemanticError(AgentError):
 
 class FatalError(AgentError):
     """Retrying cannot help: the activation fails and the board escalates to a human."""
+
+
+class BoardStopped(ProposalRejected):
+    """The board is escalated, done or failed: it takes no writes until resumed."""
+
+    reason = "board_stopped"
+
+
+class AlreadyDecided(ProposalRejected):
+    """The supervisor already decided this proposal id (a redelivery): its recorded
+    outcome stands, whatever validating it again would say now."""
+
+    reason = "decided"
 
 
 class LoopDetected(BlackboardError):

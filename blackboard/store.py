@@ -33,6 +33,8 @@ from blackboard.errors import (
     BoardNotFound,
     ConfigError,
     ConflictError,
+    AlreadyDecided,
+    BoardStopped,
     OwnershipError,
     ProposalRejected,
     StoreUnavailable,
@@ -640,6 +642,7 @@ class BoardStore:
                     keys.snapshots,
                     keys.snapshot_index,
                     keys.khash,
+                    keys.results,
                 ],
                 args=args,
             )
@@ -699,6 +702,12 @@ class BoardStore:
             )
         if status == "ahead":
             self._check_version(board_id, proposal.base, int(reply[1]))
+        if status == "decided":
+            raise AlreadyDecided(f"proposal {proposal.proposal_id} on board {board_id!r} was "
+                                 "already decided by the supervisor; see its recorded outcome.")
+        if status == "stopped":
+            raise BoardStopped(f"board {board_id!r} is {reply[1]}; it accepts no writes until an "
+                               "operator resumes it.")
         if status == "archived":
             raise ProposalRejected(
                 f"board {board_id!r} is archived and accepts no commits; "

@@ -130,22 +130,39 @@ class Router:
         *,
         deadline_ms: int = 0,
         ack: tuple[str, str, str] | None = None,
-    ) -> int:
+        batch: list[Any] | None = None,
+    ) -> None:
         """Move outbox entries to agent queues (if the board is active), note the
         earliest deadline for the watchdog, then acknowledge the submission's stream
-        entry, all in one round trip: Redis runs them in order, so the ack is last."""
-        send = result.status == "active" and bool(result.dispatch)
-        if not send and ack is None and not deadline_ms:
-            return 0
-        bk = self.keys.board(board_id)
-        pipe = self.redis.pipeline(transaction=False)
-        if send:
+        entry. With ``batch``, the commands are collected and sent once for the whole
+        consumer batch (:meth:`flush`); either way each submission's ack follows its
+        dispatch, and Redis runs a pipeline in order."""
+        commands: list[Any] = batch if batch is not None else []
+        if result.status == "active":
+            bk = self.keys.board(board_id)
             for activation_id, agent, entry in result.dispatch:
-                pipe.xadd(self.keys.queue(agent), codec.loads(entry))
-                pipe.hdel(bk.outbox, activation_id)
+                commands.append(("xadd", self.keys.queue(agent), codec.loads(entry)))
+                commands.append(("hdel", bk.outbox, activation_id))
         if deadline_ms:
-            pipe.zadd(self.keys.watch, {board_id: deadline_ms}, lt=True)
+            commands.append(("zadd", self.keys.watch, {board_id: deadline_ms}))
         if ack is not None:
-            pipe.xack(*ack)
+            commands.append(("xack", *ack))
+        if batch is None:
+            await self.flush(commands)
+
+    async def flush(self, commands: list[Any]) -> None:
+        """Send collected dispatch commands in one round trip."""
+        if not commands:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for name, *args in commands:
+            if name == "xadd":
+                pipe.xadd(args[0], args[1])
+            elif name == "hdel":
+                pipe.hdel(args[0], args[1])
+            elif name == "zadd":
+                pipe.zadd(args[0], args[1], lt=True)
+            else:
+                pipe.xack(*args)
         await pipe.execute()
-        return len(result.dispatch) if send else 0
+        commands.clear()

@@ -77,6 +77,9 @@ class Operator:
         note = str(args.get("note", ""))
         proposal = held.proposal().model_copy(
             update={
+                # Its own id: the held one is recorded as decided ("held"); this one
+                # makes a repeated approval commit once.
+                "proposal_id": f"approved.{held.proposal_id}",
                 "author": sub.author,
                 "reason": f"approved {held.proposal_id} of {held.author}: {note}".strip(": "),
             }

@@ -83,6 +83,7 @@ class Supervisor:
         ]
         store.register(app.schema)
         self._partial_joins = any(t.join and t.partial for a in app.agents for t in a.triggers)
+        self._deadlines: dict[str, int] = {}
 
     # -- declaration ----------------------------------------------------------------
 
@@ -114,6 +115,7 @@ class Supervisor:
         if self.app.limits.deadline_s is not None:
             deadline = now + int(self.app.limits.deadline_s * 1000)
             await self.redis.hset(bk.meta, "deadline_ms", deadline)
+            self._deadlines[board_id] = deadline
             await self.redis.zadd(self.keys.watch, {board_id: deadline}, lt=True)
         trace = trace_id or new_id()
         wanted = [Wanted(name, "start") for name in self.app.start]
@@ -128,7 +130,7 @@ class Supervisor:
 
     # -- the loop -------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event | None = None, *, batch: int = 64) -> None:
+    async def run(self, stop: asyncio.Event | None = None, *, batch: int = 128) -> None:
         """Consume submissions until ``stop`` is set. Survives Redis restarts."""
         stop = stop or asyncio.Event()
         await self.publish()
@@ -152,9 +154,13 @@ class Supervisor:
                         await queue.dead_letter(d, "not a valid submission")
                         continue
                     by_board.setdefault(sub.board_id, []).append((d, sub))
-                await asyncio.gather(
-                    *(self._board_batch(queue, items) for items in by_board.values())
-                )
+                collected: list[Any] = []
+                try:
+                    await asyncio.gather(
+                        *(self._board_batch(queue, items, collected) for items in by_board.values())
+                    )
+                finally:
+                    await self.router.flush(collected)  # dispatches, then acks, in order
                 backoff = 0.05
             except StoreUnavailable as exc:
                 log.warning("Redis unavailable, retrying: %s", exc)
@@ -166,11 +172,12 @@ class Supervisor:
                 backoff = min(backoff * 2, 2.0)
 
     async def _board_batch(
-        self, queue: WorkQueue, items: list[tuple[Delivery, Submission]]
+        self, queue: WorkQueue, items: list[tuple[Delivery, Submission]], batch: list[Any]
     ) -> None:
         for delivery, sub in items:  # one board's submissions in order: fewer conflicts
             try:
-                await self.handle(sub, ack=(queue.stream, queue.group, delivery.entry_id))
+                ack = (queue.stream, queue.group, delivery.entry_id)
+                await self.handle(sub, ack=ack, batch=batch)
             except (StoreUnavailable, ConnectionError, OSError, TimeoutError):
                 raise
             except BoardNotFound as exc:
@@ -189,12 +196,21 @@ class Supervisor:
 
     # -- one submission --------------------------------------------------------------
 
-    async def handle(self, sub: Submission, *, ack: tuple[str, str, str] | None = None) -> Outcome:
+    async def handle(
+        self,
+        sub: Submission,
+        *,
+        ack: tuple[str, str, str] | None = None,
+        batch: list[Any] | None = None,
+    ) -> Outcome:
         """Process one submission; safe to call again with the same one.
 
         ``ack`` (stream, group, entry id) is acknowledged in the last round trip, after
-        everything else; a crash before it leaves the entry to be redelivered.
+        everything else; a crash before it leaves the entry to be redelivered. With
+        ``batch``, dispatch and ack are collected for the caller to send in one go.
         """
+        if sub.kind == "proposal" and sub.author != self.app.summariser:
+            return await self._handle_proposal(sub, ack, batch)
         bk = self.keys.board(sub.board_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(bk.results, sub.proposal_id)
@@ -237,9 +253,44 @@ class Supervisor:
         else:
             outcome = await self._decide(sub, activation)
         await self._follow_up(
-            sub, outcome, activation, record=fresh, deadline=int(deadline or 0), ack=ack
+            sub,
+            outcome,
+            activation,
+            record=fresh,
+            deadline=int(deadline or 0),
+            ack=ack,
+            batch=batch,
         )
         return outcome
+
+    async def _handle_proposal(
+        self, sub: Submission, ack: tuple[str, str, str] | None, batch: list[Any] | None
+    ) -> Outcome:
+        """The common case in three round trips: commit, route, dispatch and ack. The
+        commit script itself refuses a proposal already decided (a redelivery) and
+        writes to a stopped board, so nothing needs reading first."""
+        outcome = await self._decide(sub, None)
+        record = True
+        if outcome.reason == "decided":
+            raw = await self.redis.hget(self.keys.board(sub.board_id).results, sub.proposal_id)
+            outcome, record = Outcome.model_validate_json(cast(str, raw)), False
+        await self._follow_up(
+            sub,
+            outcome,
+            None,
+            record=record,
+            deadline=await self._deadline(sub.board_id),
+            ack=ack,
+            batch=batch,
+        )
+        return outcome
+
+    async def _deadline(self, board_id: str) -> int:
+        """A board's deadline is fixed when it starts: cached."""
+        if board_id not in self._deadlines:
+            raw = await self.redis.hget(self.keys.board(board_id).meta, "deadline_ms")
+            self._deadlines[board_id] = int(raw or 0)
+        return self._deadlines[board_id]
 
     async def _decide(self, sub: Submission, activation: Activation | None) -> Outcome:
         if sub.handoff is not None:
@@ -316,6 +367,7 @@ class Supervisor:
         record: bool = True,
         deadline: int | None = None,
         ack: tuple[str, str, str] | None = None,
+        batch: list[Any] | None = None,
     ) -> None:
         board_id = sub.board_id
         step = Routing(
@@ -366,6 +418,7 @@ class Supervisor:
             trace_id=sub.trace_id or (activation.trace_id if activation else ""),
             deadline=deadline,
             ack=ack,
+            batch=batch,
         )
 
     async def _next(self, sub: Submission, outcome: Outcome) -> tuple[list[Wanted], bool]:
@@ -435,6 +488,7 @@ class Supervisor:
         trace_id: str,
         deadline: int | None = None,
         ack: tuple[str, str, str] | None = None,
+        batch: list[Any] | None = None,
     ) -> None:
         now = int(time.time() * 1000)
         if deadline is None:
@@ -463,7 +517,7 @@ class Supervisor:
             )
         result = await self.router.route(board_id, step)
         await self.router.dispatch(
-            board_id, result, ack=ack, deadline_ms=due if step.activations else 0
+            board_id, result, ack=ack, batch=batch, deadline_ms=due if step.activations else 0
         )
         if result.status in STOPPED or result.status == "awaiting_approval":
             await self.redis.zadd(self.keys.escalations, {board_id: now})

@@ -10,6 +10,8 @@ KEYS[5] proposals  hash   proposal id -> version (idempotency, checked here and 
 KEYS[6] snaps      hash   version -> JSON object of the whole board
 KEYS[7] snapidx    zset   snapshot versions
 KEYS[8] khash      hash   key -> short hash of its value, for content fingerprints
+KEYS[9] results    hash   proposal id -> the supervisor's recorded decision: a proposal
+                          already decided (e.g. rejected, then redelivered) never commits
 
 ARGV[1]  declaration digest the caller validated against
 ARGV[2]  base version
@@ -34,6 +36,9 @@ Returns one of
   {'dup', version}                     proposal id already committed
   {'conflict', key, kver, ...}         written/read keys changed after base
   {'missing', key, action}             replace/remove of an unset key
+  {'decided'}                          the supervisor already decided this proposal id
+  {'stopped', status}                  a 'write' or 'summary' to an escalated, done or
+                                       failed board (operators' kinds still pass)
   {'notfound'} {'archived'} {'decl', stored_digest} {'ahead', version}
 Nothing is written unless the answer is 'ok'.
 ]]
@@ -49,7 +54,12 @@ if pid ~= '' then
   local prev = redis.call('HGET', proposals, pid)
   if prev then return {'dup', tonumber(prev)} end
 end
+if pid ~= '' and redis.call('HEXISTS', KEYS[9], pid) == 1 then return {'decided'} end
 if m[2] == 'archived' then return {'archived'} end
+if (m[2] == 'escalated' or m[2] == 'done' or m[2] == 'failed') and
+    (ARGV[10] == 'write' or ARGV[10] == 'summary') then
+  return {'stopped', m[2]}
+end
 if m[3] ~= ARGV[1] then return {'decl', m[3]} end
 
 local version = tonumber(m[1])

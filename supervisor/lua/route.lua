@@ -113,9 +113,11 @@ for i = 1, P do
   end
 end
 
--- activations
+-- activations (none on a stopped board: nothing should act until an operator resumes it)
 local base = 17 + P
 local A = tonumber(ARGV[base])
+local current = redis.call('HGET', meta, 'status')
+if current == 'escalated' or current == 'done' or current == 'failed' then A = 0 end
 if A > 0 then
   local used = tonumber(redis.call('HGET', meta, 'activations') or '0')
   if used + A > tonumber(ARGV[5]) then
