@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast, get_args
 
@@ -29,12 +30,12 @@ from blackboard import patch as patches
 from blackboard.config import Settings
 from blackboard.connection import connect
 from blackboard.errors import (
+    AlreadyDecided,
     BoardExists,
     BoardNotFound,
+    BoardStopped,
     ConfigError,
     ConflictError,
-    AlreadyDecided,
-    BoardStopped,
     OwnershipError,
     ProposalRejected,
     StoreUnavailable,
@@ -54,13 +55,21 @@ from blackboard.records import (
 )
 from blackboard.schema import BoardSchema
 
-__all__ = ["BoardStore"]
+__all__ = ["BoardStore", "PreparedCommit"]
 
 log = logging.getLogger(__name__)
 
 
 def _lua(name: str) -> str:
     return resources.files("blackboard").joinpath("lua", name).read_text()
+
+
+@dataclass(frozen=True)
+class PreparedCommit:
+    """The commit script's KEYS and ARGV for one validated proposal (see ``prepare``)."""
+
+    keys: list[str]
+    args: list[Any]
 
 
 @asynccontextmanager
@@ -444,6 +453,27 @@ class BoardStore:
             BoardNotFound, ValidationFailed, OwnershipError, ConflictError,
             ProposalRejected (archived board), StoreUnavailable.
         """
+        prepared = await self.prepare(board_id, proposal, kind=kind, outcome=outcome)
+        if isinstance(prepared, CommitResult):
+            return prepared
+        async with _redis_errors(f"commit to board {board_id!r}"):
+            reply = await self._commit_script(keys=prepared.keys, args=prepared.args)
+        return await self.finish(board_id, proposal, reply)
+
+    async def prepare(
+        self,
+        board_id: str,
+        proposal: Proposal,
+        *,
+        kind: CommitKind = "write",
+        outcome: str = "",
+    ) -> PreparedCommit | CommitResult:
+        """Validate a proposal and compute the commit script's KEYS and ARGV without
+        running it (or the earlier commit, for a proposal id already committed).
+
+        :meth:`commit` is ``prepare`` + the script + :meth:`finish`; the supervisor uses
+        the parts to run the commit and its routing as one script.
+        """
         if kind not in get_args(CommitKind):
             raise ConfigError(
                 f"unknown commit kind {kind!r}; use one of {', '.join(get_args(CommitKind))}."
@@ -478,7 +508,7 @@ class BoardStore:
                 return applied
             writes, unchanged, undo = applied
             reads += unchanged
-        return await self._run_commit(
+        return self._commit_call(
             board_id,
             schema,
             proposal,
@@ -491,6 +521,13 @@ class BoardStore:
             [*dict.fromkeys(k for k in [*reads, *plan.reads] if k not in {w[0] for w in writes})],
             undo,
         )
+
+    async def finish(self, board_id: str, proposal: Proposal, reply: list[Any]) -> CommitResult:
+        """Turn the commit script's reply into a result (or the typed rejection)."""
+        result = await self._answer(board_id, proposal, reply)
+        if self.settings.wait_replicas and not result.duplicate:
+            result.replicas = await self._wait_replicas(board_id, result.version)
+        return result
 
     async def preview(
         self,
@@ -591,7 +628,7 @@ class BoardStore:
         )
         return writes, unchanged, codec.dumps(undo)
 
-    async def _run_commit(
+    def _commit_call(
         self,
         board_id: str,
         schema: BoardSchema,
@@ -602,7 +639,7 @@ class BoardStore:
         writes: list[tuple[str, str, str]],
         reads: list[str],
         undo: str,
-    ) -> CommitResult:
+    ) -> PreparedCommit:
         keys = self.keys(board_id)
         args: list[Any] = [
             schema.digest,
@@ -631,25 +668,20 @@ class BoardStore:
                 codec.content_hash(codec.canonical(value)) if value else "",
             ]
         args.extend(reads)
-        async with _redis_errors(f"commit to board {board_id!r}"):
-            reply = await self._commit_script(
-                keys=[
-                    keys.meta,
-                    keys.state,
-                    keys.kver,
-                    keys.log,
-                    keys.proposals,
-                    keys.snapshots,
-                    keys.snapshot_index,
-                    keys.khash,
-                    keys.results,
-                ],
-                args=args,
-            )
-        result = await self._answer(board_id, proposal, reply)
-        if self.settings.wait_replicas and not result.duplicate:
-            result.replicas = await self._wait_replicas(board_id, result.version)
-        return result
+        return PreparedCommit(
+            keys=[
+                keys.meta,
+                keys.state,
+                keys.kver,
+                keys.log,
+                keys.proposals,
+                keys.snapshots,
+                keys.snapshot_index,
+                keys.khash,
+                keys.results,
+            ],
+            args=args,
+        )
 
     async def _wait_replicas(self, board_id: str, version: int) -> int:
         wanted = self.settings.wait_replicas
@@ -703,11 +735,15 @@ class BoardStore:
         if status == "ahead":
             self._check_version(board_id, proposal.base, int(reply[1]))
         if status == "decided":
-            raise AlreadyDecided(f"proposal {proposal.proposal_id} on board {board_id!r} was "
-                                 "already decided by the supervisor; see its recorded outcome.")
+            raise AlreadyDecided(
+                f"proposal {proposal.proposal_id} on board {board_id!r} was "
+                "already decided by the supervisor; see its recorded outcome."
+            )
         if status == "stopped":
-            raise BoardStopped(f"board {board_id!r} is {reply[1]}; it accepts no writes until an "
-                               "operator resumes it.")
+            raise BoardStopped(
+                f"board {board_id!r} is {reply[1]}; it accepts no writes until an "
+                "operator resumes it."
+            )
         if status == "archived":
             raise ProposalRejected(
                 f"board {board_id!r} is archived and accepts no commits; "
@@ -814,6 +850,9 @@ class BoardStore:
             trace_id=trace_id,
             proposal_id=proposal_id,
         )
-        return await self._run_commit(
+        call = self._commit_call(
             board_id, schema, proposal, "rollback", "no-op", "[]", [], reads, "[]"
         )
+        async with _redis_errors(f"commit to board {board_id!r}"):
+            reply = await self._commit_script(keys=call.keys, args=call.args)
+        return await self.finish(board_id, proposal, reply)

@@ -57,6 +57,52 @@ class RouteResult:
     """(activation id, agent, queue entry JSON) waiting in the outbox."""
 
 
+_DRIVER = """
+--[[ commit_route: commit.lua then route.lua in one atomic call, for a proposal whose
+routing does not depend on what the commit changed (a handoff at most).
+
+KEYS: commit.lua's KEYS (ARGV[1] of them), then route.lua's.
+ARGV[1] number of commit KEYS, ARGV[2] number of commit ARGV, then commit.lua's ARGV,
+then route.lua's ARGV, in which the version, the compliant flag, the outcome and each
+activation record's "base":-1 are placeholders filled from the commit's result.
+Returns {'commit', commit reply} if the commit did not happen (nothing routed), else
+{'both', commit reply, route reply}.
+]]
+local NK, NA = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ck, ca, rk, ra = {}, {}, {}, {}
+for i = 1, NK do ck[i] = KEYS[i] end
+for i = NK + 1, #KEYS do rk[#rk + 1] = KEYS[i] end
+for i = 3, NA + 2 do ca[#ca + 1] = ARGV[i] end
+for i = NA + 3, #ARGV do ra[#ra + 1] = ARGV[i] end
+local c = commit(ck, ca)
+if c[1] ~= 'ok' then return {'commit', c} end
+local v = c[2]
+local changed = {}
+for i = 4, #c do changed[#changed + 1] = '"' .. c[i] .. '"' end
+ra[15] = v
+ra[#ra - 1] = (#changed > 0) and '1' or '0'
+ra[#ra] = '{"status":"committed","version":' .. v .. ',"keys":[' ..
+  table.concat(changed, ',') .. '],"audit":"","reason":"","message":""}'
+local P = tonumber(ra[16])
+local A = tonumber(ra[17 + P])
+for i = 0, A - 1 do
+  local o = 17 + P + 1 + 5 * i + 3
+  ra[o] = (string.gsub(ra[o], '"base":%-1,', '"base":' .. v .. ',', 1))
+end
+return {'both', c, route(rk, ra)}
+"""
+
+
+def _combined() -> str:
+    """commit.lua and route.lua, each wrapped as a function, plus the driver above."""
+    commit = resources.files("blackboard").joinpath("lua", "commit.lua").read_text()
+    route = resources.files("blackboard.supervisor").joinpath("lua", "route.lua").read_text()
+    return (
+        f"local function commit(KEYS, ARGV)\n{commit}\nend\n"
+        f"local function route(KEYS, ARGV)\n{route}\nend\n{_DRIVER}"
+    )
+
+
 class Router:
     def __init__(self, redis: Redis, keys: GlobalKeys, limits: Limits) -> None:
         self.redis = redis
@@ -64,8 +110,27 @@ class Router:
         self.limits = limits
         source = resources.files("blackboard.supervisor").joinpath("lua", "route.lua")
         self._script = redis.register_script(source.read_text())
+        self._commit_route = redis.register_script(_combined())
 
     async def route(self, board_id: str, step: Routing) -> RouteResult:
+        keys, args = self._call(board_id, step)
+        return await self._parse(board_id, step, await self._script(keys=keys, args=args))
+
+    async def commit_and_route(
+        self, board_id: str, commit_keys: list[str], commit_args: list[Any], step: Routing
+    ) -> tuple[list[Any], RouteResult | None]:
+        """Commit and route atomically; the route result is None if the commit did not
+        happen (its reply says why)."""
+        keys, args = self._call(board_id, step)
+        reply = await self._commit_route(
+            keys=[*commit_keys, *keys],
+            args=[len(commit_keys), len(commit_args), *commit_args, *args],
+        )
+        if reply[0] == "commit":
+            return reply[1], None
+        return reply[1], await self._parse(board_id, step, reply[2])
+
+    def _call(self, board_id: str, step: Routing) -> tuple[list[str], list[Any]]:
         bk = self.keys.board(board_id)
         lim = self.limits
         args: list[Any] = [
@@ -95,20 +160,20 @@ class Router:
             args += [act.activation_id, act.agent, act.deadline_ms, act.model_dump_json(), entry]
         args.append("1" if step.compliant else "0")
         args.append(step.outcome)
-        reply = await self._script(
-            keys=[
-                bk.meta,
-                bk.loops,
-                bk.routed,
-                bk.activations,
-                bk.open,
-                bk.outbox,
-                bk.incidents,
-                bk.results,
-                bk.khash,
-            ],
-            args=args,
-        )
+        keys = [
+            bk.meta,
+            bk.loops,
+            bk.routed,
+            bk.activations,
+            bk.open,
+            bk.outbox,
+            bk.incidents,
+            bk.results,
+            bk.khash,
+        ]
+        return keys, args
+
+    async def _parse(self, board_id: str, step: Routing, reply: list[Any]) -> RouteResult:
         if reply[0] == "tripped":
             log.warning(
                 "board %s escalated: %s: %s",

@@ -28,10 +28,18 @@ from blackboard.supervisor.validation import Decision, Validator
 
 from blackboard import codec
 from blackboard.app import App, verdict
-from blackboard.errors import BoardNotFound, ConfigError, StoreUnavailable
+from blackboard.errors import BoardNotFound, ConfigError, ProposalRejected, StoreUnavailable
 from blackboard.keys import GlobalKeys
+from blackboard.patch import is_blind
 from blackboard.queues import Delivery, WorkQueue, submit
-from blackboard.records import Activation, BoardInfo, Outcome, Submission, new_id
+from blackboard.records import (
+    Activation,
+    BoardInfo,
+    CommitResult,
+    Outcome,
+    Submission,
+    new_id,
+)
 from blackboard.store import BoardStore
 
 __all__ = ["Supervisor"]
@@ -269,6 +277,10 @@ class Supervisor:
         """The common case in three round trips: commit, route, dispatch and ack. The
         commit script itself refuses a proposal already decided (a redelivery) and
         writes to a stopped board, so nothing needs reading first."""
+        if self._routing_known_before_commit(sub):
+            done = await self._commit_routed(sub, ack, batch)
+            if done is not None:
+                return done
         outcome = await self._decide(sub, None)
         record = True
         if outcome.reason == "decided":
@@ -284,6 +296,78 @@ class Supervisor:
             batch=batch,
         )
         return outcome
+
+    def _routing_known_before_commit(self, sub: Submission) -> bool:
+        """True when what follows a successful commit is known before it: no policy,
+        gate or audit to run, a blind patch, and no trigger, done condition, router or
+        summarisation that depends on the keys it writes (a handoff at most)."""
+        app = self.app
+        if app.policies or app.gates or app.audits or self._partial_joins:
+            return False
+        if not sub.patch or not is_blind(sub.patch):
+            return False
+        written = [op["path"][1:] for op in sub.patch]
+        if any(k not in app.schema.keys or app.schema.keys[k].summarisable for k in written):
+            return False
+        if reads_for(app, written):
+            return False
+        return sub.handoff is None or app.check_handoff(sub.author, sub.handoff) is None
+
+    async def _commit_routed(
+        self, sub: Submission, ack: tuple[str, str, str] | None, batch: list[Any] | None
+    ) -> Outcome | None:
+        """Commit and route in one atomic script. None: take the general path (the
+        proposal is invalid, a duplicate, or the commit was refused), which decides and
+        records the outcome properly."""
+        agent_reads = (
+            list(self.app.agent(sub.author).reads) if sub.author in self.app.agent_names else []
+        )
+        proposal = sub.proposal()
+        proposal = proposal.model_copy(
+            update={"reads": [*dict.fromkeys([*proposal.reads, *agent_reads])]}
+        )
+        try:
+            prepared = await self.store.prepare(sub.board_id, proposal, outcome="policies:none")
+        except ProposalRejected:
+            return None
+        if isinstance(prepared, CommitResult):
+            return None
+        step = Routing(
+            routing_id=sub.proposal_id,
+            version=0,
+            tokens=sub.tokens_in + sub.tokens_out,
+            cost=sub.cost,
+            close=sub.activation_id,
+            reset_rewrite=sub.author,
+            outcome="-",
+        )
+        wanted = []
+        if sub.handoff is not None:
+            step.pairs.append(f"{sub.author}>{sub.handoff.to}")
+            wanted.append(Wanted(sub.handoff.to, "handoff", dict(sub.handoff.payload)))
+        now = int(time.time() * 1000)
+        due = self._activations(
+            sub.board_id,
+            step,
+            wanted,
+            sub.activation_id or sub.proposal_id,
+            sub.trace_id,
+            await self._deadline(sub.board_id),
+            now,
+            base=-1,
+        )
+        reply, routed = await self.router.commit_and_route(
+            sub.board_id, prepared.keys, prepared.args, step
+        )
+        if routed is None:
+            return None  # refused (conflict, decided, stopped…): the general path says why
+        commit = await self.store.finish(sub.board_id, proposal, reply)
+        await self.router.dispatch(
+            sub.board_id, routed, ack=ack, batch=batch, deadline_ms=due if step.activations else 0
+        )
+        if routed.status in STOPPED:
+            await self.redis.zadd(self.keys.escalations, {sub.board_id: now})
+        return Outcome(status="committed", version=commit.version, keys=commit.keys)
 
     async def _deadline(self, board_id: str) -> int:
         """A board's deadline is fixed when it starts: cached."""
@@ -494,6 +578,26 @@ class Supervisor:
         if deadline is None:
             raw = await self.redis.hget(self.keys.board(board_id).meta, "deadline_ms")
             deadline = int(raw or 0)
+        due = self._activations(board_id, step, wanted, parent, trace_id, deadline, now)
+        result = await self.router.route(board_id, step)
+        await self.router.dispatch(
+            board_id, result, ack=ack, batch=batch, deadline_ms=due if step.activations else 0
+        )
+        if result.status in STOPPED or result.status == "awaiting_approval":
+            await self.redis.zadd(self.keys.escalations, {board_id: now})
+
+    def _activations(
+        self,
+        board_id: str,
+        step: Routing,
+        wanted: list[Wanted],
+        parent: str,
+        trace_id: str,
+        deadline: int,
+        now: int,
+        base: int | None = None,
+    ) -> int:
+        """Add the wanted activations to the step; returns their deadline."""
         due = now + int(self.app.limits.activation_timeout_s * 1000)
         if deadline:
             due = min(due, deadline)
@@ -505,7 +609,7 @@ class Supervisor:
                     activation_id=activation_id(parent, w.agent, str(payload.get("key", ""))),
                     board_id=board_id,
                     agent=w.agent,
-                    base=step.version,
+                    base=step.version if base is None else base,
                     trace_id=trace_id,
                     parent=parent,
                     reason=w.reason,  # type: ignore[arg-type]
@@ -515,12 +619,7 @@ class Supervisor:
                     created_ms=now,
                 )
             )
-        result = await self.router.route(board_id, step)
-        await self.router.dispatch(
-            board_id, result, ack=ack, batch=batch, deadline_ms=due if step.activations else 0
-        )
-        if result.status in STOPPED or result.status == "awaiting_approval":
-            await self.redis.zadd(self.keys.escalations, {board_id: now})
+        return due
 
     async def _incident(self, board_id: str, kind: str, detail: str, version: int) -> None:
         bk = self.keys.board(board_id)
