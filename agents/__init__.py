@@ -13,6 +13,8 @@ from blackboard.agents.agent import (
     when_all,
     when_changed,
 )
+from blackboard.agents.builtin import Summariser, condense
+from blackboard.agents.models import COSTS, Completion, Model, OfflineModel, cost_of
 from blackboard.agents.runtime import AgentWorker
 
 from blackboard.records import Handoff
@@ -20,11 +22,18 @@ from blackboard.records import Handoff
 __all__ = [
     "Agent",
     "AgentWorker",
+    "COSTS",
+    "Completion",
     "Context",
     "Handoff",
+    "Model",
+    "OfflineModel",
     "Output",
+    "Summariser",
     "Trigger",
     "agent",
+    "condense",
+    "cost_of",
     "when_all",
     "when_changed",
 ]

@@ -535,9 +535,17 @@ class Supervisor:
                 limit_tokens is not None and codec.approx_tokens(size) > limit_tokens
             )
             marker = f"sum:{key}"
-            if over and loops.get(marker) != content and self.app.summariser is not None:
+            # A summary's own output is never summarised again (no summarisation loop),
+            # even if it is still above the threshold; new content may be.
+            from_summariser = sub.author == self.app.summariser
+            if (
+                over
+                and loops.get(marker) != content
+                and self.app.summariser is not None
+                and not from_summariser
+            ):
                 due.append(key)
-            if over or loops.get(marker):  # remember what was (or is being) summarised
+            if over or loops.get(marker) or from_summariser:  # what was (being) summarised
                 await self.redis.hset(bk.loops, marker, content or "")
         plan = plan_after_commit(
             self.app,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from blackboard.agents import Context, Handoff, Output, agent, when_changed
+from blackboard.agents import Context, Handoff, Output, Summariser, agent, when_changed
 from pydantic import BaseModel, Field
 
 from blackboard import App, BoardStore, Key, Limits
@@ -43,11 +43,7 @@ def build_app(**overrides: Any) -> App:
     async def compliance(ctx: Context) -> Output:
         return Output(updates={"decision": "approve" if ctx.board["score"] >= 600 else "reject"})
 
-    @agent("summariser")
-    async def summariser(ctx: Context) -> Output:
-        key = ctx.payload["key"]
-        items = ctx.board[key]
-        return Output(updates={key: [f"[{len(items) - 2} earlier entries condensed]", *items[-2:]]})
+    summariser = Summariser(keep_recent=2)
 
     kwargs: dict[str, Any] = dict(
         board=Case,

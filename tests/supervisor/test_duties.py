@@ -14,8 +14,9 @@ from blackboard.supervisor.control import Wanted
 from blackboard.supervisor.loops import Routing
 from pydantic import BaseModel
 
-from blackboard import App, Audit, BoardStore, ConfigError, Gate, Key, Limits, Policy
+from blackboard import App, Audit, BoardStore, ConfigError, Gate, Key, Limits, Policy, Proposal
 from blackboard.keys import GlobalKeys
+from blackboard.records import Submission
 
 
 async def run(app: App, store: BoardStore, board: str = "c1", **initial: Any) -> Any:
@@ -238,7 +239,8 @@ async def test_summarisation_replaces_verbose_content_once(store: BoardStore) ->
     summary = [e for e in await store.history("c1") if e.kind == "summary"]
     assert len(summary) == 1 and summary[0].author == "summariser"
     log = await store.read_key("c1", "log")
-    assert log[0] == "[6 earlier entries condensed]" and len(log) == 3
+    assert log[0].startswith("[summary of 6 earlier entries] page 0: lorem ipsum")
+    assert log[1:] == [f"page {i}: " + "lorem ipsum " * 5 for i in (6, 7)]  # recent: verbatim
     raw = (await store.read("c1", at=summary[0].version - 1)).data["log"]
     assert len(raw) == 8  # the raw content stays retrievable from the log
     assert len([a for a in await activations(store, "c1") if a["reason"] == "summarise"]) == 1
@@ -380,3 +382,76 @@ async def test_misdeclarations_fail_at_build() -> None:
             return Output()
 
         build_app(agents=[risk, *[a for a in build_app().agents if a.name != "risk"]])
+
+
+async def test_router_adds_activations(store: BoardStore) -> None:
+    routed: list[list[str]] = []
+
+    def router(board: Any, changed: Any) -> list[str]:
+        routed.append(sorted(changed))
+        return ["compliance"] if board.get("score") and board.get("decision") is None else []
+
+    @agent("risk")  # no handoff: the router sends the work on
+    async def risk(ctx: Context) -> Output:
+        return Output(updates={"score": 710})
+
+    base = build_app()
+    app = build_app(
+        agents=[*[a for a in base.agents if a.name != "risk"], risk],
+        start=["risk"],
+        router=router,
+        router_reads=["score", "decision"],
+    )
+    info = await run(app, store)
+    assert info.status == "done"
+    assert ["score"] in routed
+    assert [(a["agent"], a["reason"]) for a in await activations(store, "c1")] == [
+        ("risk", "start"),
+        ("compliance", "router"),
+    ]
+
+
+async def test_policy_read_key_changed_concurrently_is_revalidated(store: BoardStore) -> None:
+    """The commit races a change to a key a policy reads: the supervisor re-validates on
+    fresh state (and here rejects), never commits against the stale value."""
+    app = build_app(policies=[cap(0)])
+    sup = Supervisor(app, store)
+    await store.create("c1", app.schema, {"max_amount": 100_000.0})
+    script = store._commit_script
+    raced = False
+
+    async def racing(keys: list[str], args: list[Any]) -> Any:
+        nonlocal raced
+        if not raced:  # a human lowers the cap between validation and commit
+            raced = True
+            await store.commit(
+                "c1", Proposal.updates("human", 0, {"max_amount": 10_000.0}), kind="system"
+            )
+        return await script(keys=keys, args=args)
+
+    store._commit_script = racing  # type: ignore[assignment]
+    outcome = await sup.handle(
+        Submission(
+            kind="proposal",
+            board_id="c1",
+            author="intake",
+            base=0,
+            patch=[{"op": "add", "path": "/amount", "value": 50_000.0}],
+        )
+    )
+    store._commit_script = script  # type: ignore[assignment]
+    assert (outcome.status, outcome.reason) == ("rejected", "policy")
+    assert await store.read_key("c1", "amount") is None
+    assert await store.read_key("c1", "max_amount") == 10_000.0
+
+
+async def test_gate_holds_survive_a_supervisor_restart(store: BoardStore) -> None:
+    app = build_app(gates=[big_loan_gate()])
+    async with Deployment(app, store) as d:
+        await d.start("c1")
+        assert (await d.settle("c1")).status == "awaiting_approval"
+    async with Deployment(build_app(gates=[big_loan_gate()]), store) as again:  # new process
+        outcome = await again.command("c1", "approve", by="human:eve", note="ok")
+        assert outcome.status == "committed"
+        info = await again.settle("c1")
+    assert info.status == "done" and await store.read_key("c1", "decision") == "approve"

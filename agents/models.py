@@ -1,0 +1,102 @@
+"""Model access behind one small protocol, and a deterministic offline model.
+
+A model takes chat messages (and optionally a pydantic output schema) and returns a
+:class:`Completion` with token counts; the runtime sums tokens and cost per board, and
+the supervisor enforces the app's budgets. Nothing here needs a network: the offline
+model answers from rules or a function, so tests and examples are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ValidationError
+
+from blackboard.errors import SemanticError
+
+__all__ = ["COSTS", "Completion", "Model", "OfflineModel", "cost_of"]
+
+Message = Mapping[str, str]
+
+COSTS: dict[str, tuple[float, float]] = {
+    "offline": (0.0, 0.0),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4o-mini": (0.15, 0.60),
+    "claude-3-5-sonnet": (3.00, 15.00),
+    "claude-3-5-haiku": (0.80, 4.00),
+}
+"""USD per million input and output tokens, by model name. Extend or override it."""
+
+
+def cost_of(model: str, tokens_in: int, tokens_out: int) -> float:
+    per_in, per_out = COSTS.get(model, (0.0, 0.0))
+    return (tokens_in * per_in + tokens_out * per_out) / 1_000_000
+
+
+@dataclass
+class Completion:
+    """A model's answer: text, the validated object if a schema was asked for, tokens."""
+
+    text: str
+    tokens_in: int
+    tokens_out: int
+    model: str
+    parsed: Any = None
+
+    @property
+    def cost(self) -> float:
+        return cost_of(self.model, self.tokens_in, self.tokens_out)
+
+
+@runtime_checkable
+class Model(Protocol):
+    """One async method. Implement it to plug in any provider."""
+
+    name: str
+
+    async def complete(
+        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+    ) -> Completion: ...
+
+
+def _tokens(text: str) -> int:
+    return max(1, (len(text.encode()) + 3) // 4)
+
+
+@dataclass
+class OfflineModel:
+    """Deterministic: the first rule whose pattern occurs in the last user message
+    answers; else ``default(messages)``; else the first sentence of the last message.
+
+    Args:
+        rules: substring -> answer text (JSON text when a schema is asked for).
+        default: fallback answer function.
+        name: the name used for the cost table (``offline`` costs nothing; use another
+            name to exercise cost budgets).
+    """
+
+    rules: Mapping[str, str] = field(default_factory=dict)
+    default: Callable[[Sequence[Message]], str] | None = None
+    name: str = "offline"
+    calls: list[Sequence[Message]] = field(default_factory=list)
+
+    async def complete(
+        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+    ) -> Completion:
+        self.calls.append(list(messages))
+        last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        text = next((answer for pattern, answer in self.rules.items() if pattern in last), None)
+        if text is None:
+            text = self.default(messages) if self.default else last.split(". ")[0][:200]
+        tokens_in = sum(_tokens(m.get("content", "")) for m in messages)
+        parsed = None
+        if schema is not None:
+            try:
+                parsed = schema.model_validate_json(text)
+            except ValidationError as exc:
+                raise SemanticError(
+                    f"model output does not match {schema.__name__}: {exc.errors()[0]['msg']}"
+                ) from exc
+        return Completion(text, tokens_in, _tokens(text), self.name, parsed)
