@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from blackboard.errors import SemanticError
 
-__all__ = ["COSTS", "Completion", "Model", "OfflineModel", "cost_of"]
+__all__ = ["COSTS", "Completion", "Metered", "Model", "OfflineModel", "cost_of"]
 
 Message = Mapping[str, str]
 
@@ -100,3 +100,24 @@ class OfflineModel:
                     f"model output does not match {schema.__name__}: {exc.errors()[0]['msg']}"
                 ) from exc
         return Completion(text, tokens_in, _tokens(text), self.name, parsed)
+
+
+class Metered:
+    """Wraps the app's model for one activation and sums what it used, so the runtime
+    reports tokens and cost to the supervisor's budgets without the agent's help."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.name = model.name
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.cost = 0.0
+
+    async def complete(
+        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+    ) -> Completion:
+        result = await self.model.complete(messages, schema=schema)
+        self.tokens_in += result.tokens_in
+        self.tokens_out += result.tokens_out
+        self.cost += result.cost
+        return result

@@ -19,6 +19,7 @@ import uuid
 from typing import Any, cast
 
 from blackboard.agents.agent import Agent, Context, Output, to_output
+from blackboard.agents.models import Metered
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -159,7 +160,13 @@ class AgentWorker:
         except Exception as exc:  # an agent bug: fatal, with the cause recorded
             log.exception("agent %s failed on board %s", self.agent.name, act.board_id)
             kind, error, reason = "failure", "fatal", f"{type(exc).__name__}: {exc}"
-        base = ctx.version if ctx is not None else act.base
+        # What the model used is metered by the runtime; what the agent reports adds up.
+        used = ctx.model if ctx is not None and isinstance(ctx.model, Metered) else None
+        tokens_in = output.tokens_in + (used.tokens_in if used else 0)
+        tokens_out = output.tokens_out + (used.tokens_out if used else 0)
+        cost = output.cost + (used.cost if used else 0.0)
+        patch = output.operations() if kind == "proposal" else []
+        handoff = output.handoff if kind == "proposal" else None
         await submit(
             self.redis,
             self.keys.prefix,
@@ -168,17 +175,17 @@ class AgentWorker:
                 board_id=act.board_id,
                 proposal_id=act.activation_id,
                 author=self.agent.name,
-                base=base,
-                patch=output.operations() if kind == "proposal" else [],
+                base=ctx.version if ctx is not None else act.base,
+                patch=patch,
                 reads=list(self.agent.reads),
-                handoff=output.handoff if kind == "proposal" else None,
+                handoff=handoff,
                 activation_id=act.activation_id,
                 trace_id=act.trace_id,
                 reason=reason or output.reason,
                 error=error,  # type: ignore[arg-type]
-                tokens_in=output.tokens_in,
-                tokens_out=output.tokens_out,
-                cost=output.cost,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+                cost=cost,
             ),
             self.shards,
         )
@@ -186,7 +193,10 @@ class AgentWorker:
         act.finished_ms = int(time.time() * 1000)
         act.duration_ms = int((time.time() - started) * 1000)
         act.retries, act.outcome = retries, error or "proposed"
-        act.tokens_in, act.tokens_out, act.cost = output.tokens_in, output.tokens_out, output.cost
+        act.tokens_in, act.tokens_out, act.cost = tokens_in, tokens_out, cost
+        act.output = {"patch": patch, "handoff": handoff.model_dump() if handoff else None}
+        if ctx is not None and ctx.tools is not None:
+            act.tool_calls = list(ctx.tools.calls)
         await self._save(act)
 
     async def _run(self, ctx: Context, act: Activation) -> Any:
@@ -209,6 +219,16 @@ class AgentWorker:
         failed = {
             k[7:]: v for k, v in cast(dict[str, str], loops).items() if k.startswith("failed:")
         }
+        tools = None
+        if self.app.tools is not None:
+            tools = self.app.tools.bind(
+                self.redis,
+                self.keys.prefix,
+                agent=self.agent.name,
+                board_id=act.board_id,
+                activation_id=act.activation_id,
+            )
+        act.keys_read = keys
         remaining = None
         if act.deadline_ms:
             remaining = (act.deadline_ms - time.time() * 1000) / 1000
@@ -222,8 +242,8 @@ class AgentWorker:
             payload=dict(act.payload),
             deadline_s=remaining,
             failed=failed,
-            model=self.app.model,
-            tools=self.app.tools,
+            model=Metered(self.app.model) if self.app.model is not None else None,
+            tools=tools,
         )
 
     async def _save(self, act: Activation) -> None:

@@ -130,6 +130,20 @@ class BoardKeys:
         """Stream: loops tripped, budgets spent, timeouts, gates, audits, rollbacks."""
         return self._k("incidents")
 
+    @property
+    def tool_results(self) -> str:
+        """Hash: idempotency key -> first result of a side-effect tool call."""
+        return self._k("tools")
+
+    def tool_claim(self, key: str) -> str:
+        """String with a TTL: the lease of the caller running one tool call."""
+        return self._k(f"toolclaim:{key}")
+
+    @property
+    def saga(self) -> str:
+        """List: compensations of successful side-effect calls, oldest first."""
+        return self._k("saga")
+
     def all(self) -> list[str]:
         """Every stored key of the board (for delete)."""
         return [
@@ -150,6 +164,8 @@ class BoardKeys:
             self.routed,
             self.held,
             self.incidents,
+            self.tool_results,
+            self.saga,
         ]
 
 
@@ -191,6 +207,14 @@ class GlobalKeys:
     def watch(self) -> str:
         """Sorted set: board id -> earliest deadline to check (activations, board)."""
         return f"{self.prefix}:watch"
+
+    def rate(self, tool: str) -> str:
+        """Sorted set: recent call times of a rate-limited tool (all processes)."""
+        return f"{self.prefix}:rate:{tool}"
+
+    def breaker(self, tool: str) -> str:
+        """Hash: a tool's circuit breaker (consecutive errors, open until)."""
+        return f"{self.prefix}:breaker:{tool}"
 
     @property
     def app(self) -> str:

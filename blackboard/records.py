@@ -231,6 +231,12 @@ class Activation(BaseModel):
     tokens_out: int = 0
     cost: float = 0.0
     outcome: str = ""
+    keys_read: list[str] = Field(default_factory=list)
+    """Keys the agent was given (the context it saw)."""
+    output: dict[str, Any] = Field(default_factory=dict)
+    """What it proposed: ``{"patch": [...], "handoff": {...}}``."""
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    """Tool calls made: tool, idempotency key, duration."""
 
 
 class Preview(BaseModel):

@@ -44,6 +44,8 @@ class Routing:
     compliant: bool = False
     outcome: str = ""
     """The submission's outcome JSON, recorded atomically with the routing."""
+    escalate: str = ""
+    """``kind|detail``: escalate the board (unless already stopped) instead of routing."""
 
 
 @dataclass
@@ -158,6 +160,7 @@ class Router:
                 {"agent": act.agent, "board": board_id, "activation": act.activation_id}
             )
             args += [act.activation_id, act.agent, act.deadline_ms, act.model_dump_json(), entry]
+        args.append(step.escalate)
         args.append("1" if step.compliant else "0")
         args.append(step.outcome)
         keys = [

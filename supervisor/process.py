@@ -488,11 +488,11 @@ class Supervisor:
         elif sub.error == "timeout":
             wanted, escalate = await self._after_timeout(sub)
             if escalate:
-                step.status = "escalated"
-                await self._incident(board_id, "timeout", sub.reason, outcome.version or 0)
+                step.escalate = f"timeout|{sub.reason}"
         elif sub.error == "fatal":
             step.status = "failed"
             await self._incident(board_id, "fatal", f"{sub.author}: {sub.reason}", 0)
+            await self._compensate(board_id)
         parent = sub.activation_id or sub.proposal_id
         await self._route(
             board_id,
@@ -629,6 +629,18 @@ class Supervisor:
             )
         return due
 
+    async def _compensate(self, board_id: str) -> None:
+        """A failed board's side effects are undone, newest first (the saga)."""
+        if self.app.tools is None:
+            return
+        try:
+            undone = await self.app.tools.compensate(self.redis, self.keys.prefix, board_id)
+        except Exception as exc:  # a compensation that fails needs a human
+            await self._incident(board_id, "compensation_failed", f"{type(exc).__name__}: {exc}", 0)
+            return
+        if undone:
+            await self._incident(board_id, "compensated", ", ".join(undone), 0)
+
     async def _incident(self, board_id: str, kind: str, detail: str, version: int) -> None:
         bk = self.keys.board(board_id)
         await self.redis.xadd(
@@ -681,11 +693,14 @@ class Supervisor:
                 reported += 1
             meta = await self.redis.hmget(bk.meta, ["deadline_ms", "status"])
             if meta[0] and int(meta[0]) <= now and meta[1] == ACTIVE:
-                await self.redis.hset(
-                    bk.meta, mapping={"status": "escalated", "escalated_reason": "deadline"}
+                await self.router.route(
+                    board_id,
+                    Routing(
+                        routing_id=f"deadline.{board_id}",
+                        version=0,
+                        escalate="deadline|board deadline passed",
+                    ),
                 )
-                await self._incident(board_id, "deadline", "board deadline passed", 0)
-                await self.redis.zadd(self.keys.escalations, {board_id: now})
             nxt = await self.redis.zrangebyscore(
                 bk.open, "-inf", "+inf", start=0, num=1, withscores=True
             )

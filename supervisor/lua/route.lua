@@ -23,6 +23,7 @@ ARGV[15] board version (for incident records; also the new compliant version if
 ARGV[16] P: number of handoff pairs to count ('from>to' strings follow)
 then P pairs, then A: number of activations, then A quintuples:
   activation id, agent, deadline (ms), activation record JSON, queue entry JSON
+then an escalation 'kind|detail' to trip if the board is not already stopped ('' = none),
 then '1' if ARGV[15] is now the compliant version, else '0',
 then the submission's outcome JSON to record under the routing id ('' = none): recorded
 with the routing, so a redelivered submission whose routing ran is never re-decided.
@@ -52,6 +53,7 @@ if redis.call('HSETNX', routed, ARGV[1], ARGV[2]) == 0 then
 end
 
 local now, version = ARGV[2], ARGV[15]
+local escalate, compliant = ARGV[#ARGV - 2], ARGV[#ARGV - 1]
 local outcome = ARGV[#ARGV]
 if outcome ~= '' then redis.call('HSET', KEYS[8], ARGV[1], outcome) end
 if ARGV[14] ~= '' then redis.call('ZREM', open, ARGV[14]) end
@@ -62,6 +64,17 @@ local function trip(kind, detail)
   redis.call('XADD', incidents, '*', 'kind', kind, 'detail', detail, 'version', version,
     'ts', now)
   return {'tripped', kind, detail}
+end
+
+-- an escalation asked for (a timeout, a deadline): once, and only if nothing stopped
+-- the board already, so two causes racing record one incident
+if escalate ~= '' then
+  local status = redis.call('HGET', meta, 'status')
+  if status == 'escalated' or status == 'done' or status == 'failed' then
+    return pending_outbox('ok')
+  end
+  local kind, detail = string.match(escalate, '^([^|]*)|(.*)$')
+  return trip(kind, detail)
 end
 
 -- budgets summed from activation reports
@@ -132,7 +145,7 @@ for i = 0, A - 1 do
   redis.call('ZADD', open, ARGV[o + 2], ARGV[o])
   redis.call('HSET', outbox, ARGV[o], ARGV[o + 4])
 end
-if ARGV[base + 1 + 5 * A] == '1' and
+if compliant == '1' and
     tonumber(version) > tonumber(redis.call('HGET', meta, 'compliant') or '0') then
   redis.call('HSET', meta, 'compliant', version)
 end

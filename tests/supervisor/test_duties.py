@@ -333,7 +333,10 @@ async def test_board_deadline(store: BoardStore) -> None:
     )
     info = await run(app, store)
     assert info.status == "escalated"
-    assert "deadline" in [i["kind"] for i in await incidents(store, "c1")]
+    # The activation's deadline is the board's, so the agent's own timeout and the
+    # board-deadline check fire together; either one escalates, and only one records.
+    kinds = [i["kind"] for i in await incidents(store, "c1")]
+    assert kinds in (["deadline"], ["timeout"])
     act = (await activations(store, "c1"))[0]
     assert act["deadline_ms"] - act["created_ms"] <= 200  # the board deadline propagated
 
