@@ -13,7 +13,7 @@ from blackboard.agents.agent import (
     when_all,
     when_changed,
 )
-from blackboard.agents.builtin import Summariser, condense
+from blackboard.agents.builtin import HumanAgent, Rule, RuleRouter, Summariser, condense
 from blackboard.agents.models import COSTS, Completion, Model, OfflineModel, cost_of
 from blackboard.agents.runtime import AgentWorker
 
@@ -26,9 +26,12 @@ __all__ = [
     "Completion",
     "Context",
     "Handoff",
+    "HumanAgent",
     "Model",
     "OfflineModel",
     "Output",
+    "Rule",
+    "RuleRouter",
     "Summariser",
     "Trigger",
     "agent",

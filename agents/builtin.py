@@ -9,13 +9,15 @@ model for the condensed part instead. The raw content stays in the board's log.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from blackboard.agents.agent import Agent, Context, Output
 
-from blackboard.errors import SemanticError
+from blackboard.errors import NeedsHuman, SemanticError
 
-__all__ = ["Summariser", "condense"]
+__all__ = ["HumanAgent", "Rule", "RuleRouter", "Summariser", "condense"]
 
 FACT = re.compile(r"^\s*(FACT|DECISION|ID)\s*:", re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -106,3 +108,44 @@ class Summariser(Agent):
         else:
             digest = " ".join(_first_sentence(p, self.width) for p in middle)
         return f"{paragraphs[0]}\n\n[summary] {digest}\n\n{paragraphs[-1]}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Send the work to ``to`` when ``when(board)`` holds; ``reads`` are the keys it uses."""
+
+    to: str
+    when: Callable[[Mapping[str, Any]], bool]
+    reads: tuple[str, ...]
+
+
+class RuleRouter:
+    """A router for ``App(router=...)``: the first rule that holds names the next agent
+    (or every rule that holds, with ``fan_out``). Deterministic, no model needed."""
+
+    def __init__(self, rules: Sequence[Rule], *, fan_out: bool = False) -> None:
+        self.rules = list(rules)
+        self.fan_out = fan_out
+
+    @property
+    def reads(self) -> list[str]:
+        return sorted({k for r in self.rules for k in r.reads})
+
+    def __call__(self, board: Mapping[str, Any], changed: Sequence[str]) -> list[str]:
+        chosen = [r.to for r in self.rules if r.when(board)]
+        return chosen if self.fan_out else chosen[:1]
+
+
+class HumanAgent(Agent):
+    """Asks a person for input: the board waits (``awaiting_approval``) with the question
+    among the escalations, until an operator answers with ``set`` (writing the keys the
+    board model gives to ``human``); routing then continues from that commit."""
+
+    def __init__(self, name: str, question: str, *, reads: Sequence[str] = ()) -> None:
+        self.name = name
+        self.question = question
+        self.reads = tuple(reads)
+
+    async def run(self, ctx: Context) -> Output:
+        known = ", ".join(f"{k}={v!r}" for k, v in sorted(ctx.board.items()))
+        raise NeedsHuman(f"{self.question} (board {ctx.board_id} v{ctx.version}: {known})")

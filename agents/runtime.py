@@ -30,7 +30,13 @@ from tenacity import (
 
 from blackboard import codec
 from blackboard.app import App
-from blackboard.errors import FatalError, SemanticError, StoreUnavailable, TransientError
+from blackboard.errors import (
+    FatalError,
+    NeedsHuman,
+    SemanticError,
+    StoreUnavailable,
+    TransientError,
+)
 from blackboard.keys import GlobalKeys
 from blackboard.queues import Delivery, WorkQueue, submit
 from blackboard.records import Activation, Submission
@@ -155,6 +161,8 @@ class AgentWorker:
         except TRANSIENT as exc:
             kind, error = "failure", "timeout" if isinstance(exc, TimeoutError) else "fatal"
             reason = f"gave up after {retries + 1} attempts: {type(exc).__name__}: {exc}"
+        except NeedsHuman as exc:
+            kind, error, reason = "failure", "human", str(exc)
         except FatalError as exc:
             kind, error, reason = "failure", "fatal", str(exc)
         except Exception as exc:  # an agent bug: fatal, with the cause recorded

@@ -153,6 +153,8 @@ class App:
             if a.name in (SUPERVISOR, HUMAN):
                 raise ConfigError(f"{a.name!r} is reserved; give the agent another name.")
             self._agents[a.name] = a
+        if self.router is not None and not self.router_reads:
+            self.router_reads = list(getattr(self.router, "reads", ()))
         self._check_ownership()
         self._check_reads()
 

@@ -15,7 +15,8 @@
     ├── AgentError             an activation failed
     │   ├── TransientError     retried with backoff (timeouts, rate limits, connections)
     │   ├── SemanticError      the output is unusable: sent back as a rewrite request
-    │   └── FatalError         fails the activation and escalates the board
+    │   ├── FatalError         fails the activation and escalates the board
+    │   └── NeedsHuman         the board waits for a person's answer
     ├── LoopDetected           a handoff cycle tripped the circuit breaker
     ├── BudgetExceeded         an activation, token, cost or time budget is spent
     └── StoreUnavailable       Redis could not be reached (wraps the redis error)
@@ -40,6 +41,7 @@ __all__ = [
     "ConflictError",
     "FatalError",
     "LoopDetected",
+    "NeedsHuman",
     "OwnershipError",
     "ProposalRejected",
     "SemanticError",
@@ -173,6 +175,10 @@ class AlreadyDecided(ProposalRejected):
     outcome stands, whatever validating it again would say now."""
 
     reason = "decided"
+
+
+class NeedsHuman(AgentError):
+    """The activation asks a person: the board waits for an operator's ``set``."""
 
 
 class LoopDetected(BlackboardError):

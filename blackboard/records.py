@@ -166,7 +166,7 @@ class Submission(BaseModel):
     activation_id: str = ""
     trace_id: str = ""
     reason: str = Field(default="", max_length=2000)
-    error: Literal["", "semantic", "fatal", "timeout"] = ""
+    error: Literal["", "semantic", "fatal", "timeout", "human"] = ""
     """For failures: how the activation failed."""
     command: str = ""
     """For commands: approve, reject, rollback, flag, pause, resume, start."""

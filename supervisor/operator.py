@@ -16,14 +16,15 @@ from blackboard.supervisor.control import Wanted
 from blackboard.supervisor.loops import Routing
 
 from blackboard.errors import BlackboardError, ValidationFailed
-from blackboard.records import Outcome, Submission
+from blackboard.records import Outcome, Proposal, Submission
+from blackboard.schema import HUMAN
 
 if TYPE_CHECKING:
     from blackboard.supervisor.process import Supervisor
 
 __all__ = ["Operator"]
 
-COMMANDS = ("approve", "reject", "rollback", "flag", "pause", "resume")
+COMMANDS = ("approve", "reject", "rollback", "flag", "pause", "resume", "set")
 
 
 class Operator:
@@ -219,3 +220,36 @@ class Operator:
         )
         await self.sup.router.dispatch(sub.board_id, result)
         return Outcome(status="committed", message=f"resumed by {sub.author}")
+
+    async def set(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        """A person writes the keys the board model gives to ``human`` (e.g. answering a
+        :class:`~blackboard.agents.HumanAgent`), validated like any proposal; the board
+        goes back to active and routing continues from the commit."""
+        values = args.get("values")
+        if not isinstance(values, dict) or not values:
+            raise ValidationFailed(
+                "set needs values={key: value, ...} for keys owned by 'human'.", rule="usage"
+            )
+        bk = self.sup.keys.board(sub.board_id)
+        base = await self.sup.store.version(sub.board_id)
+        proposal = Proposal.updates(
+            HUMAN,
+            base,
+            values,
+            proposal_id=f"set.{sub.proposal_id}",
+            reason=f"set by {sub.author}: {sub.reason}".strip(": "),
+        )
+        decision = await self.sup.validator.decide(sub.board_id, proposal, gates=False)
+        if decision.status != "committed" or decision.commit is None:
+            return Outcome(status="rejected", reason=decision.reason, message=decision.message)
+        if await self.sup.redis.hget(bk.meta, "status") == "awaiting_approval":
+            await self.sup.redis.hset(bk.meta, "status", "active")
+            await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
+        outcome = Outcome(
+            status="committed", version=decision.commit.version, keys=decision.commit.keys
+        )
+        human = sub.model_copy(
+            update={"author": HUMAN, "proposal_id": f"set.{sub.proposal_id}", "handoff": None}
+        )
+        await self.sup._follow_up(human, outcome, None)
+        return outcome

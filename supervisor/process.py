@@ -489,6 +489,9 @@ class Supervisor:
             wanted, escalate = await self._after_timeout(sub)
             if escalate:
                 step.escalate = f"timeout|{sub.reason}"
+        elif sub.error == "human":
+            step.status = "awaiting_approval"
+            await self._incident(board_id, "human_input", sub.reason, 0)
         elif sub.error == "fatal":
             step.status = "failed"
             await self._incident(board_id, "fatal", f"{sub.author}: {sub.reason}", 0)

@@ -84,3 +84,22 @@ async def test_offline_model_is_deterministic_and_counts_tokens() -> None:
     assert first.cost == pytest.approx(cost_of("gpt-4o-mini", 7, 5))
     with pytest.raises(SemanticError, match="does not match Verdict"):
         await model.complete([{"role": "user", "content": "hello. there"}], schema=Verdict)
+
+
+def test_rule_router() -> None:
+    from blackboard.agents import Rule, RuleRouter
+
+    router = RuleRouter(
+        [
+            Rule("billing", lambda b: b.get("topic") == "invoice", ("topic",)),
+            Rule("technical", lambda b: b.get("topic") == "crash", ("topic",)),
+            Rule("account", lambda b: True, ("topic",)),
+        ]
+    )
+    assert router({"topic": "invoice"}, ["topic"]) == ["billing"]
+    assert router({"topic": "other"}, ["topic"]) == ["account"]
+    assert RuleRouter(router.rules, fan_out=True)({"topic": "crash"}, []) == [
+        "technical",
+        "account",
+    ]
+    assert router.reads == ["topic"]

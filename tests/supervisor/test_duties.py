@@ -458,3 +458,48 @@ async def test_gate_holds_survive_a_supervisor_restart(store: BoardStore) -> Non
         assert outcome.status == "committed"
         info = await again.settle("c1")
     assert info.status == "done" and await store.read_key("c1", "decision") == "approve"
+
+
+class Review(BaseModel):
+    draft: Annotated[str, Key("writer")] = ""
+    verdict: Annotated[str | None, Key("human")] = None
+    final: Annotated[str, Key("publisher")] = ""
+
+
+async def test_human_agent_waits_for_an_answer(store: BoardStore) -> None:
+    from blackboard.agents import HumanAgent
+
+    @agent("writer")
+    async def writer(ctx: Context) -> Output:
+        return Output(updates={"draft": "v1"}, handoff=Handoff(to="reviewer"))
+
+    @agent("publisher", reads=("verdict",), triggers=(when_changed("verdict"),))
+    async def publisher(ctx: Context) -> Output:
+        return Output(updates={"final": f"published ({ctx.board['verdict']})"})
+
+    reviewer = HumanAgent("reviewer", "Is the draft good to publish?", reads=("draft",))
+    app = App(
+        board=Review,
+        agents=[writer, reviewer, publisher],
+        start=["writer"],
+        done=lambda b: bool(b.get("final")),
+        done_reads=["final"],
+    )
+    async with Deployment(app, store) as d:
+        await d.start("r1")
+        info = await d.settle("r1")
+        assert info.status == "awaiting_approval"
+        [incident] = await incidents(store, "r1")
+        assert incident["kind"] == "human_input"
+        assert (
+            "Is the draft good to publish?" in incident["detail"] and "'v1'" in incident["detail"]
+        )
+        bad = await d.command("r1", "set", by="human:ann", values={"draft": "mine"})
+        assert (bad.status, bad.reason) == ("rejected", "ownership")  # humans write their keys
+        outcome = await d.command("r1", "set", by="human:ann", values={"verdict": "yes"})
+        assert outcome.status == "committed"
+        info = await d.settle("r1")
+    assert info.status == "done"
+    assert await store.read_key("r1", "final") == "published (yes)"
+    setter = [e for e in await store.history("r1") if e.author == "human"][0]
+    assert setter.reason == "set by human:ann"
