@@ -485,17 +485,8 @@ class Supervisor:
             wanted = [Wanted(sub.author, "rewrite", {"feedback": outcome.message})]
         elif outcome.status == "held":
             step.status = "awaiting_approval"
-        elif sub.error == "timeout":
-            wanted, escalate = await self._after_timeout(sub)
-            if escalate:
-                step.escalate = f"timeout|{sub.reason}"
-        elif sub.error == "human":
-            step.status = "awaiting_approval"
-            await self._incident(board_id, "human_input", sub.reason, 0)
-        elif sub.error == "fatal":
-            step.status = "failed"
-            await self._incident(board_id, "fatal", f"{sub.author}: {sub.reason}", 0)
-            await self._compensate(board_id)
+        else:
+            wanted = await self._after_failure(sub, step)
         parent = sub.activation_id or sub.proposal_id
         await self._route(
             board_id,
@@ -507,6 +498,23 @@ class Supervisor:
             ack=ack,
             batch=batch,
         )
+
+    async def _after_failure(self, sub: Submission, step: Routing) -> list[Wanted]:
+        """An activation that failed other than semantically: time out, ask a human, or
+        fail the board (and compensate its side effects)."""
+        wanted: list[Wanted] = []
+        if sub.error == "timeout":
+            wanted, escalate = await self._after_timeout(sub)
+            if escalate:
+                step.escalate = f"timeout|{sub.reason}"
+        elif sub.error == "human":
+            step.status = "awaiting_approval"
+            await self._incident(sub.board_id, "human_input", sub.reason, 0)
+        elif sub.error == "fatal":
+            step.status = "failed"
+            await self._incident(sub.board_id, "fatal", f"{sub.author}: {sub.reason}", 0)
+            await self._compensate(sub.board_id)
+        return wanted
 
     async def _next(self, sub: Submission, outcome: Outcome) -> tuple[list[Wanted], bool]:
         """Who acts after a commit. One round trip for the keys routing reads and the
