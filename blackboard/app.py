@@ -278,6 +278,7 @@ class App:
             "audits": [{"name": a.name, "reads": list(a.reads)} for a in self.audits],
             "gates": [{"name": g.name, "reads": list(g.reads)} for g in self.gates],
             "summariser": self.summariser,
+            "tools": [t.name for t in getattr(self.tools, "tools", ())],
             "limits": self.limits.model_dump(),
         }
         body["digest"] = hashlib.sha256(codec.dumps(body).encode()).hexdigest()[:16]

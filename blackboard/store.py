@@ -105,6 +105,7 @@ class BoardStore:
         self._global = GlobalKeys(self.settings.key_prefix)
         self._schemas: dict[str, BoardSchema] = {}
         self._board_digest: dict[str, str] = {}
+        self._closed = False
         self._commit_script = redis.register_script(_lua("commit.lua"))
         self._create_script = redis.register_script(_lua("create.lua"))
         self._read_at_script = redis.register_script(_lua("read_at.lua"))
@@ -117,7 +118,10 @@ class BoardStore:
         return cls(connect(settings.redis_url if url is None else url), settings)
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        """Close the client (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            await self.redis.aclose()
 
     async def __aenter__(self) -> BoardStore:
         return self

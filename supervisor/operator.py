@@ -57,10 +57,16 @@ class Operator:
         pid = str(args.get("proposal_id", ""))
         if not pid:  # the only held proposal, for convenience
             held = await self.sup.redis.hkeys(bk.held)
-            if len(held) != 1:
+            if not held:
+                raise ValidationFailed(
+                    f"board {sub.board_id!r} holds no proposal waiting for approval; see "
+                    "`blackboard escalations` for what is waiting.",
+                    rule="usage",
+                )
+            if len(held) > 1:
                 raise ValidationFailed(
                     f"board {sub.board_id!r} holds {len(held)} proposals; name the one to "
-                    "act on with proposal_id.",
+                    "act on with --proposal.",
                     rule="usage",
                 )
             pid = str(held[0])

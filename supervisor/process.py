@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 GROUP = "supervisor"
 ACTIVE = "active"
 STOPPED = ("escalated", "done", "failed")
+WAITING = ("escalated", "failed", "awaiting_approval")
+"""Statuses that put a board on the escalations list (a human is needed)."""
 
 
 def activation_id(parent: str, agent: str, extra: str = "") -> str:
@@ -365,7 +367,7 @@ class Supervisor:
         await self.router.dispatch(
             sub.board_id, routed, ack=ack, batch=batch, deadline_ms=due if step.activations else 0
         )
-        if routed.status in STOPPED:
+        if routed.status in WAITING:
             await self.redis.zadd(self.keys.escalations, {sub.board_id: now})
         return Outcome(status="committed", version=commit.version, keys=commit.keys)
 
@@ -602,7 +604,7 @@ class Supervisor:
         await self.router.dispatch(
             board_id, result, ack=ack, batch=batch, deadline_ms=due if step.activations else 0
         )
-        if result.status in STOPPED or result.status == "awaiting_approval":
+        if result.status in WAITING:
             await self.redis.zadd(self.keys.escalations, {board_id: now})
 
     def _activations(

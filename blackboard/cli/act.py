@@ -1,0 +1,230 @@
+"""Acting as the operator. Every command goes to the supervisor as a submission and
+runs on its validated path, logged with the operator's name; the CLI waits for the
+recorded outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import sys
+import time
+from typing import Any, cast
+
+import click
+
+from blackboard.cli.base import Ctx, main, run_async
+from blackboard.errors import ConfigError
+from blackboard.keys import GlobalKeys
+from blackboard.queues import submit
+from blackboard.records import Outcome, Submission
+
+__all__: list[str] = []
+
+
+def _operator(name: str | None) -> str:
+    who = name or os.environ.get("BLACKBOARD_OPERATOR") or getpass.getuser()
+    return who if who.startswith("human:") else f"human:{who}"
+
+
+def _command(
+    ctx: Ctx,
+    board: str,
+    command: str,
+    operator: str | None,
+    wait: float,
+    reason: str = "",
+    **args: Any,
+) -> None:
+    async def go() -> Outcome | None:
+        store = ctx.store()
+        await store.info(board)  # unknown boards fail here, with suggestions
+        sub = Submission(
+            kind="command",
+            board_id=board,
+            author=_operator(operator),
+            command=command,
+            args=args,
+            reason=reason,
+        )
+        await submit(store.redis, store.settings.key_prefix, sub)
+        deadline = time.monotonic() + wait
+        results = store.keys(board).results
+        while time.monotonic() < deadline:
+            raw = await store.redis.hget(results, sub.proposal_id)
+            if raw is not None:
+                await store.close()
+                return Outcome.model_validate_json(raw)
+            await asyncio.sleep(0.05)
+        await store.close()
+        return None
+
+    outcome = run_async(ctx, go)
+    if outcome is None:
+        click.echo(
+            f"error: no supervisor answered within {wait:g} s; the {command} command "
+            "stays queued and runs when a supervisor starts.",
+            err=True,
+        )
+        sys.exit(1)
+    line = f"{command} {board}: {outcome.status}"
+    if outcome.version is not None:
+        line += f" (version {outcome.version})"
+    if outcome.message:
+        line += f" - {outcome.message}"
+    click.echo(line, err=outcome.status != "committed")
+    sys.exit(0 if outcome.status == "committed" else 1)
+
+
+def _common(fn: Any) -> Any:
+    fn = click.option(
+        "--as",
+        "operator",
+        default=None,
+        help="Operator name (default: BLACKBOARD_OPERATOR or your user).",
+    )(fn)
+    fn = click.option(
+        "--wait",
+        default=10.0,
+        show_default=True,
+        help="Seconds to wait for the supervisor's answer.",
+    )(fn)
+    return fn
+
+
+@main.command()
+@click.argument("board")
+@click.option("--proposal", "proposal_id", default="", help="Held proposal (if several).")
+@click.option("--note", default="")
+@_common
+@click.pass_obj
+def approve(
+    ctx: Ctx, board: str, proposal_id: str, note: str, operator: str | None, wait: float
+) -> None:
+    """Commit a proposal a gate is holding."""
+    _command(ctx, board, "approve", operator, wait, proposal_id=proposal_id, note=note)
+
+
+@main.command()
+@click.argument("board")
+@click.option("--proposal", "proposal_id", default="", help="Held proposal (if several).")
+@click.option("--note", required=True, help="Why: returned to the agent as feedback.")
+@_common
+@click.pass_obj
+def reject(
+    ctx: Ctx, board: str, proposal_id: str, note: str, operator: str | None, wait: float
+) -> None:
+    """Return a held proposal to its agent with the reason."""
+    _command(ctx, board, "reject", operator, wait, proposal_id=proposal_id, note=note)
+
+
+@main.command()
+@click.argument("board")
+@click.option("--to", "to", type=int, default=None, help="Version to restore.")
+@click.option("--compliant", is_flag=True, help="Restore the compliant version.")
+@click.option("--before-agent", default=None, help="Restore before this agent's last commit.")
+@click.option("--reason", default="")
+@_common
+@click.pass_obj
+def rollback(
+    ctx: Ctx,
+    board: str,
+    to: int | None,
+    compliant: bool,
+    before_agent: str | None,
+    reason: str,
+    operator: str | None,
+    wait: float,
+) -> None:
+    """Restore an earlier version as a new commit (history is kept)."""
+    chosen = sum([to is not None, compliant, before_agent is not None])
+    if chosen != 1:
+        click.echo("error: give exactly one of --to V, --compliant, --before-agent NAME.", err=True)
+        sys.exit(2)
+    args: dict[str, Any] = (
+        {"to": to}
+        if to is not None
+        else ({"compliant": True} if compliant else {"before_agent": before_agent})
+    )
+    _command(ctx, board, "rollback", operator, wait, reason=reason, **args)
+
+
+@main.command()
+@click.argument("board")
+@click.option("--reason", required=True)
+@_common
+@click.pass_obj
+def flag(ctx: Ctx, board: str, reason: str, operator: str | None, wait: float) -> None:
+    """Flag the current version: back to the compliant one, the culprit redoes its work."""
+    _command(ctx, board, "flag", operator, wait, reason=reason)
+
+
+@main.command()
+@click.argument("board")
+@_common
+@click.pass_obj
+def pause(ctx: Ctx, board: str, operator: str | None, wait: float) -> None:
+    """Stop dispatching activations for a board."""
+    _command(ctx, board, "pause", operator, wait)
+
+
+@main.command()
+@click.argument("board")
+@_common
+@click.pass_obj
+def resume(ctx: Ctx, board: str, operator: str | None, wait: float) -> None:
+    """Resume a paused or escalated board (loop counters reset)."""
+    _command(ctx, board, "resume", operator, wait)
+
+
+@main.command("set")
+@click.argument("board")
+@click.argument("assignments", nargs=-1, required=True)
+@click.option("--reason", default="")
+@_common
+@click.pass_obj
+def set_keys(
+    ctx: Ctx,
+    board: str,
+    assignments: tuple[str, ...],
+    reason: str,
+    operator: str | None,
+    wait: float,
+) -> None:
+    """Write keys owned by 'human': KEY=JSON ... (e.g. verdict='"yes"' max_amount=5000)."""
+    values: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            click.echo(f"error: {item!r} is not KEY=JSON.", err=True)
+            sys.exit(2)
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw  # a bare word is a string
+    _command(ctx, board, "set", operator, wait, reason=reason, values=values)
+
+
+@main.command()
+@click.argument("entry_id")
+@click.pass_obj
+def retry(ctx: Ctx, entry_id: str) -> None:
+    """Put a dead letter back on the stream it came from (and remove it from the DLQ)."""
+
+    async def go() -> str:
+        store = ctx.store()
+        dlq = GlobalKeys(store.settings.key_prefix).dead_letters
+        rows = cast(
+            "list[tuple[str, dict[str, str]]]", await store.redis.xrange(dlq, entry_id, entry_id)
+        )
+        if not rows:
+            raise ConfigError(f"no dead letter {entry_id!r}; list them with `blackboard dlq`.")
+        fields = {k: v for k, v in rows[0][1].items() if not k.startswith("dl_")}
+        new_id = await store.redis.xadd(rows[0][1]["dl_stream"], cast(Any, fields))
+        await store.redis.xdel(dlq, entry_id)
+        await store.close()
+        return str(new_id)
+
+    new_id = run_async(ctx, go)
+    click.echo(f"retried {entry_id} as {new_id}")

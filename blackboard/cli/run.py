@@ -1,0 +1,175 @@
+"""Running: a supervisor replica, an agent instance, or a whole app in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+
+from blackboard.app import App, load_app
+from blackboard.cli.base import Ctx, main, run_async
+from blackboard.errors import ConfigError
+
+__all__: list[str] = []
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """SIGTERM/SIGINT set the event: the work in hand finishes, then the process exits."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _load(ctx: Ctx, spec: str) -> App:
+    try:
+        return load_app(spec)
+    except ConfigError as exc:
+        if ctx.debug:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--app", "app_spec", required=True, help="pkg.module:app")
+@click.option("--name", default=None, help="Consumer name of this replica.")
+@click.option("--shards", default=1, show_default=True, help="Submission streams.")
+@click.option(
+    "--replace-declaration",
+    is_flag=True,
+    help="Take over from a different app version published in Redis.",
+)
+@click.pass_obj
+def supervisor(
+    ctx: Ctx, app_spec: str, name: str | None, shards: int, replace_declaration: bool
+) -> None:
+    """Run a supervisor replica (any number may run against one Redis)."""
+    from blackboard.supervisor import Supervisor
+
+    app = _load(ctx, app_spec)
+
+    async def go() -> None:
+        store = ctx.store()
+        sup = Supervisor(app, store, name=name, shards=shards)
+        await sup.publish(replace=replace_declaration)
+        stop = _stop_on_signals()
+        click.echo(f"supervisor {sup.name} running app {app.name}", err=True)
+        await sup.run(stop)
+        await store.close()
+
+    run_async(ctx, go)
+
+
+@main.command()
+@click.argument("agent_name")
+@click.option("--app", "app_spec", required=True, help="pkg.module:app")
+@click.option("--name", default=None, help="Consumer name of this instance.")
+@click.option("--shards", default=1, show_default=True, help="The supervisor's --shards.")
+@click.pass_obj
+def agent(ctx: Ctx, agent_name: str, app_spec: str, name: str | None, shards: int) -> None:
+    """Run one instance of an agent (instances of one agent share its queue)."""
+    from blackboard.agents import AgentWorker
+
+    app = _load(ctx, app_spec)
+
+    async def go() -> None:
+        store = ctx.store()
+        worker = AgentWorker(app, agent_name, store, name=name, shards=shards)
+        stop = _stop_on_signals()
+        click.echo(f"agent {worker.name} running", err=True)
+        await worker.run(stop)
+        await store.close()
+
+    run_async(ctx, go)
+
+
+@main.command("run")
+@click.option("--app", "app_spec", required=True, help="pkg.module:app")
+@click.option(
+    "--input",
+    "input_file",
+    type=click.File(),
+    default=None,
+    help="JSON object of initial board values.",
+)
+@click.option("--board", "board_id", default=None, help="Board id (default: generated).")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def run_app(
+    ctx: Ctx, app_spec: str, input_file: Any, board_id: str | None, timeout: float, as_json: bool
+) -> None:
+    """Run an app's supervisor and all its agents in this process, on one board, until it
+    settles (embedded store unless --redis). Exit 0 if the board is done."""
+    from blackboard.supervisor import Deployment
+
+    app = _load(ctx, app_spec)
+    initial = json.load(input_file) if input_file else None
+    board = board_id or f"{app.name.lower()}-{uuid.uuid4().hex[:6]}"
+
+    async def go() -> str:
+        store = ctx.store(embedded_ok=True)
+        async with Deployment(app, store) as d:
+            await d.start(board, initial)
+            info = await d.settle(board, timeout=timeout)
+        state = await store.read(board)
+        history = await store.history(board)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {
+                        "board": board,
+                        "status": info.status,
+                        "version": info.version,
+                        "data": state.data,
+                        "commits": [
+                            e.model_dump(include={"version", "author", "kind", "keys"})
+                            for e in history
+                        ],
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
+        else:
+            for e in history:
+                click.echo(f"v{e.version:<3} {e.kind:<9} {e.author:<20} {', '.join(e.keys)}")
+            click.echo(f"board {board}: {info.status} at version {info.version}")
+            click.echo(json.dumps(state.data, indent=2, default=str))
+        await store.close()
+        return info.status
+
+    status = run_async(ctx, go)
+    sys.exit(0 if status == "done" else 1)
+
+
+@main.command()
+@click.option("--fast", is_flag=True, help="No pauses between steps.")
+@click.pass_obj
+def demo(ctx: Ctx, fast: bool) -> None:
+    """The loan example on the embedded store, with a readable live timeline."""
+    root = Path(__file__).resolve().parents[2]
+    example = root / "examples" / "loan.py"
+    if not example.exists():
+        click.echo(
+            "error: examples/loan.py not found: run the demo from a checkout of the "
+            "repository (pip install -e .).",
+            err=True,
+        )
+        sys.exit(2)
+    sys.path.insert(0, str(root))
+    loan: Any = importlib.import_module("examples.loan")
+
+    started = time.monotonic()
+    run_async(ctx, lambda: loan.main(pause=0.0 if fast else 0.3))
+    click.echo(f"({time.monotonic() - started:.1f} s)")

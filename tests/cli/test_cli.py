@@ -1,0 +1,279 @@
+"""The CLI, in-process (click's runner) and as a subprocess, against a real redis-server
+holding the loan example's boards; `watch` in a real terminal (tmux)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from blackboard.supervisor import Deployment
+from click.testing import CliRunner
+
+from blackboard import BoardStore, Proposal, connect
+from blackboard.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from examples import loan  # noqa: E402
+
+pytestmark = [pytest.mark.real_redis]
+
+
+@pytest.fixture
+def boards(redis_server: Any) -> str:
+    """The four loan cases, the AML one left waiting for a human."""
+
+    async def setup() -> None:
+        store = BoardStore(connect(redis_server.url))
+        await store.redis.flushdb()
+        async with Deployment(loan.app, store) as d:
+            for case in ("clean", "bad-tax-id", "income-slip"):
+                await loan.run_case(d, case)
+            await d.start("loan-aml-hit", {"application": loan.CASES["aml-hit"]})
+            await d.settle("loan-aml-hit")
+        await store.close()
+
+    asyncio.run(setup())
+    return str(redis_server.url)
+
+
+def cli(url: str | None, *args: str) -> Any:
+    base = ["--redis", url] if url else []
+    return CliRunner().invoke(main, [*base, *args], catch_exceptions=False)
+
+
+def test_inspect_commands_json(boards: str) -> None:
+    listed = json.loads(cli(boards, "boards", "--json").output)
+    assert {b["board_id"]: b["status"] for b in listed} == {
+        "loan-clean": "done",
+        "loan-bad-tax-id": "done",
+        "loan-income-slip": "done",
+        "loan-aml-hit": "awaiting_approval",
+    }
+    shown = json.loads(cli(boards, "show", "loan-clean", "--json").output)
+    assert shown["data"]["decision"] == "approve" and shown["version"] == 3
+    at1 = json.loads(
+        cli(boards, "show", "loan-clean", "--at", "1", "--key", "tax_id", "--json").output
+    )
+    assert at1 == {"board": "loan-clean", "version": 1, "data": {"tax_id": "12-3456789"}}
+    history = json.loads(cli(boards, "history", "loan-income-slip", "--json").output)
+    assert [h["kind"] for h in history][:2] == ["write", "rollback"]
+    patch = json.loads(cli(boards, "diff", "loan-clean", "2", "3", "--json").output)
+    assert {op["path"] for op in patch} == {"/aml_flag", "/decision"}
+    trace = json.loads(cli(boards, "trace", "loan-bad-tax-id", "--json").output)
+    assert [h["agent"] for h in trace["hops"]][:3] == [
+        "document_analysis",
+        "clarification",
+        "document_analysis",
+    ]
+    assert all(h["commit"] for h in trace["hops"])
+    incidents = json.loads(cli(boards, "incidents", "--json").output)
+    assert [(i["board"], i["kind"]) for i in incidents] == [("loan-income-slip", "rollback")]
+    waiting = json.loads(cli(boards, "escalations", "--json").output)
+    assert [(w["board"], w["status"]) for w in waiting] == [("loan-aml-hit", "awaiting_approval")]
+    assert waiting[0]["held"][0]["author"] == "compliance"
+    stats = {s["board"]: s for s in json.loads(cli(boards, "stats", "--json").output)}
+    assert stats["loan-income-slip"]["rewrites"] == 1
+    assert stats["loan-clean"]["handoff_success_rate"] == 1.0
+    agents = json.loads(cli(boards, "agents", "--json").output)
+    assert {a["agent"] for a in agents["agents"]} == {
+        "document_analysis",
+        "clarification",
+        "risk",
+        "compliance",
+    }
+    assert json.loads(cli(boards, "dlq", "--json").output) == []
+
+
+def test_tables_fit_80_columns(boards: str) -> None:
+    for args in (
+        ["boards"],
+        ["history", "loan-clean"],
+        ["trace", "loan-clean"],
+        ["stats"],
+        ["escalations"],
+        ["incidents"],
+    ):
+        out = CliRunner().invoke(main, ["--redis", boards, *args], terminal_width=80).output
+        assert max(len(line) for line in out.splitlines()) <= 100, (args, out)
+
+
+def test_mermaid(boards: str, tmp_path: Path) -> None:
+    target = tmp_path / "flow.mmd"
+    cli(boards, "trace", "loan-clean", "--mermaid", str(target))
+    text = target.read_text()
+    assert text.startswith("flowchart LR")
+    assert "document_analysis -->|trigger| risk" in text
+    assert "risk -->|handoff| compliance" in text
+
+
+def test_errors_and_exit_codes(boards: str, tmp_path: Path) -> None:
+    unknown = CliRunner().invoke(main, ["--redis", boards, "show", "loan-clen"])
+    assert unknown.exit_code == 1
+    assert "does not exist. Did you mean 'loan-clean'" in unknown.output
+    assert "Traceback" not in unknown.output
+    no_redis = CliRunner().invoke(main, ["boards"], env={"BLACKBOARD_REDIS_URL": ""})
+    assert no_redis.exit_code == 2 and "pass --redis URL" in no_redis.output
+    down = CliRunner().invoke(main, ["--redis", f"unix://{tmp_path}/none.sock", "boards"])
+    assert down.exit_code == 3 and "Redis unreachable" in down.output
+    usage = CliRunner().invoke(main, ["--redis", boards, "rollback", "loan-clean"])
+    assert usage.exit_code == 2 and "exactly one of --to" in usage.output
+
+
+def _env(url: str) -> dict[str, str]:
+    return {**os.environ, "BLACKBOARD_REDIS_URL": url, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.slow
+def test_operator_commands_through_a_supervisor_process(boards: str) -> None:
+    env = _env(boards)
+    sup = subprocess.Popen(
+        [sys.executable, "-m", "blackboard", "supervisor", "--app", "examples.loan:app"],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        approve = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "blackboard",
+                "approve",
+                "loan-aml-hit",
+                "--note",
+                "reviewed",
+                "--as",
+                "officer",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert approve.returncode == 0, approve.stderr
+        assert "approve loan-aml-hit: committed (version 3)" in approve.stdout
+        rollback = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "blackboard",
+                "rollback",
+                "loan-clean",
+                "--to",
+                "1",
+                "--reason",
+                "recheck",
+                "--as",
+                "officer",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert rollback.returncode == 0, rollback.stderr
+        shown = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "blackboard", "history", "loan-clean", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+        )
+        assert (shown[-1]["kind"], shown[-1]["author"], shown[-1]["reason"]) == (
+            "rollback",
+            "human:officer",
+            "recheck",
+        )
+        refused = subprocess.run(
+            [sys.executable, "-m", "blackboard", "approve", "loan-clean"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 1 and "holds no proposal" in refused.stderr
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        sup.wait(30)
+
+
+def test_run_an_app_in_one_process(tmp_path: Path) -> None:
+    app_input = tmp_path / "case.json"
+    app_input.write_text(json.dumps({"application": loan.CASES["bad-tax-id"]}))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blackboard",
+            "run",
+            "--app",
+            "examples.loan:app",
+            "--input",
+            str(app_input),
+            "--board",
+            "x1",
+            "--json",
+        ],
+        env={**_env(""), "BLACKBOARD_REDIS_URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["status"], result["data"]["tax_id"]) == ("done", "98-7654321")
+    assert [c["author"] for c in result["commits"]][:2] == ["document_analysis", "clarification"]
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_watch_in_a_real_terminal(boards: str) -> None:
+    session = f"bbwatch{os.getpid()}"
+    command = (
+        f"BLACKBOARD_REDIS_URL={boards} {sys.executable} -m blackboard watch "
+        "loan-aml-hit --timeout 20"
+    )
+    subprocess.run(
+        ["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "20", command], check=True
+    )
+    try:
+
+        def screen() -> str:
+            return subprocess.run(
+                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True
+            ).stdout
+
+        deadline = time.monotonic() + 20
+        while "watching loan-aml-hit" not in screen():
+            assert time.monotonic() < deadline, screen()
+            time.sleep(0.05)
+
+        async def commit() -> None:
+            store = BoardStore(connect(boards))
+            store.register(loan.app.schema)
+            version = await store.version("loan-aml-hit")
+            await store.commit(
+                "loan-aml-hit",
+                Proposal.updates(
+                    "human", version, {"application": {**loan.CASES["aml-hit"], "note": "x"}}
+                ),
+            )
+            await store.close()
+
+        asyncio.run(commit())
+        while "write     human" not in screen():
+            assert time.monotonic() < deadline, screen()
+            time.sleep(0.05)
+        assert "application" in screen()
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
