@@ -11,6 +11,7 @@ request; anything else is fatal and escalates the board.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -20,6 +21,8 @@ from typing import Any, cast
 
 from blackboard.agents.agent import Agent, Context, Output, to_output
 from blackboard.agents.models import Metered
+from pydantic import ValidationError
+from redis.exceptions import RedisError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -124,11 +127,29 @@ class AgentWorker:
             await self.queue.ack(delivery.entry_id)  # already done, or nothing to do
             return
         self.current = aid
+        beat = asyncio.create_task(self._heartbeat(delivery.entry_id))
         try:
             await self._activate(act)
         finally:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
             self.current = None
         await self.queue.ack(delivery.entry_id)
+
+    async def _heartbeat(self, entry_id: str) -> None:
+        """Keep the entry ours while the agent works: XCLAIM with JUSTID resets its idle
+        time (without counting a delivery), so an activation longer than claim_idle_ms
+        is not mistaken for a dead worker's and run twice."""
+        every = self.queue.claim_idle_ms / 3000
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.redis.xclaim(
+                    self.queue.stream, GROUP, self.name, 0, [entry_id], justid=True
+                )
+            except RedisError as exc:  # the next beat may get through; the work goes on
+                log.warning("agent %s: heartbeat failed: %s", self.agent.name, exc)
 
     async def _activate(self, act: Activation) -> None:
         started = time.time()
@@ -159,7 +180,9 @@ class AgentWorker:
         except (TypeError, ValueError) as exc:
             kind, error, reason = "failure", "semantic", f"{type(exc).__name__}: {exc}"
         except TRANSIENT as exc:
-            kind, error = "failure", "timeout" if isinstance(exc, TimeoutError) else "fatal"
+            # Escalate (as a timeout), do not fail the board: a slow call may still be
+            # completing, and failing would compensate its effects too early.
+            kind, error = "failure", "timeout"
             reason = f"gave up after {retries + 1} attempts: {type(exc).__name__}: {exc}"
         except NeedsHuman as exc:
             kind, error, reason = "failure", "human", str(exc)
@@ -175,28 +198,38 @@ class AgentWorker:
         cost = output.cost + (used.cost if used else 0.0)
         patch = output.operations() if kind == "proposal" else []
         handoff = output.handoff if kind == "proposal" else None
-        await submit(
-            self.redis,
-            self.keys.prefix,
-            Submission(
-                kind=kind,  # type: ignore[arg-type]
-                board_id=act.board_id,
-                proposal_id=act.activation_id,
-                author=self.agent.name,
-                base=ctx.version if ctx is not None else act.base,
+        fields: dict[str, Any] = {
+            "kind": kind,
+            "board_id": act.board_id,
+            "proposal_id": act.activation_id,
+            "author": self.agent.name,
+            "activation_id": act.activation_id,
+            "trace_id": act.trace_id,
+            "base": ctx.version if ctx is not None else act.base,
+        }
+        try:
+            submission = Submission(
+                **fields,
                 patch=patch,
                 reads=list(self.agent.reads),
                 handoff=handoff,
-                activation_id=act.activation_id,
-                trace_id=act.trace_id,
-                reason=reason or output.reason,
+                reason=(reason or output.reason)[:2000],
                 error=error,  # type: ignore[arg-type]
                 tokens_in=tokens_in,
                 tokens_out=tokens_out,
                 cost=cost,
-            ),
-            self.shards,
-        )
+            )
+        except ValidationError as exc:  # what the agent produced cannot even be sent
+            kind, error, patch, handoff = "failure", "fatal", [], None
+            fields["kind"] = kind
+            submission = Submission(
+                **fields,
+                error="fatal",
+                reason=(
+                    f"the activation's output could not be submitted: {exc.errors()[0]['msg']}"
+                )[:2000],
+            )
+        await submit(self.redis, self.keys.prefix, submission, self.shards)
         act.status = "submitted" if kind == "proposal" else "failed"
         act.finished_ms = int(time.time() * 1000)
         act.duration_ms = int((time.time() - started) * 1000)

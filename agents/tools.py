@@ -51,6 +51,12 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return tonumber(oldest[2]) + window - now + 1
 """
 
+_RELEASE = """
+-- release.lua: compare-and-delete. KEYS[1] the claim, ARGV[1] the caller's token.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 Fn = Callable[[Any], Awaitable[Any]]
 
 
@@ -162,6 +168,8 @@ class BoundTools:
         """What this activation called (recorded in its envelope)."""
         self._counts: dict[str, int] = {}
         self._rate = redis.register_script(_RATE)
+        self._release_script = redis.register_script(_RELEASE)
+        self._running: set[asyncio.Future[Any]] = set()
 
     async def call(
         self, name: str, args: Mapping[str, Any] | BaseModel, *, idempotency_key: str | None = None
@@ -202,7 +210,7 @@ class BoundTools:
             if tool.side_effects:
                 output = await self._once(tool, data, key)
             else:
-                output = await self._guarded(tool, data, tool.timeout_s)
+                output = await self._plain(tool, data)
         finally:
             self.calls.append(
                 {"tool": name, "key": key, "ms": int((time.monotonic() - started) * 1000)}
@@ -210,7 +218,7 @@ class BoundTools:
         return output
 
     async def _guarded(self, tool: Tool, data: BaseModel, timeout_s: float) -> Any:
-        """Breaker, rate limit, then the call within ``timeout_s``."""
+        """Breaker, rate limit, then the call within ``timeout_s``; returns the raw result."""
         breaker = self.keys.breaker(tool.name)
         open_until = await self.redis.hget(breaker, "open_until")
         if open_until and int(open_until) > time.time() * 1000:
@@ -219,7 +227,7 @@ class BoundTools:
             )
         await self._wait_for_rate(tool)
         try:
-            result = await asyncio.wait_for(tool.fn(data), timeout_s)
+            return await asyncio.wait_for(tool.fn(data), timeout_s)
         except Exception as exc:
             errors = await self.redis.hincrby(breaker, "errors", 1)
             if errors >= tool.breaker_errors:
@@ -229,10 +237,22 @@ class BoundTools:
             if isinstance(exc, TimeoutError | asyncio.TimeoutError):
                 raise TransientError(f"tool {tool.name!r} timed out after {timeout_s:g} s") from exc
             raise TransientError(f"tool {tool.name!r} failed: {type(exc).__name__}: {exc}") from exc
-        await self.redis.hset(breaker, "errors", 0)
-        return tool.output.model_validate(
-            result if not isinstance(result, BaseModel) else result.model_dump()
-        )
+
+    def _output(self, tool: Tool, raw: Any) -> BaseModel:
+        try:
+            return tool.output.model_validate(
+                raw.model_dump() if isinstance(raw, BaseModel) else raw
+            )
+        except ValidationError as exc:
+            raise FatalError(
+                f"tool {tool.name!r} returned output that does not match its "
+                f"schema: {exc.errors()[0]['msg']}"
+            ) from exc
+
+    async def _plain(self, tool: Tool, data: BaseModel) -> Any:
+        output = self._output(tool, await self._guarded(tool, data, tool.timeout_s))
+        await self.redis.hset(self.keys.breaker(tool.name), "errors", 0)
+        return output
 
     async def _wait_for_rate(self, tool: Tool) -> None:
         if tool.rate_limit is None:
@@ -258,14 +278,13 @@ class BoundTools:
     async def _once(self, tool: Tool, data: BaseModel, key: str) -> Any:
         """At most one effect per idempotency key, across processes."""
         results, claim = self.board.tool_results, self.board.tool_claim(key)
+        token = uuid.uuid4().hex
         deadline = time.monotonic() + tool.timeout_s
         while True:
             stored = await self.redis.hget(results, key)
             if stored is not None:
-                return tool.output.model_validate_json(stored)
-            if await self.redis.set(
-                claim, self.activation_id, nx=True, px=int(self.registry.lease_s * 1000)
-            ):
+                return self._stored(tool, key, cast(str, stored))
+            if await self.redis.set(claim, token, nx=True, px=int(self.registry.lease_s * 1000)):
                 break
             if time.monotonic() > deadline:  # someone else's call is still running
                 raise TransientError(
@@ -273,7 +292,9 @@ class BoundTools:
                     "elsewhere; retry to collect its result."
                 )
             await asyncio.sleep(0.01)
-        task = asyncio.ensure_future(self._run_and_store(tool, data, key))
+        task = asyncio.ensure_future(self._run_and_store(tool, data, key, token))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
         try:
             return await asyncio.wait_for(asyncio.shield(task), tool.timeout_s)
         except (TimeoutError, asyncio.TimeoutError) as exc:
@@ -283,17 +304,34 @@ class BoundTools:
                 "its result."
             ) from exc
 
-    async def _run_and_store(self, tool: Tool, data: BaseModel, key: str) -> Any:
+    def _stored(self, tool: Tool, key: str, stored: str) -> Any:
+        record = codec.loads(stored)
+        if "failed" in record:  # the effect happened; its output was unusable
+            raise FatalError(
+                f"tool {tool.name!r} call {key} already ran and failed: {record['failed']}"
+            )
+        return tool.output.model_validate(record["output"])
+
+    async def _run_and_store(self, tool: Tool, data: BaseModel, key: str, token: str) -> Any:
         claim = self.board.tool_claim(key)
         try:
             # Outlives the caller's timeout (up to the lease), so a retry collects it.
-            output = await self._guarded(tool, data, self.registry.lease_s)
+            raw = await self._guarded(tool, data, self.registry.lease_s)
         except BaseException:
-            await self.redis.delete(claim)
+            await self._release(claim, token)  # no effect recorded: the call may be retried
             raise
-        text = output.model_dump_json()
+        # The effect has happened: record something before anything else can fail, so
+        # the same key never acts again.
+        try:
+            output = self._output(tool, raw)
+        except FatalError as exc:
+            await self.redis.hset(self.board.tool_results, key, codec.dumps({"failed": str(exc)}))
+            await self._release(claim, token)
+            raise
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.board.tool_results, key, text)
+        pipe.hset(
+            self.board.tool_results, key, codec.dumps({"output": output.model_dump(mode="json")})
+        )
         if tool.compensate is not None:
             pipe.rpush(
                 self.board.saga,
@@ -306,6 +344,12 @@ class BoundTools:
                     }
                 ),
             )
-        pipe.delete(claim)
         await pipe.execute()
+        await self._release(claim, token)
+        await self.redis.hset(self.keys.breaker(tool.name), "errors", 0)
         return output
+
+    async def _release(self, claim: str, token: str) -> None:
+        """Delete the claim only if it is still ours (its lease may have expired and
+        been taken by another caller)."""
+        await self._release_script(keys=[claim], args=[token])

@@ -106,6 +106,7 @@ def is_blind(patch: Sequence[Mapping[str, Any]]) -> bool:
         path = op.get("path") if isinstance(op, Mapping) else None
         if (
             not isinstance(path, str)
+            or not isinstance(op.get("op"), str)
             or op.get("op") not in _BLIND_OPS
             or path.count("/") != 1
             or not path.startswith("/")

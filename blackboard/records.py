@@ -171,9 +171,9 @@ class Submission(BaseModel):
     command: str = ""
     """For commands: approve, reject, rollback, flag, pause, resume, start."""
     args: dict[str, Any] = Field(default_factory=dict)
-    tokens_in: int = Field(default=0, ge=0)
-    tokens_out: int = Field(default=0, ge=0)
-    cost: float = Field(default=0.0, ge=0.0)
+    tokens_in: int = Field(default=0, ge=0, le=10**12)
+    tokens_out: int = Field(default=0, ge=0, le=10**12)
+    cost: float = Field(default=0.0, ge=0.0, le=1e9)
 
     def proposal(self) -> Proposal:
         return Proposal(
@@ -253,3 +253,5 @@ class Preview(BaseModel):
     """Keys the patch itself reads (test/copy) without writing."""
     duplicate_of: int | None = None
     """If this proposal id already committed: the version it committed as."""
+    duplicate_keys: list[str] = Field(default_factory=list)
+    """...and the keys that commit changed."""

@@ -533,6 +533,14 @@ class BoardStore:
             result.replicas = await self._wait_replicas(board_id, result.version)
         return result
 
+    async def _duplicate(self, board_id: str, version: int) -> CommitResult:
+        """The answer to a proposal id that already committed: its version and keys."""
+        rows = await self.redis.xrange(self.keys(board_id).log, f"{version}-0", f"{version}-0")
+        keys = cast("list[tuple[str, dict[str, str]]]", rows)[0][1].get("keys", "") if rows else ""
+        return CommitResult(
+            board_id=board_id, version=version, duplicate=True, keys=keys.split(",") if keys else []
+        )
+
     async def preview(
         self,
         board_id: str,
@@ -579,6 +587,9 @@ class BoardStore:
             writes=list(plan.writes),
             reads=list(plan.reads),
             duplicate_of=None if earlier is None else int(earlier),
+            duplicate_keys=[]
+            if earlier is None
+            else (await self._duplicate(board_id, int(earlier))).keys,
         )
 
     async def _apply(
@@ -600,7 +611,7 @@ class BoardStore:
         if version is None:
             raise await self._not_found(board_id)
         if earlier is not None:
-            return CommitResult(board_id=board_id, version=int(earlier), duplicate=True)
+            return await self._duplicate(board_id, int(earlier))
         if proposal.base > int(version):
             self._check_version(board_id, proposal.base, int(version))
         changed = {
@@ -724,7 +735,9 @@ class BoardStore:
                 keys=list(reply[3:]),
             )
         if status == "dup":
-            return CommitResult(board_id=board_id, version=int(reply[1]), duplicate=True)
+            return CommitResult(
+                board_id=board_id, version=int(reply[1]), duplicate=True, keys=list(reply[2:])
+            )
         if status == "conflict":
             changed = {reply[i]: int(reply[i + 1]) for i in range(1, len(reply), 2)}
             raise ConflictError(board_id, proposal.base, changed)

@@ -118,6 +118,17 @@ class Router:
         keys, args = self._call(board_id, step)
         return await self._parse(board_id, step, await self._script(keys=keys, args=args))
 
+    async def pending(self, board_id: str) -> RouteResult:
+        """The board's undispatched activations (after a pause, or a crash before
+        dispatch), to send now."""
+        bk = self.keys.board(board_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hget(bk.meta, "status")
+        pipe.hgetall(bk.outbox)
+        status, outbox = await pipe.execute()
+        rows = [(aid, codec.loads(entry)["agent"], entry) for aid, entry in outbox.items()]
+        return RouteResult("ok", status or "", dispatch=rows)
+
     async def commit_and_route(
         self, board_id: str, commit_keys: list[str], commit_args: list[Any], step: Routing
     ) -> tuple[list[Any], RouteResult | None]:

@@ -46,6 +46,15 @@ class Operator:
                 outcome = await getattr(self, sub.command)(sub, sub.args)
             except BlackboardError as exc:
                 outcome = Outcome(status="rejected", reason=type(exc).__name__, message=str(exc))
+            except (ValueError, TypeError, KeyError) as exc:  # malformed arguments
+                outcome = Outcome(
+                    status="rejected",
+                    reason="usage",
+                    message=(
+                        f"bad arguments for {sub.command}: {type(exc).__name__}: {exc}. See "
+                        f"`blackboard {sub.command} --help`."
+                    ),
+                )
         bk = self.sup.keys.board(sub.board_id)
         await self.sup.redis.hset(bk.results, sub.proposal_id, outcome.model_dump_json())
         return outcome
@@ -80,6 +89,8 @@ class Operator:
         return Submission.model_validate_json(raw)
 
     async def approve(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        """Commit a held proposal, recorded as the approver's. Every step is idempotent
+        and the hold is released last, so a supervisor killed half-way redoes the rest."""
         held = await self._held(sub, args)
         note = str(args.get("note", ""))
         proposal = held.proposal().model_copy(
@@ -94,31 +105,25 @@ class Operator:
         decision = await self.sup.validator.decide(
             sub.board_id, proposal, kind="approval", gates=False
         )
-        bk = self.sup.keys.board(sub.board_id)
-        await self.sup.redis.hdel(bk.held, held.proposal_id)
-        await self.sup.redis.hset(bk.meta, "status", "active")
-        await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
+        await self._reopen(sub.board_id)
         if decision.status != "committed" or decision.commit is None:
             outcome = Outcome(status="rejected", reason=decision.reason, message=decision.message)
-            await self._record(held, outcome)
-            await self.sup._follow_up(held, outcome, None)
-            return outcome
-        outcome = Outcome(
-            status="committed", version=decision.commit.version, keys=decision.commit.keys
-        )
+            followed = held
+        else:
+            outcome = Outcome(
+                status="committed", version=decision.commit.version, keys=decision.commit.keys
+            )
+            followed = held.model_copy(update={"proposal_id": f"approved.{held.proposal_id}"})
         await self._record(held, outcome)
-        await self.sup._follow_up(
-            held.model_copy(update={"proposal_id": f"approved.{held.proposal_id}"}), outcome, None
-        )
+        await self.sup._follow_up(followed, outcome, None)
+        await self._release(sub, held, outcome)
         return outcome
 
     async def reject(self, sub: Submission, args: dict[str, Any]) -> Outcome:
+        """Return a held proposal to its agent as a rewrite request with the note."""
         held = await self._held(sub, args)
         note = str(args.get("note", "")) or "rejected by an operator"
-        bk = self.sup.keys.board(sub.board_id)
-        await self.sup.redis.hdel(bk.held, held.proposal_id)
-        await self.sup.redis.hset(bk.meta, "status", "active")
-        await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
+        await self._reopen(sub.board_id)
         outcome = Outcome(
             status="rejected",
             reason="gate_rejected",
@@ -128,7 +133,25 @@ class Operator:
         await self.sup._follow_up(
             held.model_copy(update={"proposal_id": f"rejected.{held.proposal_id}"}), outcome, None
         )
-        return Outcome(status="committed", message=outcome.message)
+        answer = Outcome(status="committed", message=outcome.message)
+        await self._release(sub, held, answer)
+        return answer
+
+    async def _reopen(self, board_id: str) -> None:
+        """Back to active, only from awaiting_approval: a redelivered command must not
+        reopen a board its first run already finished."""
+        bk = self.sup.keys.board(board_id)
+        if await self.sup.redis.hget(bk.meta, "status") == "awaiting_approval":
+            await self.sup.redis.hset(bk.meta, "status", "active")
+            await self.sup.redis.zrem(self.sup.keys.escalations, board_id)
+
+    async def _release(self, sub: Submission, held: Submission, answer: Outcome) -> None:
+        """The command's answer and the hold's release, together and last."""
+        bk = self.sup.keys.board(sub.board_id)
+        pipe = self.sup.redis.pipeline(transaction=True)
+        pipe.hset(bk.results, sub.proposal_id, answer.model_dump_json())
+        pipe.hdel(bk.held, held.proposal_id)
+        await pipe.execute()
 
     async def _record(self, held: Submission, outcome: Outcome) -> None:
         bk = self.sup.keys.board(held.board_id)
@@ -178,23 +201,30 @@ class Operator:
         return to
 
     async def flag(self, sub: Submission, args: dict[str, Any]) -> Outcome:
-        """An upheld flag: back to the compliant version, and the agent whose commit broke
-        compliance is asked to redo its work with the flag as feedback."""
+        """An upheld flag on the current version: the newest agent write is taken back
+        (the board returns to the compliant version before it) and its author redoes
+        the work with the flag as feedback."""
         bk = self.sup.keys.board(sub.board_id)
         compliant = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
-        culprit = ""
-        for entry in await self.sup.store.history(sub.board_id, start=compliant + 1):
-            if entry.kind == "write":
-                culprit = entry.author
+        culprit = None
+        for entry in reversed(await self.sup.store.history(sub.board_id)):
+            if entry.kind == "write" and entry.author in self.sup.app.agent_names:
+                culprit = entry
                 break
+        if culprit is None:
+            raise ValidationFailed(
+                f"board {sub.board_id!r} has no agent write to flag.", rule="usage"
+            )
+        to = min(compliant, culprit.version - 1)
         why = f"flagged by {sub.author}: {sub.reason or args.get('reason', '')}".strip(": ")
+        await self.sup.redis.hset(bk.meta, "compliant", to)
         await self.restore_compliant(
             sub.board_id, by=sub.author, why=why, proposal_id=f"flag.{sub.proposal_id}"
         )
-        wanted = [Wanted(culprit, "rewrite", {"feedback": why})] if culprit else []
+        wanted = [Wanted(culprit.author, "rewrite", {"feedback": why})]
         await self.sup._route(
             sub.board_id,
-            Routing(routing_id=sub.proposal_id, version=0, rewrite=culprit),
+            Routing(routing_id=sub.proposal_id, version=0, rewrite=culprit.author),
             wanted,
             parent=sub.proposal_id,
             trace_id=sub.trace_id,
@@ -221,10 +251,7 @@ class Operator:
             bk.meta, mapping={"status": "active", "updated": int(time.time() * 1000)}
         )
         await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
-        result = await self.sup.router.route(
-            sub.board_id, Routing(routing_id=sub.proposal_id, version=0)
-        )
-        await self.sup.router.dispatch(sub.board_id, result)
+        await self.sup.router.dispatch(sub.board_id, await self.sup.router.pending(sub.board_id))
         return Outcome(status="committed", message=f"resumed by {sub.author}")
 
     async def set(self, sub: Submission, args: dict[str, Any]) -> Outcome:

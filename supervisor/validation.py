@@ -106,7 +106,12 @@ class Validator:
         extra = [*self._policy_reads, *(self._gate_reads if gates else []), *depends_on]
         preview = await self.store.preview(board_id, proposal, extra=extra, kind=kind)
         if preview.duplicate_of is not None:
-            commit = CommitResult(board_id=board_id, version=preview.duplicate_of, duplicate=True)
+            commit = CommitResult(
+                board_id=board_id,
+                version=preview.duplicate_of,
+                duplicate=True,
+                keys=preview.duplicate_keys,
+            )
             return Decision("committed", commit=commit, view=preview.view)
         dependencies = [
             *dict.fromkeys([*preview.writes, *preview.reads, *proposal.reads, *depends_on])

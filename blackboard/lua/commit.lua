@@ -33,7 +33,8 @@ then R keys of the read set.
 
 Returns one of
   {'ok', version, snapshot_taken, changed_key...}
-  {'dup', version}                     proposal id already committed
+  {'dup', version, changed_key...}      proposal id already committed (keys from its log
+                                       entry, so a redelivery can finish what follows)
   {'conflict', key, kver, ...}         written/read keys changed after base
   {'missing', key, action}             replace/remove of an unset key
   {'decided'}                          the supervisor already decided this proposal id
@@ -52,7 +53,19 @@ if not m[1] then return {'notfound'} end
 local pid = ARGV[3]
 if pid ~= '' then
   local prev = redis.call('HGET', proposals, pid)
-  if prev then return {'dup', tonumber(prev)} end
+  if prev then
+    local reply = {'dup', tonumber(prev)}
+    local entry = redis.call('XRANGE', log, prev .. '-0', prev .. '-0')
+    if entry[1] then
+      local fields = entry[1][2]
+      for j = 1, #fields, 2 do
+        if fields[j] == 'keys' and fields[j + 1] ~= '' then
+          for k in string.gmatch(fields[j + 1], '[^,]+') do reply[#reply + 1] = k end
+        end
+      end
+    end
+    return reply
+  end
 end
 if pid ~= '' and redis.call('HEXISTS', KEYS[9], pid) == 1 then return {'decided'} end
 if m[2] == 'archived' then return {'archived'} end

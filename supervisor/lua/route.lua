@@ -29,7 +29,9 @@ then the submission's outcome JSON to record under the routing id ('' = none): r
 with the routing, so a redelivered submission whose routing ran is never re-decided.
 
 Returns
-  {'ok', status, aid1, agent1, entry1, ...}     activations to dispatch (if status active)
+  {'ok', status, aid1, agent1, entry1, ...}     this step's activations to dispatch (if the
+                                                board is active); never another step's,
+                                                which that step dispatches itself
   {'again', status, aid1, agent1, entry1, ...}  already routed: the undispatched outbox
   {'tripped', kind, detail}                     board escalated, incident recorded
 ]]
@@ -54,6 +56,10 @@ end
 
 local now, version = ARGV[2], ARGV[15]
 local escalate, compliant = ARGV[#ARGV - 2], ARGV[#ARGV - 1]
+local current = redis.call('HGET', meta, 'status')
+-- On a stopped board (a late report from a parallel branch, say) things are counted
+-- but nothing trips again and nothing is activated.
+local stopped = current == 'escalated' or current == 'done' or current == 'failed' 
 local outcome = ARGV[#ARGV]
 if outcome ~= '' then redis.call('HSET', KEYS[8], ARGV[1], outcome) end
 if ARGV[14] ~= '' then redis.call('ZREM', open, ARGV[14]) end
@@ -69,10 +75,7 @@ end
 -- an escalation asked for (a timeout, a deadline): once, and only if nothing stopped
 -- the board already, so two causes racing record one incident
 if escalate ~= '' then
-  local status = redis.call('HGET', meta, 'status')
-  if status == 'escalated' or status == 'done' or status == 'failed' then
-    return pending_outbox('ok')
-  end
+  if stopped then return {'ok', current} end
   local kind, detail = string.match(escalate, '^([^|]*)|(.*)$')
   return trip(kind, detail)
 end
@@ -80,10 +83,10 @@ end
 -- budgets summed from activation reports
 local tokens = redis.call('HINCRBY', meta, 'tokens_used', tonumber(ARGV[7]))
 local cost = tonumber(redis.call('HINCRBYFLOAT', meta, 'cost_used', ARGV[8]))
-if tonumber(ARGV[9]) > 0 and tokens > tonumber(ARGV[9]) then
+if not stopped and tonumber(ARGV[9]) > 0 and tokens > tonumber(ARGV[9]) then
   return trip('budget', 'tokens used ' .. tokens .. ' > max_tokens ' .. ARGV[9])
 end
-if tonumber(ARGV[10]) > 0 and cost > tonumber(ARGV[10]) then
+if not stopped and tonumber(ARGV[10]) > 0 and cost > tonumber(ARGV[10]) then
   return trip('budget', 'cost ' .. cost .. ' > max_cost ' .. ARGV[10])
 end
 
@@ -91,7 +94,7 @@ end
 if ARGV[11] ~= '' then redis.call('HDEL', loops, 'rw:' .. ARGV[11]) end
 if ARGV[12] ~= '' then
   local n = redis.call('HINCRBY', loops, 'rw:' .. ARGV[12], 1)
-  if n > tonumber(ARGV[6]) then
+  if n > tonumber(ARGV[6]) and not stopped then
     return trip('rewrites', 'agent ' .. ARGV[12] .. ' was rejected ' .. n ..
       ' times in a row (max_rewrites ' .. ARGV[6] .. ')')
   end
@@ -120,7 +123,7 @@ for i = 1, P do
     end
   end
   redis.call('HSET', loops, pair, fp .. '|' .. count .. '|' .. versions)
-  if count >= threshold then
+  if count >= threshold and not stopped then
     return trip('loop', 'handoff ' .. pair .. ' repeated ' .. count ..
       ' times with no change to the board (versions ' .. versions .. ')')
   end
@@ -129,8 +132,7 @@ end
 -- activations (none on a stopped board: nothing should act until an operator resumes it)
 local base = 17 + P
 local A = tonumber(ARGV[base])
-local current = redis.call('HGET', meta, 'status')
-if current == 'escalated' or current == 'done' or current == 'failed' then A = 0 end
+if stopped then A = 0 end
 if A > 0 then
   local used = tonumber(redis.call('HGET', meta, 'activations') or '0')
   if used + A > tonumber(ARGV[5]) then
@@ -150,4 +152,11 @@ if compliant == '1' and
   redis.call('HSET', meta, 'compliant', version)
 end
 if ARGV[13] ~= '' then redis.call('HSET', meta, 'status', ARGV[13], 'updated', now) end
-return pending_outbox('ok')
+local reply = {'ok', redis.call('HGET', meta, 'status')}
+for i = 0, A - 1 do
+  local o = base + 1 + 5 * i
+  reply[#reply + 1] = ARGV[o]
+  reply[#reply + 1] = ARGV[o + 1]
+  reply[#reply + 1] = ARGV[o + 4]
+end
+return reply

@@ -151,3 +151,20 @@ async def test_worker_ignores_finished_activation(store: BoardStore) -> None:
     [delivery] = await worker.queue.take(worker.name, block_ms=10)
     await worker.handle(delivery)
     assert await store.version("c1") == version
+
+
+async def test_long_activation_is_not_reclaimed_while_running(store: BoardStore) -> None:
+    from blackboard import Limits
+
+    runs = 0
+
+    @agent("intake")
+    async def slow(ctx: Context) -> Output:
+        nonlocal runs
+        runs += 1
+        await asyncio.sleep(0.6)  # six times the idle timeout
+        return Output(updates={"amount": 1.0, "income": 2.0})
+
+    info = await run(with_intake(slow, limits=Limits(claim_idle_ms=100)), store, workers=2)
+    assert info.status == "done"
+    assert runs == 1

@@ -194,24 +194,25 @@ async def test_failed_audit_rolls_back_and_asks_for_a_rewrite(store: BoardStore)
     assert info.compliant == info.version
 
 
-async def test_flag_rolls_back_to_compliant_and_reactivates_the_culprit(
+async def test_flag_takes_back_the_newest_write_and_reactivates_its_author(
     store: BoardStore,
 ) -> None:
     app = build_app(done=None, done_reads=[])
     async with Deployment(app, store) as d:
         await d.start("c1")
         await d.settle("c1")
-        assert await store.version("c1") == 3
-        await store.redis.hset(store.keys("c1").meta, "compliant", 1)  # v2, v3 under review
-        outcome = await d.command("c1", "flag", by="human:bob", reason="score looks wrong")
+        assert await store.version("c1") == 3  # intake, risk, compliance
+        outcome = await d.command("c1", "flag", by="human:bob", reason="decision looks wrong")
         assert outcome.status == "committed"
         await d.settle("c1")
     history = await store.history("c1")
     assert (history[3].kind, history[3].author) == ("rollback", "human:bob")
-    assert "score looks wrong" in history[3].reason
+    assert "decision looks wrong" in history[3].reason
+    assert (await store.read("c1", at=4)).data == (await store.read("c1", at=2)).data
     rewrites = [a for a in await activations(store, "c1") if a["reason"] == "rewrite"]
-    assert rewrites[0]["agent"] == "risk" and "score looks wrong" in rewrites[0]["feedback"]
-    assert history[4].author == "risk"  # risk redid its work after the rollback
+    assert rewrites[0]["agent"] == "compliance"
+    assert "decision looks wrong" in rewrites[0]["feedback"]
+    assert history[4].author == "compliance"  # it redid its work after the rollback
 
 
 async def test_operator_rollback_before_an_agent(store: BoardStore) -> None:
