@@ -13,7 +13,9 @@ As processes:      see README ("Examples").
 from __future__ import annotations
 
 import asyncio
+import json
 import re
+import time
 from typing import Annotated, Any, Literal
 
 from blackboard.agents import Context, Handoff, OfflineModel, Output, agent, when_changed
@@ -189,23 +191,42 @@ async def run_case(d: Deployment, name: str, answer: str = "approve") -> Any:
     await d.start(board, {"application": CASES[name]})
     info = await d.settle(board)
     if info.status == "awaiting_approval":
+        print(f"  (held at the AML gate: human:officer decides: {answer})", flush=True)
         await d.command(board, answer, by="human:officer", note="AML review done")
         info = await d.settle(board)
     return info
 
 
+async def timeline(store: BoardStore, started: float) -> None:
+    """Print every commit of every board as it lands (the boards' event channels)."""
+    pubsub = store.redis.pubsub()
+    await pubsub.psubscribe(f"{store.settings.key_prefix}:*:events")
+    try:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                e = json.loads(message["data"])
+                print(
+                    f"  {time.monotonic() - started:6.3f}s  {e['board']:<18} v{e['version']:<2} "
+                    f"{e['kind']:<9} {e['author']:<18} {', '.join(e['keys'])}",
+                    flush=True,
+                )
+    finally:
+        await pubsub.aclose()
+
+
 async def main(pause: float = 0.0, store: BoardStore | None = None) -> None:
     async with Deployment(app, store) as d:
+        live = asyncio.create_task(timeline(d.store, time.monotonic()))
         for name in CASES:
+            case = CASES[name]
+            print(f"\n== {name}: {case['name']} asks for {case['amount']:,}", flush=True)
             info = await run_case(d, name)
-            print(f"\n== {name}: {info.status}, version {info.version}")
-            for e in await d.store.history(info.board_id):
-                print(
-                    f"   v{e.version:<2} {e.kind:<9} {e.author:<18} {', '.join(e.keys)}"
-                    + (f"  ({e.reason})" if e.reason else "")
-                )
-                await asyncio.sleep(pause)
-            print(f"   decision: {await d.store.read_key(info.board_id, 'decision')}")
+            await asyncio.sleep(0.05)  # let the last events print before the summary
+            decision = await d.store.read_key(info.board_id, "decision")
+            print(f"== {name}: {info.status} at version {info.version}, decision {decision}")
+            await asyncio.sleep(pause)
+        live.cancel()
 
 
 if __name__ == "__main__":

@@ -51,12 +51,13 @@ def _command(
         await submit(store.redis, store.settings.key_prefix, sub)
         deadline = time.monotonic() + wait
         results = store.keys(board).results
-        while time.monotonic() < deadline:
-            raw = await store.redis.hget(results, sub.proposal_id)
-            if raw is not None:
-                await store.close()
-                return Outcome.model_validate_json(raw)
-            await asyncio.sleep(0.05)
+        with ctx.progress.status(f"{command} {board}: waiting for the supervisor..."):
+            while time.monotonic() < deadline:
+                raw = await store.redis.hget(results, sub.proposal_id)
+                if raw is not None:
+                    await store.close()
+                    return Outcome.model_validate_json(raw)
+                await asyncio.sleep(0.05)
         await store.close()
         return None
 

@@ -30,7 +30,9 @@ class Ctx:
         self.redis = redis
         self.debug = debug
         self._stores: list[BoardStore] = []
-        self.console = Console(width=None if sys.stdout.isatty() else 100, highlight=False)
+        # Tables fit an 80-column terminal; a wider terminal gets its own width.
+        self.console = Console(width=None if sys.stdout.isatty() else 80, highlight=False)
+        self.progress = Console(stderr=True)
 
     def store(self, *, embedded_ok: bool = False) -> BoardStore:
         if self.redis is None and not embedded_ok:

@@ -121,7 +121,8 @@ def run_app(
         store = ctx.store(embedded_ok=True)
         async with Deployment(app, store) as d:
             await d.start(board, initial)
-            info = await d.settle(board, timeout=timeout)
+            with ctx.progress.status(f"running {app.name} on board {board}..."):
+                info = await d.settle(board, timeout=timeout)
         state = await store.read(board)
         history = await store.history(board)
         if as_json:
@@ -151,6 +152,35 @@ def run_app(
 
     status = run_async(ctx, go)
     sys.exit(0 if status == "done" else 1)
+
+
+@main.command()
+@click.option("--app", "app_spec", required=True, help="pkg.module:app")
+@click.option("--board", "board_id", required=True, help="Id of the new board.")
+@click.option(
+    "--input",
+    "input_file",
+    type=click.File(),
+    default=None,
+    help="JSON object of initial board values.",
+)
+@click.pass_obj
+def start(ctx: Ctx, app_spec: str, board_id: str, input_file: Any) -> None:
+    """Create a board and queue its start agents for the running supervisor and agents."""
+    from blackboard.supervisor import Supervisor
+
+    app = _load(ctx, app_spec)
+    initial = json.load(input_file) if input_file else None
+
+    async def go() -> None:
+        store = ctx.store()
+        info = await Supervisor(app, store).start(board_id, initial)
+        click.echo(
+            f"started {info.board_id} ({info.schema_name}); follow it with "
+            f"`blackboard watch {info.board_id}`"
+        )
+
+    run_async(ctx, go)
 
 
 @main.command()

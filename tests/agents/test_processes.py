@@ -128,3 +128,38 @@ def test_two_processes_share_one_rate_limit(redis_server: Any) -> None:
     assert len(times) == 20
     for i in range(len(times) - 5):  # no 6 calls within any 0.5 s window, both together
         assert times[i + 5] - times[i] >= 0.49, (i, times[i + 5] - times[i])
+
+
+async def test_sigterm_finishes_the_activation_in_hand(redis_server: Any) -> None:
+    client = connect(redis_server.url)
+    await client.flushdb()
+    store = BoardStore(client)
+    sup = Supervisor(kill_app, store)
+    await sup.publish()
+    supervisor = spawn(redis_server.url, "supervisor", "--app", "procapps:kill_app")
+    worker = spawn(
+        redis_server.url, "agent", "slow", "--app", "procapps:kill_app", "--name", "only"
+    )
+    try:
+        await sup.start("job")
+
+        async def running() -> bool:
+            record = await client.hvals(store.keys("job").activations)
+            return bool(record) and json.loads(record[0])["status"] == "running"
+
+        await wait_for(running)
+        worker.send_signal(signal.SIGTERM)  # mid-activation: finish it, then exit
+        assert await asyncio.to_thread(worker.wait, 20) == 0
+
+        async def done() -> bool:
+            return (await store.info("job")).status == "done"
+
+        await wait_for(done)  # no other instance exists: the stopping one finished it
+        [record] = [json.loads(v) for v in await client.hvals(store.keys("job").activations)]
+        assert record["status"] == "submitted" and record["retries"] == 0
+    finally:
+        for p in (supervisor, worker):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            p.wait(20)
+        await store.close()

@@ -104,7 +104,7 @@ def test_tables_fit_80_columns(boards: str) -> None:
         ["incidents"],
     ):
         out = CliRunner().invoke(main, ["--redis", boards, *args], terminal_width=80).output
-        assert max(len(line) for line in out.splitlines()) <= 100, (args, out)
+        assert max(len(line) for line in out.splitlines()) <= 80, (args, out)
 
 
 def test_mermaid(boards: str, tmp_path: Path) -> None:
@@ -277,3 +277,99 @@ def test_watch_in_a_real_terminal(boards: str) -> None:
         assert "application" in screen()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+
+
+def test_demo_prints_a_live_timeline() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "blackboard", "demo", "--fast"],
+        env={**_env(""), "BLACKBOARD_REDIS_URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "held at the AML gate" in done.stdout
+    assert "loan-income-slip   v2  rollback  supervisor" in done.stdout
+    assert done.stdout.count("done at version") == 4
+
+
+@pytest.mark.slow
+def test_loan_example_as_separate_processes(redis_server: Any, tmp_path: Path) -> None:
+    with redis_server.client() as c:
+        c.flushdb()
+    env = _env(redis_server.url)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "blackboard", "supervisor", "--app", "examples.loan:app"],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    procs += [
+        subprocess.Popen(
+            [sys.executable, "-m", "blackboard", "agent", name, "--app", "examples.loan:app"],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        for name in ("document_analysis", "clarification", "risk", "compliance")
+    ]
+    try:
+        case = tmp_path / "case.json"
+        case.write_text(json.dumps({"application": loan.CASES["income-slip"]}))
+        started = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "blackboard",
+                "start",
+                "--app",
+                "examples.loan:app",
+                "--board",
+                "loan-1",
+                "--input",
+                str(case),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert started.returncode == 0, started.stderr
+        watched = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "blackboard",
+                "watch",
+                "loan-1",
+                "--until-done",
+                "--timeout",
+                "60",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert "board loan-1 is done" in watched.stdout
+        history = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "blackboard", "history", "loan-1", "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+        )
+        assert [(h["kind"], h["author"]) for h in history] == [
+            ("write", "document_analysis"),
+            ("rollback", "supervisor"),
+            ("write", "document_analysis"),
+            ("write", "risk"),
+            ("write", "compliance"),
+        ]
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(30)

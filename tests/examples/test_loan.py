@@ -110,6 +110,7 @@ def test_example_runs_in_one_command() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("decision: approve") == 4
+    assert done.stdout.count("decision approve") == 4
     for case in loan.CASES:
         assert f"== {case}: done" in done.stdout
+    assert "loan-income-slip   v2  rollback  supervisor" in done.stdout  # the live timeline
