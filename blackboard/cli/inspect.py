@@ -209,6 +209,23 @@ async def _trace(store: BoardStore, board: str) -> dict[str, Any]:
         await _loads_hash(store, store.keys(board).activations), key=lambda a: a["created_ms"]
     )
     commits = await store.history(board)
+    # What the supervisor made of each activation's submission (its id is the activation's).
+    decided = {
+        k: codec.loads(v)
+        for k, v in cast(
+            dict[str, str], await store.redis.hgetall(store.keys(board).results)
+        ).items()
+    }
+
+    def outcome(a: dict[str, Any]) -> str:
+        result = decided.get(a["activation_id"])
+        if result is None:
+            return str(a["outcome"] or a["status"])
+        if result.get("audit"):
+            return f"audit failed:{result['audit']}"
+        reason = f":{result['reason']}" if result["reason"] else ""
+        return f"{result['status']}{reason}"
+
     hops = [
         {
             "agent": a["agent"],
@@ -218,7 +235,7 @@ async def _trace(store: BoardStore, board: str) -> dict[str, Any]:
             "tokens": a["tokens_in"] + a["tokens_out"],
             "cost": a["cost"],
             "retries": a["retries"],
-            "outcome": a["outcome"],
+            "outcome": outcome(a),
             "activation": a["activation_id"],
             "parent": a["parent"],
             "created_ms": a["created_ms"],
@@ -284,7 +301,7 @@ def trace(ctx: Ctx, board: str, mermaid_file: Any, as_json: bool) -> None:
                     _when(h["created_ms"]),
                     h["agent"],
                     h["reason"],
-                    h["outcome"] or h["status"],
+                    h["outcome"],
                     str(h["duration_ms"]),
                     str(h["tokens"]),
                     str(h["retries"]),
