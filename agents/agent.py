@@ -71,8 +71,9 @@ def when_all(
     partial: bool = False,
     condition: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> Trigger:
-    """A join: fire once all ``keys`` are set; with ``partial``, keys whose writer
-    failed or timed out count as done."""
+    """A join: fire once all ``keys`` are set (not None, "", [] or {}: give the keys a
+    None default, since a default such as 0 already counts as set); with ``partial``,
+    keys whose writer failed or timed out count as done."""
     return Trigger(tuple(keys), condition, join=True, partial=partial)
 
 

@@ -41,7 +41,7 @@ from blackboard.errors import (
     TransientError,
 )
 from blackboard.keys import GlobalKeys
-from blackboard.queues import Delivery, WorkQueue, submit
+from blackboard.queues import Delivery, WorkQueue, shard_of
 from blackboard.records import Activation, Submission
 from blackboard.store import BoardStore
 
@@ -112,12 +112,14 @@ class AgentWorker:
         entry = delivery.fields
         board_id, aid = entry.get("board", ""), entry.get("activation", "")
         bk = self.keys.board(board_id)
-        raw = await self.redis.hget(bk.activations, aid)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(bk.activations, aid)
+        pipe.hget(bk.meta, "status")
+        raw, status = await pipe.execute()
         if raw is None:
             await self.queue.dead_letter(delivery, f"unknown activation {aid!r}")
             return
         act = Activation.model_validate_json(raw)
-        status = await self.redis.hget(bk.meta, "status")
         if act.status in ("submitted", "failed", "timed_out", "cancelled") or status in (
             "escalated",
             "done",
@@ -129,13 +131,12 @@ class AgentWorker:
         self.current = aid
         beat = asyncio.create_task(self._heartbeat(delivery.entry_id))
         try:
-            await self._activate(act)
+            await self._activate(act, delivery.entry_id)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
             self.current = None
-        await self.queue.ack(delivery.entry_id)
 
     async def _heartbeat(self, entry_id: str) -> None:
         """Keep the entry ours while the agent works: XCLAIM with JUSTID resets its idle
@@ -151,10 +152,12 @@ class AgentWorker:
             except RedisError as exc:  # the next beat may get through; the work goes on
                 log.warning("agent %s: heartbeat failed: %s", self.agent.name, exc)
 
-    async def _activate(self, act: Activation) -> None:
+    async def _activate(self, act: Activation, entry_id: str) -> None:
+        """Run the agent and submit what it produced. Three round trips in all: the
+        context read (with the 'running' mark), the agent, then submission, the
+        activation record and the queue ack in one pipeline (the ack last)."""
         started = time.time()
         act.status = "running"
-        await self._save(act)
         retries = 0
 
         def count(state: RetryCallState) -> None:
@@ -229,7 +232,7 @@ class AgentWorker:
                     f"the activation's output could not be submitted: {exc.errors()[0]['msg']}"
                 )[:2000],
             )
-        await submit(self.redis, self.keys.prefix, submission, self.shards)
+        stream = self.keys.proposals(shard_of(act.board_id, self.shards))
         act.status = "submitted" if kind == "proposal" else "failed"
         act.finished_ms = int(time.time() * 1000)
         act.duration_ms = int((time.time() - started) * 1000)
@@ -238,7 +241,13 @@ class AgentWorker:
         act.output = {"patch": patch, "handoff": handoff.model_dump() if handoff else None}
         if ctx is not None and ctx.tools is not None:
             act.tool_calls = list(ctx.tools.calls)
-        await self._save(act)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xadd(stream, {"s": submission.model_dump_json()})
+        pipe.hset(
+            self.keys.board(act.board_id).activations, act.activation_id, act.model_dump_json()
+        )
+        pipe.xack(self.queue.stream, GROUP, entry_id)
+        await pipe.execute()
 
     async def _run(self, ctx: Context, act: Activation) -> Any:
         if ctx.deadline_s is not None and ctx.deadline_s <= 0:
@@ -252,10 +261,11 @@ class AgentWorker:
             keys.append(str(act.payload["key"]))
         bk = self.keys.board(act.board_id)
         pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(bk.activations, act.activation_id, act.model_dump_json())  # running
         pipe.hget(bk.meta, "version")
         pipe.hmget(bk.state, keys or ["-"])
         pipe.hgetall(bk.loops)
-        version, values, loops = await pipe.execute()
+        _, version, values, loops = await pipe.execute()
         board = {k: codec.loads(v) for k, v in zip(keys, values, strict=False) if v is not None}
         failed = {
             k[7:]: v for k, v in cast(dict[str, str], loops).items() if k.startswith("failed:")
@@ -286,7 +296,3 @@ class AgentWorker:
             model=Metered(self.app.model) if self.app.model is not None else None,
             tools=tools,
         )
-
-    async def _save(self, act: Activation) -> None:
-        bk = self.keys.board(act.board_id)
-        await self.redis.hset(bk.activations, act.activation_id, act.model_dump_json())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from blackboard.agents import Context, Handoff, Output, agent
+from blackboard.agents import Context, Handoff, OfflineModel, Output, agent
 from pydantic import BaseModel, Field
 
 from blackboard import App, Key, Limits, Policy
@@ -49,9 +49,9 @@ async def negotiation(ctx: Context) -> Output:
             updates={"agreed_price": price}, reason="deal within budget" if ctx.feedback else "deal"
         )
     new_counter = 80.0 if counter is None else counter + 5
+    note = await ctx.model.complete([{"role": "user", "content": f"counter {new_counter}"}])
     return Output(
-        updates={"counter": new_counter},
-        handoff=Handoff(to="sourcing", reason=f"counter {new_counter}"),
+        updates={"counter": new_counter}, handoff=Handoff(to="sourcing", reason=note.text)
     )
 
 
@@ -62,6 +62,8 @@ within_budget = Policy(
     message="agreed price is above max_budget",
 )
 
+model = OfflineModel(default=lambda m: "We can do " + m[-1]["content"].split()[-1] + ".")
+
 app = App(
     board=Deal,
     agents=[sourcing, negotiation],
@@ -69,6 +71,7 @@ app = App(
     policies=[within_budget],
     done=lambda b: b.get("agreed_price") is not None,
     done_reads=["agreed_price"],
+    model=model,  # the offline model: the negotiator's messages, reproducible
     limits=Limits(loop_threshold=3, max_activations=40, activation_timeout_s=30),
 )
 

@@ -11,7 +11,16 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from blackboard.agents import Context, Handoff, Output, Summariser, agent, when_all, when_changed
+from blackboard.agents import (
+    Context,
+    Handoff,
+    OfflineModel,
+    Output,
+    Summariser,
+    agent,
+    when_all,
+    when_changed,
+)
 from pydantic import BaseModel
 
 from blackboard import App, Key, Limits
@@ -33,14 +42,11 @@ def researcher(company: str, delay: float = 0.0) -> Any:
     @agent(f"research_{company}")
     async def run(ctx: Context) -> Output:
         await asyncio.sleep(delay)  # umbrella's sources never answer in time
+        ask = f"Summarise {company}'s market position."
         if ctx.payload.get("feedback"):
-            return Output(
-                updates={
-                    company: f"{company}: revenue 4.1B (2025 filing), "
-                    "3 product lines, pricing verified"
-                }
-            )
-        return Output(updates={company: f"{company}: revenue about 4B, several products"})
+            ask += f" Feedback: {ctx.payload['feedback']}"
+        reply = await ctx.model.complete([{"role": "user", "content": ask}])
+        return Output(updates={company: f"{company}: {reply.text}"})
 
     return run
 
@@ -96,6 +102,11 @@ app = App(
     ],
     start=[f"research_{c}" for c in COMPETITORS],
     summariser="summariser",
+    # The offline model: deterministic answers, so runs are reproducible.
+    model=OfflineModel(
+        rules={"Feedback": "revenue 4.1B (2025 filing), 3 product lines, pricing verified"},
+        default=lambda m: "revenue about 4B, several products",
+    ),
     done=lambda b: b.get("review") == "approved",
     done_reads=["review"],
     limits=Limits(activation_timeout_s=0.5, max_activations=30),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any, Literal
 
-from blackboard.agents import Context, Handoff, Output, agent, when_all
+from blackboard.agents import Context, Handoff, OfflineModel, Output, agent, when_all
 from pydantic import BaseModel
 
 from blackboard import App, Key, Limits
@@ -87,7 +87,8 @@ async def synthesiser(ctx: Context) -> Output:
 @agent("judge", reads=("findings",))
 async def judge(ctx: Context) -> Output:
     majors = [f for f in ctx.board["findings"] if f["severity"] == "major"]
-    verdict = "block" if majors else "approve"
+    reply = await ctx.model.complete([{"role": "user", "content": f"{len(majors)} major"}])
+    verdict = reply.text
     votes = ", ".join(f"{k}: {v}" for k, v in sorted(ctx.payload["votes"].items()))
     return Output(updates={"ruling": f"{verdict} ({len(majors)} major finding(s); {votes})"})
 
@@ -99,6 +100,8 @@ app = App(
     done=lambda b: b.get("decision") is not None or b.get("ruling") is not None,
     done_reads=["decision", "ruling"],
     limits=Limits(max_activations=10, activation_timeout_s=30),
+    # The offline model's rule: any major finding blocks.
+    model=OfflineModel(rules={"0 major": "approve"}, default=lambda m: "block"),
 )
 
 DIFFS = {

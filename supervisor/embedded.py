@@ -58,7 +58,9 @@ class Deployment:
     async def start(self, board_id: str, initial: Mapping[str, Any] | None = None) -> BoardInfo:
         return await self.supervisor.start(board_id, initial)
 
-    async def settle(self, board_id: str, timeout: float = 30.0) -> BoardInfo:
+    async def settle(
+        self, board_id: str, timeout: float = 30.0, *, poll_s: float = 0.005
+    ) -> BoardInfo:
         """Wait until the board is done, stopped, held, or has nothing left to do."""
         bk = self.supervisor.keys.board(board_id)
         deadline = time.monotonic() + timeout
@@ -78,7 +80,7 @@ class Deployment:
                     f"board {board_id!r} did not settle in {timeout:g} s "
                     f"(status {status}, {open_} open activations)."
                 )
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(poll_s)
 
     async def command(
         self,

@@ -127,6 +127,11 @@ class Supervisor:
             await self.redis.hset(bk.meta, "deadline_ms", deadline)
             self._deadlines[board_id] = deadline
             await self.redis.zadd(self.keys.watch, {board_id: deadline}, lt=True)
+        await self.activate_start(board_id, trace_id=trace_id)
+        return info
+
+    async def activate_start(self, board_id: str, *, trace_id: str = "") -> None:
+        """Activate the app's start agents on an existing board (idempotent)."""
         trace = trace_id or new_id()
         wanted = [Wanted(name, "start") for name in self.app.start]
         await self._route(
@@ -136,7 +141,6 @@ class Supervisor:
             parent=f"start:{board_id}",
             trace_id=trace,
         )
-        return info
 
     # -- the loop -------------------------------------------------------------------
 

@@ -1,0 +1,448 @@
+"""The benchmark suite, in one run so ratios survive a noisy machine:
+
+  1. the commit ceiling vs the library vs the supervisor's validated path
+  2. handoff latency across processes, appendfsync everysec and always
+  3. a 4-step chain and an 8-way fan-out: this framework vs LangGraph with InMemorySaver,
+     SqliteSaver and PostgresSaver (durability "sync")
+  4. cost vs board size (unchanged 1 KB .. 10 MB payload)
+  5. history: read-at-version and rollback at 10, 1,000 and 100,000 versions
+  6. one supervisor with 1 .. 1,000 concurrent boards, then two supervisors
+
+Starts its own redis-server and PostgreSQL on private sockets/ports. Writes
+bench/results/results.md and bench/results/plot.png, and prints TARGET lines.
+Peer packages: pip install -e ".[bench]".   Run: python -m bench  [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from blackboard.supervisor import Deployment, Supervisor
+
+from bench import supervisor as sbench
+from bench._postgres import postgres_server
+from bench._server import machine, percentile, redis_server, target
+from bench.workflows import FAN, chain, fan, langgraph_chain, langgraph_fan, run_langgraph
+from blackboard import BoardStore, Proposal, Settings, codec
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICK = "--quick" in sys.argv
+SIZES = {"1 KB": 1 << 10, "100 KB": 100 << 10, "1 MB": 1 << 20, "10 MB": 10 << 20}
+rows: list[tuple[str, str]] = []
+
+
+def row(name: str, value: str) -> None:
+    rows.append((name, value))
+    print(f"  {name:<58} {value}")
+
+
+# -- 1 and 6: throughput ---------------------------------------------------------------
+
+
+async def raw_pipelined(store: BoardStore, boards: int, per_board: int) -> float:
+    """The commit script, precomputed arguments, pipelined across boards: the ceiling."""
+    ids = [f"pipe{b}" for b in range(boards)]
+    for b in ids:
+        await store.create(b, sbench.app.schema)
+    script = store._commit_script
+    calls: list[tuple[list[str], list[Any]]] = []
+
+    async def record(keys: list[str], args: list[Any]) -> list[Any]:
+        calls.append((keys, args))
+        return ["ok", 1, 0, "x"]
+
+    store._commit_script = record  # type: ignore[assignment]
+    for i in range(per_board):
+        for b in ids:
+            await store.commit(b, Proposal.updates("a", i, {"x": i + 1}))
+    store._commit_script = script
+    started = time.perf_counter()
+    for i in range(0, len(calls), boards):
+        pipe = store.redis.pipeline(transaction=False)
+        for keys, args in calls[i : i + boards]:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        await pipe.execute()
+    return len(calls) / (time.perf_counter() - started)
+
+
+async def supervised(
+    url: str, store: BoardStore, boards: int, per_board: int, supervisors: int = 1
+) -> float:
+    """Validated proposals/s through supervisor processes, submitted by this process."""
+    procs = [sbench.spawn_supervisor(url) for _ in range(supervisors)]
+    try:
+        await asyncio.sleep(1.0)  # let the processes import and join the group
+        tag = uuid.uuid4().hex[:6]
+        ids = [f"s{tag}-{b}" for b in range(boards)]
+        for b in ids:
+            await store.create(b, sbench.app.schema)
+        from blackboard.keys import GlobalKeys
+        from blackboard.records import Submission
+
+        stream = GlobalKeys(store.settings.key_prefix).proposals(0)
+        subs = [
+            Submission(
+                kind="proposal",
+                board_id=b,
+                author="a",
+                base=i,
+                patch=[{"op": "replace", "path": "/x", "value": i + 1}],
+            )
+            for i in range(per_board)
+            for b in ids
+        ]
+        started = time.perf_counter()
+        pipe = store.redis.pipeline(transaction=False)
+        for s in subs:
+            pipe.xadd(stream, {"s": s.model_dump_json()})
+        await pipe.execute()
+        await sbench.wait_outcomes(store, ids, len(subs), timeout=600)
+        return len(subs) / (time.perf_counter() - started)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(30)
+
+
+# -- 3 and 4: workflows ------------------------------------------------------------------
+
+
+async def ours(url: str, app: Any, steps: int, payload: int, runs: int) -> tuple[float, float]:
+    """ms per step (the board created beforehand, as a case is) and Redis bytes per run.
+    A run ends when the commit event of its last step arrives: waiting on events, not
+    polling, so the measurement does not compete with what it measures."""
+    store = BoardStore.from_url(
+        url, Settings(redis_url=url, max_value_bytes=16 << 20, max_patch_bytes=16 << 20)
+    )
+    finished: dict[str, asyncio.Event] = {}
+    pubsub = store.redis.pubsub()
+    await pubsub.psubscribe(f"{store.settings.key_prefix}:*:events")
+
+    async def listen() -> None:
+        async for message in pubsub.listen():
+            if message["type"] == "pmessage":
+                event = codec.loads(message["data"])
+                if event["version"] == steps and event["board"] in finished:
+                    finished[event["board"]].set()
+
+    listener = asyncio.create_task(listen())
+    spent, stored = 0.0, 0
+    async with Deployment(app, store) as d:
+        for r in range(runs + 1):
+            board = f"{app.name}-{payload}-{r}-{uuid.uuid4().hex[:4]}"
+            await store.create(board, app.schema, {"payload": "x" * payload})
+            finished[board] = asyncio.Event()
+            started = time.perf_counter()
+            await d.supervisor.activate_start(board)
+            await asyncio.wait_for(finished[board].wait(), 60)
+            elapsed = time.perf_counter() - started
+            if r:  # the first run warms up
+                spent += elapsed
+                for key in store.keys(board).all():
+                    stored += await store.redis.memory_usage(key, samples=0) or 0
+    listener.cancel()
+    await pubsub.aclose()
+    await store.close()
+    return spent / runs / steps * 1000, stored / runs
+
+
+def peers(
+    kind: str, dsn: str, build: Any, steps: int, payload: int, runs: int, initial: dict[str, Any]
+) -> tuple[float, float]:
+    """LangGraph with one checkpointer: ms per step and bytes stored per run."""
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    data = "x" * payload
+    if kind == "memory":
+        per_run = run_langgraph(build(InMemorySaver()), data, runs, initial)
+        return per_run / steps * 1000, float("nan")
+    if kind == "sqlite":
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        path = Path(tempfile.mkdtemp()) / "lg.sqlite"
+        conn = sqlite3.connect(path, check_same_thread=False)
+        saver = SqliteSaver(conn)
+        saver.setup()
+        graph = build(saver)
+        run_langgraph(graph, data, 1, initial)  # warm-up
+        before = os.path.getsize(path)
+        per_run = run_langgraph(graph, data, runs, initial)
+        conn.commit()
+        size = (os.path.getsize(path) - before) / runs
+        conn.close()
+        return per_run / steps * 1000, size
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    with PostgresSaver.from_conn_string(dsn) as saver:
+        saver.setup()
+        graph = build(saver)
+        run_langgraph(graph, data, 1, initial)
+
+        def used() -> int:
+            with saver.conn.cursor() as cur:
+                cur.execute(
+                    "select sum(pg_total_relation_size(c.oid)) from pg_class c "
+                    "join pg_namespace n on n.oid = c.relnamespace "
+                    "where n.nspname = 'public' and c.relkind = 'r'"
+                )
+                return int(next(iter(cur.fetchone().values())) or 0)
+
+        before = used()
+        per_run = run_langgraph(graph, data, runs, initial)
+        return per_run / steps * 1000, (used() - before) / runs
+
+
+# -- 5: history ---------------------------------------------------------------------------
+
+
+async def history_costs(store: BoardStore, versions: int) -> tuple[float, float]:
+    """ms to read a version far back, and to roll back to it, on a board with
+    ``versions`` commits (made quickly by pipelining the commit script)."""
+    board = f"h{versions}-{uuid.uuid4().hex[:4]}"
+    await store.create(board, sbench.app.schema)
+    keys = store.keys(board)
+    script = store._commit_script
+    digest = sbench.app.schema.digest
+    for start in range(0, versions, 2000):
+        pipe = store.redis.pipeline(transaction=False)
+        for v in range(start, min(versions, start + 2000)):
+            value = str(v + 1)
+            patch = codec.dumps([{"op": "add", "path": "/x", "value": v + 1}])
+            args = [
+                digest,
+                v,
+                f"p{v}",
+                store.settings.snapshot_min_bytes,
+                keys.events,
+                1,
+                0,
+                "a",
+                '"a"',
+                "write",
+                patch,
+                "",
+                "",
+                "",
+                "",
+                "",
+                board,
+                "x",
+                "set",
+                value,
+                codec.content_hash(value),
+            ]
+            pipe.evalsha(
+                script.sha,
+                9,
+                keys.meta,
+                keys.state,
+                keys.kver,
+                keys.log,
+                keys.proposals,
+                keys.snapshots,
+                keys.snapshot_index,
+                keys.khash,
+                keys.results,
+                *args,
+            )
+        await pipe.execute()
+    assert await store.version(board) == versions
+    target_v = max(1, versions // 2 - 7)  # mid-history, off any snapshot
+    samples = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        await store.read(board, at=target_v)
+        samples.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    await store.rollback(board, to=target_v, author="bench")
+    rollback_ms = (time.perf_counter() - t0) * 1000
+    return percentile(samples, 50) * 1000, rollback_ms
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+async def main() -> None:
+    RESULTS.mkdir(exist_ok=True)
+    started = time.time()
+    print(f"python -m bench  {datetime.date.today()}  {machine()}")
+    runs = 10 if QUICK else 30
+    results: dict[str, Any] = {}
+    with (
+        redis_server("--appendonly", "yes", "--appendfsync", "everysec") as url,
+        postgres_server() as dsn,
+    ):
+        store = BoardStore.from_url(url, Settings(redis_url=url))
+        await Supervisor(sbench.app, store).publish(replace=True)
+
+        print("1. ceiling vs us (commits/s)")
+        raw_seq = await sbench.raw_sequential(store, 2000)
+        raw_pipe = await raw_pipelined(store, 100, 20)
+        row("raw commit script, pipelined across 100 boards", f"{raw_pipe:,.0f}/s")
+        validated = await supervised(url, store, 100, 30)
+        row("validated proposals, one supervisor process, 100 boards", f"{validated:,.0f}/s")
+        row("validated / raw pipelined (same 100 boards)", f"{validated / raw_pipe:.2f}")
+        row("validated / raw sequential", f"{validated / raw_seq:.2f}")
+        results["validated_ratio"] = validated / raw_pipe
+
+        print("2. handoff latency, agent process -> supervisor process -> agent")
+        proc = sbench.spawn_supervisor(url)
+        await asyncio.sleep(1.0)
+        p50, p99 = await sbench.handoff_latency(store, 300 if QUICK else 1000)
+        proc.terminate()
+        proc.wait(30)
+        row("handoff, appendfsync everysec", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+        results["handoff"] = (p50, p99)
+        await store.close()
+
+        print("3. workflows, tiny board (ms per step)")
+        steps = {"chain": 4, "fan": FAN + 1}
+        tiny: dict[str, dict[str, float]] = {}
+        for name, app, build, initial in (
+            ("chain", chain, langgraph_chain, {"s1": 0, "s2": 0, "s3": 0, "s4": 0}),
+            ("fan", fan, langgraph_fan, {"done": [], "joined": 0}),
+        ):
+            tiny[name] = {"ours": (await ours(url, app, steps[name], 16, runs))[0]}
+            for kind in ("memory", "sqlite", "postgres"):
+                tiny[name][kind] = peers(kind, dsn, build, steps[name], 16, runs, initial)[0]
+            row(
+                f"{name}: ours / LangGraph memory / sqlite / postgres",
+                " / ".join(f"{tiny[name][k]:.2f}" for k in ("ours", "memory", "sqlite", "postgres"))
+                + " ms",
+            )
+        results["tiny"] = tiny
+
+        print("4. cost vs board size, chain (ms per step; bytes stored per run)")
+        sized: dict[str, dict[str, tuple[float, float]]] = {}
+        for label, size in SIZES.items():
+            n = max(2, runs // (1 if size <= 100 << 10 else 5 if size <= 1 << 20 else 15))
+            initial = {"s1": 0, "s2": 0, "s3": 0, "s4": 0}
+            sized[label] = {"ours": await ours(url, chain, 4, size, n)}
+            for kind in ("sqlite", "postgres"):
+                sized[label][kind] = peers(kind, dsn, langgraph_chain, 4, size, n, initial)
+            row(
+                f"{label}: ms/step ours / sqlite / postgres",
+                " / ".join(f"{sized[label][k][0]:.2f}" for k in ("ours", "sqlite", "postgres")),
+            )
+            row(
+                f"{label}: bytes stored per run ours / sqlite / postgres",
+                " / ".join(f"{sized[label][k][1]:,.0f}" for k in ("ours", "sqlite", "postgres")),
+            )
+        results["sized"] = sized
+
+        print("5. history (read a mid version p50; rollback to it)")
+        store = BoardStore.from_url(url, Settings(redis_url=url))
+        store.register(sbench.app.schema)
+        history = {}
+        for versions in (10, 1000, 10_000 if QUICK else 100_000):
+            history[versions] = await history_costs(store, versions)
+            row(
+                f"{versions:,} versions",
+                f"read {history[versions][0]:.2f} ms, rollback {history[versions][1]:.2f} ms",
+            )
+        results["history"] = history
+
+        print("6. concurrency: boards through one supervisor, then two")
+        scale = {}
+        for boards in (1, 10, 100, 1000):
+            per = max(3, 600 // boards)
+            scale[f"{boards} boards, 1 supervisor"] = await supervised(url, store, boards, per)
+        scale["1000 boards, 2 supervisors"] = await supervised(url, store, 1000, 3, 2)
+        for name, rate in scale.items():
+            row(name, f"{rate:,.0f} validated proposals/s")
+        results["scale"] = scale
+        await store.close()
+
+    with redis_server("--appendonly", "yes", "--appendfsync", "always") as url:
+        store = BoardStore.from_url(url, Settings(redis_url=url))
+        await Supervisor(sbench.app, store).publish(replace=True)
+        proc = sbench.spawn_supervisor(url)
+        await asyncio.sleep(1.0)
+        a50, a99 = await sbench.handoff_latency(store, 300 if QUICK else 1000)
+        proc.terminate()
+        proc.wait(30)
+        await store.close()
+        row("handoff, appendfsync always", f"p50 {a50:.2f} ms, p99 {a99:.2f} ms")
+
+    write_report(results, time.time() - started)
+    t = results["tiny"]["chain"]
+    s = results["sized"]
+    target("validated_vs_raw_pipelined_100_boards", results["validated_ratio"], ">=", 0.5)
+    target("step_tiny_vs_langgraph_sqlite", t["ours"] / t["sqlite"], "<=", 0.5)
+    target("step_tiny_vs_langgraph_postgres", t["ours"] / t["postgres"], "<=", 0.35)
+    target("step_1MB_vs_langgraph_sqlite", s["1 MB"]["ours"][0] / s["1 MB"]["sqlite"][0], "<=", 0.1)
+    target("ours_10MB_vs_1KB_step", s["10 MB"]["ours"][0] / s["1 KB"]["ours"][0], "<=", 1.5)
+    target("handoff_p50_ms_everysec", results["handoff"][0], "<=", 2)
+    target("handoff_p99_ms_everysec", results["handoff"][1], "<=", 10)
+
+
+def write_report(results: dict[str, Any], seconds: float) -> None:
+    lines = [
+        f"# Benchmark results ({datetime.date.today()})",
+        "",
+        f"Machine: {machine()}. Redis with AOF (appendfsync everysec unless noted), "
+        "PostgreSQL with fsync on, all private to this run; "
+        f"the run took {seconds / 60:.1f} min.",
+        "",
+        "| measure | result |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    plot(results)
+
+
+def plot(results: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    kinds = ["ours", "memory", "sqlite", "postgres"]
+    labels = [
+        "this framework\n(Redis, AOF)",
+        "LangGraph\nInMemorySaver",
+        "LangGraph\nSqliteSaver",
+        "LangGraph\nPostgresSaver",
+    ]
+    width = 0.38
+    for i, name in enumerate(("chain", "fan")):
+        values = [results["tiny"][name][k] for k in kinds]
+        left.bar(
+            [x + i * width for x in range(4)],
+            values,
+            width,
+            label=f"{'4-step chain' if name == 'chain' else '8-way fan-out + join'}",
+        )
+    left.set_xticks([x + width / 2 for x in range(4)], labels, fontsize=8)
+    left.set_ylabel("ms per step (durable)")
+    left.set_title("Step time, tiny board")
+    left.legend()
+    sizes = list(SIZES)
+    for kind, label in (
+        ("ours", "this framework"),
+        ("sqlite", "LangGraph + SqliteSaver"),
+        ("postgres", "LangGraph + PostgresSaver"),
+    ):
+        right.plot(sizes, [results["sized"][s][kind][0] for s in sizes], marker="o", label=label)
+    right.set_yscale("log")
+    right.set_ylabel("ms per step (log)")
+    right.set_xlabel("unchanged payload on the board")
+    right.set_title("Step time vs board size (4-step chain)")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "plot.png", dpi=110)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
