@@ -562,16 +562,7 @@ class BoardStore:
         wanted = [*dict.fromkeys([*plan.writes, *plan.reads, *proposal.reads, *extra])]
         for key in wanted:
             schema.check_key(key)
-        keys = self.keys(board_id)
-        async with _redis_errors(f"read board {board_id!r}"):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hget(keys.meta, "version")
-            pipe.hmget(keys.state, wanted)
-            pipe.hmget(keys.kver, wanted)
-            pipe.hget(keys.proposals, proposal.proposal_id)
-            version, values, kvers, earlier = await pipe.execute()
-        if version is None:
-            raise await self._not_found(board_id)
+        version, values, kvers, earlier = await self._fetch(board_id, wanted, proposal)
         before = {k: codec.loads(v) for k, v in zip(wanted, values, strict=True) if v is not None}
         touched = {k: before[k] for k in [*plan.writes, *plan.reads] if k in before}
         after = patches.apply_to(plan.ops, touched)
@@ -592,6 +583,23 @@ class BoardStore:
             else (await self._duplicate(board_id, int(earlier))).keys,
         )
 
+    async def _fetch(
+        self, board_id: str, names: list[str], proposal: Proposal
+    ) -> tuple[str, list[str | None], list[str | None], str | None]:
+        """One consistent read: version, values and key versions of ``names``, and the
+        version this proposal id committed as (if it did)."""
+        keys = self.keys(board_id)
+        async with _redis_errors(f"read board {board_id!r}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(keys.meta, "version")
+            pipe.hmget(keys.state, names)
+            pipe.hmget(keys.kver, names)
+            pipe.hget(keys.proposals, proposal.proposal_id)
+            version, values, kvers, earlier = await pipe.execute()
+        if version is None:
+            raise await self._not_found(board_id)
+        return version, values, kvers, earlier
+
     async def _apply(
         self, board_id: str, schema: BoardSchema, proposal: Proposal, plan: patches.PatchPlan
     ) -> tuple[list[tuple[str, str, str]], list[str], str] | CommitResult:
@@ -599,17 +607,8 @@ class BoardStore:
 
         Returns the writes, or the earlier commit if this proposal id already committed
         (checked first: a redelivered proposal must not turn into a conflict)."""
-        keys = self.keys(board_id)
         touched = [*plan.writes, *plan.reads]
-        async with _redis_errors(f"read board {board_id!r}"):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.hget(keys.meta, "version")
-            pipe.hmget(keys.state, touched)
-            pipe.hmget(keys.kver, touched)
-            pipe.hget(keys.proposals, proposal.proposal_id)
-            version, values, kvers, earlier = await pipe.execute()
-        if version is None:
-            raise await self._not_found(board_id)
+        version, values, kvers, earlier = await self._fetch(board_id, touched, proposal)
         if earlier is not None:
             return await self._duplicate(board_id, int(earlier))
         if proposal.base > int(version):
