@@ -37,11 +37,10 @@ from blackboard.errors import (
     FatalError,
     NeedsHuman,
     SemanticError,
-    StoreUnavailable,
     TransientError,
 )
 from blackboard.keys import GlobalKeys
-from blackboard.queues import Delivery, WorkQueue, shard_of
+from blackboard.queues import OUTAGE, Delivery, WorkQueue, shard_of
 from blackboard.records import Activation, Submission
 from blackboard.store import BoardStore
 
@@ -103,7 +102,7 @@ class AgentWorker:
                 for delivery in await self.queue.take(self.name, count=1, block_ms=200):
                     await self.handle(delivery)
                 backoff = 0.05
-            except (StoreUnavailable, ConnectionError, OSError, TimeoutError) as exc:
+            except OUTAGE as exc:
                 log.warning("agent %s: Redis unavailable, retrying: %s", self.agent.name, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)

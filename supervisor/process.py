@@ -28,10 +28,10 @@ from blackboard.supervisor.validation import Decision, Validator
 
 from blackboard import codec
 from blackboard.app import App, verdict
-from blackboard.errors import BoardNotFound, ConfigError, ProposalRejected, StoreUnavailable
+from blackboard.errors import BoardNotFound, ConfigError, ProposalRejected
 from blackboard.keys import GlobalKeys
 from blackboard.patch import is_blind
-from blackboard.queues import Delivery, WorkQueue, submit
+from blackboard.queues import OUTAGE, Delivery, WorkQueue, submit
 from blackboard.records import (
     Activation,
     BoardInfo,
@@ -176,12 +176,8 @@ class Supervisor:
                 finally:
                     await self.router.flush(collected)  # dispatches, then acks, in order
                 backoff = 0.05
-            except StoreUnavailable as exc:
+            except OUTAGE as exc:
                 log.warning("Redis unavailable, retrying: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            except (ConnectionError, OSError, TimeoutError) as exc:
-                log.warning("Redis connection lost, retrying: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -192,7 +188,7 @@ class Supervisor:
             try:
                 ack = (queue.stream, queue.group, delivery.entry_id)
                 await self.handle(sub, ack=ack, batch=batch)
-            except (StoreUnavailable, ConnectionError, OSError, TimeoutError):
+            except OUTAGE:
                 raise
             except BoardNotFound as exc:
                 await queue.dead_letter(delivery, str(exc))
@@ -673,7 +669,7 @@ class Supervisor:
         while not stop.is_set():
             try:
                 await self.check_deadlines()
-            except (StoreUnavailable, ConnectionError, OSError, TimeoutError) as exc:
+            except OUTAGE as exc:
                 log.warning("watchdog: Redis unavailable: %s", exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
