@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 from bbtest import build_app
+from blackboard.supervisor import Deployment
 
 from blackboard import BoardStore, connect
-from blackboard.supervisor import Deployment
 
 pytestmark = [pytest.mark.real_redis, pytest.mark.slow]
 
