@@ -373,3 +373,34 @@ def test_loan_example_as_separate_processes(redis_server: Any, tmp_path: Path) -
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(30)
+
+
+def test_dead_letter_listed_and_retried(boards: str) -> None:
+    async def dead_letter() -> None:
+        from blackboard.keys import GlobalKeys
+        from blackboard.queues import Delivery, WorkQueue
+
+        client = connect(boards)
+        keys = GlobalKeys("bb")
+        queue = WorkQueue(client, keys.proposals(0), "supervisor", dead_letters=keys.dead_letters)
+        await queue.ensure_group()
+        entry = await queue.put({"s": "not json"})
+        await queue.dead_letter(Delivery(entry, {"s": "not json"}, 6), "not a valid submission")
+        await client.aclose()
+
+    asyncio.run(dead_letter())
+    [letter] = json.loads(cli(boards, "dlq", "--json").output)
+    assert (letter["dl_reason"], letter["s"]) == ("not a valid submission", "not json")
+    retried = cli(boards, "retry", letter["id"])
+    assert retried.exit_code == 0 and "retried" in retried.output
+    assert json.loads(cli(boards, "dlq", "--json").output) == []
+
+    async def requeued() -> list[Any]:
+        client = connect(boards)
+        rows = await client.xrange("bb:proposals:0")
+        await client.aclose()
+        return rows
+
+    assert [f for _, f in asyncio.run(requeued())][-1] == {"s": "not json"}
+    missing = CliRunner().invoke(main, ["--redis", boards, "retry", "1-1"])
+    assert missing.exit_code == 2 and "no dead letter" in missing.output
