@@ -82,32 +82,8 @@ async def supervised(
     procs = [sbench.spawn_supervisor(url) for _ in range(supervisors)]
     try:
         await asyncio.sleep(1.0)  # let the processes import and join the group
-        tag = uuid.uuid4().hex[:6]
-        ids = [f"s{tag}-{b}" for b in range(boards)]
-        for b in ids:
-            await store.create(b, sbench.app.schema)
-        from blackboard.keys import GlobalKeys
-        from blackboard.records import Submission
-
-        stream = GlobalKeys(store.settings.key_prefix).proposals(0)
-        subs = [
-            Submission(
-                kind="proposal",
-                board_id=b,
-                author="a",
-                base=i,
-                patch=[{"op": "replace", "path": "/x", "value": i + 1}],
-            )
-            for i in range(per_board)
-            for b in ids
-        ]
-        started = time.perf_counter()
-        pipe = store.redis.pipeline(transaction=False)
-        for s in subs:
-            pipe.xadd(stream, {"s": s.model_dump_json()})
-        await pipe.execute()
-        await sbench.wait_outcomes(store, ids, len(subs), timeout=600)
-        return len(subs) / (time.perf_counter() - started)
+        rate, _ = await sbench.throughput(store, boards, per_board, tag=uuid.uuid4().hex[:6])
+        return rate
     finally:
         for p in procs:
             p.terminate()
