@@ -55,10 +55,8 @@ def _command(
             while time.monotonic() < deadline:
                 raw = await store.redis.hget(results, sub.proposal_id)
                 if raw is not None:
-                    await store.close()
                     return Outcome.model_validate_json(raw)
                 await asyncio.sleep(0.05)
-        await store.close()
         return None
 
     outcome = run_async(ctx, go)
@@ -224,7 +222,6 @@ def retry(ctx: Ctx, entry_id: str) -> None:
         fields = {k: v for k, v in rows[0][1].items() if not k.startswith("dl_")}
         new_id = await store.redis.xadd(rows[0][1]["dl_stream"], cast(Any, fields))
         await store.redis.xdel(dlq, entry_id)
-        await store.close()
         return str(new_id)
 
     new_id = run_async(ctx, go)

@@ -14,7 +14,6 @@ from rich.console import Console
 
 from blackboard.config import Settings
 from blackboard.errors import BlackboardError, ConfigError, StoreUnavailable
-from blackboard.keys import GlobalKeys
 from blackboard.store import BoardStore
 
 __all__ = ["Ctx", "emit", "main", "run_async"]
@@ -26,7 +25,7 @@ EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 class Ctx:
     """Options shared by every command."""
 
-    def __init__(self, redis: str | None, debug: bool, as_json: bool = False) -> None:
+    def __init__(self, redis: str | None, debug: bool) -> None:
         self.redis = redis
         self.debug = debug
         self._stores: list[BoardStore] = []
@@ -45,12 +44,10 @@ class Ctx:
         return store
 
     async def close(self) -> None:
-        """Close every store a command opened, whatever happened in it."""
+        """Close every store a command opened, whatever happened in it (so commands
+        never close their own)."""
         while self._stores:
             await self._stores.pop().close()
-
-    def keys(self, store: BoardStore) -> GlobalKeys:
-        return GlobalKeys(store.settings.key_prefix)
 
 
 def run_async(ctx: Ctx, fn: Callable[[], Awaitable[T]]) -> T:

@@ -70,7 +70,6 @@ def boards(ctx: Ctx, status: str | None, archived: bool, as_json: bool) -> None:
             ctx.console.print(t)
 
         emit(ctx, data, as_json, render)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -103,7 +102,6 @@ def show(ctx: Ctx, board: str, at: int | None, key: str | None, as_json: bool) -
                 ctx.console.print(f"  [cyan]{k}[/] = {shown}")
 
         emit(ctx, {"board": board, "version": state.version, "data": data}, as_json, render)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -134,7 +132,6 @@ def history(ctx: Ctx, board: str, limit: int | None, as_json: bool) -> None:
             ctx.console.print(t)
 
         emit(ctx, [e.model_dump(exclude={"undo"}) for e in entries], as_json, render)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -160,7 +157,6 @@ def diff(ctx: Ctx, board: str, v1: int, v2: int, as_json: bool) -> None:
                 ctx.console.print("(no difference)")
 
         emit(ctx, ops, as_json, render)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -199,7 +195,6 @@ def watch(ctx: Ctx, board: str, until_done: bool, timeout: float) -> None:
                     return
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await store.close()
 
     run_async(ctx, go)
 
@@ -312,9 +307,16 @@ def trace(ctx: Ctx, board: str, mermaid_file: Any, as_json: bool) -> None:
         emit(ctx, data, as_json, render)
         if mermaid_file is not None:
             mermaid_file.write(_mermaid(data))
-        await store.close()
 
     run_async(ctx, go)
+
+
+async def _boards_named(store: BoardStore, board: str | None) -> list[str]:
+    """The one board asked for (checked, with suggestions if unknown), else all."""
+    if board is not None:
+        await store.info(board)
+        return [board]
+    return [b.board_id for b in await store.boards()]
 
 
 async def _incidents(store: BoardStore, boards: list[str]) -> list[dict[str, Any]]:
@@ -338,9 +340,7 @@ def incidents(ctx: Ctx, board: str | None, as_json: bool) -> None:
 
     async def go() -> None:
         store = ctx.store()
-        if board is not None:
-            await store.info(board)
-        names = [board] if board else [b.board_id for b in await store.boards()]
+        names = await _boards_named(store, board)
         rows = await _incidents(store, names)
 
         def render() -> None:
@@ -350,7 +350,6 @@ def incidents(ctx: Ctx, board: str | None, as_json: bool) -> None:
             ctx.console.print(t)
 
         emit(ctx, rows, as_json, render)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -405,7 +404,6 @@ def escalations(ctx: Ctx, as_json: bool) -> None:
             ctx.console.print(t)
 
         emit(ctx, rows, as_json, render)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -436,7 +434,6 @@ def dlq(ctx: Ctx, as_json: bool) -> None:
             ctx.console.print(t)
 
         emit(ctx, rows, as_json, render)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -485,9 +482,7 @@ def stats(ctx: Ctx, board: str | None, as_json: bool) -> None:
 
     async def go() -> None:
         store = ctx.store()
-        if board is not None:
-            await store.info(board)
-        names = [board] if board else [b.board_id for b in await store.boards()]
+        names = await _boards_named(store, board)
         rows = [await _stats(store, b) for b in names]
 
         def render() -> None:
@@ -511,7 +506,6 @@ def stats(ctx: Ctx, board: str | None, as_json: bool) -> None:
             ctx.console.print(t)
 
         emit(ctx, rows, as_json, render)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -574,6 +568,5 @@ def agents(ctx: Ctx, as_json: bool) -> None:
                 )
 
         emit(ctx, data, as_json, render)
-        await store.close()
 
     run_async(ctx, go)

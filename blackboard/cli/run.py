@@ -65,7 +65,6 @@ def supervisor(
         stop = _stop_on_signals()
         click.echo(f"supervisor {sup.name} running app {app.name}", err=True)
         await sup.run(stop)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -88,7 +87,6 @@ def agent(ctx: Ctx, agent_name: str, app_spec: str, name: str | None, shards: in
         stop = _stop_on_signals()
         click.echo(f"agent {worker.name} running", err=True)
         await worker.run(stop)
-        await store.close()
 
     run_async(ctx, go)
 
@@ -147,7 +145,6 @@ def run_app(
                 click.echo(f"v{e.version:<3} {e.kind:<9} {e.author:<20} {', '.join(e.keys)}")
             click.echo(f"board {board}: {info.status} at version {info.version}")
             click.echo(json.dumps(state.data, indent=2, default=str))
-        await store.close()
         return info.status
 
     status = run_async(ctx, go)

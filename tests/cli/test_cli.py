@@ -404,3 +404,25 @@ def test_dead_letter_listed_and_retried(boards: str) -> None:
     assert [f for _, f in asyncio.run(requeued())][-1] == {"s": "not json"}
     missing = CliRunner().invoke(main, ["--redis", boards, "retry", "1-1"])
     assert missing.exit_code == 2 and "no dead letter" in missing.output
+
+
+def test_bad_app_specs_and_arguments_are_usage_errors(boards: str) -> None:
+    cases = [
+        (["supervisor", "--app", "no_colon"], "expected 'pkg.module:attribute'"),
+        (["supervisor", "--app", "no_such_module:app"], "cannot import 'no_such_module'"),
+        (["agent", "risk", "--app", "examples.loan:CASES"], "is dict, not a blackboard App"),
+        (["set", "loan-clean", "verdict"], "'verdict' is not KEY=JSON"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(main, ["--redis", boards, *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_start_on_an_existing_board_fails_cleanly(boards: str) -> None:
+    result = CliRunner().invoke(
+        main, ["--redis", boards, "start", "--app", "examples.loan:app", "--board", "loan-clean"]
+    )
+    assert result.exit_code == 1
+    assert "board 'loan-clean' already exists" in result.output
+    assert json.loads(cli(boards, "show", "loan-clean", "--json").output)["version"] == 3
