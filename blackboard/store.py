@@ -143,6 +143,15 @@ class BoardStore:
             )
         self._schemas[schema.digest] = schema
 
+    CACHE_LIMIT = 10_000
+    """Boards whose declaration digest is cached; past it the cache starts over, so a
+    long-running process does not grow with every board it ever saw."""
+
+    def _remember(self, board_id: str, digest: str) -> None:
+        if len(self._board_digest) >= self.CACHE_LIMIT:
+            self._board_digest.clear()
+        self._board_digest[board_id] = digest
+
     async def declaration(self, board_id: str) -> BoardSchema:
         """The board's declaration as stored in Redis (describes; cannot validate)."""
         async with _redis_errors(f"read the declaration of board {board_id!r}"):
@@ -158,7 +167,7 @@ class BoardStore:
                 digest = cast("str | None", await self.redis.hget(self.keys(board_id).meta, "decl"))
             if digest is None:
                 raise await self._not_found(board_id)
-            self._board_digest[board_id] = digest
+            self._remember(board_id, digest)
         schema = self._schemas.get(digest)
         if schema is None:
             stored = await self.declaration(board_id)
@@ -210,7 +219,7 @@ class BoardStore:
             if await self.redis.zscore(self._global.archived, board_id) is not None:
                 await self.redis.zrem(self._global.boards, board_id)  # undo our index entry
             raise BoardExists(board_id)
-        self._board_digest[board_id] = schema.digest
+        self._remember(board_id, schema.digest)
         log.info("board created", extra={"board": board_id, "schema": schema.name})
         return await self.info(board_id)
 
@@ -362,8 +371,9 @@ class BoardStore:
 
     async def fingerprint(self, board_id: str) -> str:
         """A hash of the board's content (not its version): equal content, equal
-        fingerprint. Built from per-key hashes the commit keeps, so it costs O(keys),
-        not O(board bytes). Loop detection compares these."""
+        fingerprint, whatever the JSON member order. Built from the per-key hashes the
+        commit keeps, so it costs O(keys), not O(board bytes); the supervisor's loop
+        detection (route.lua) compares the same per-key hashes inside its script."""
         async with _redis_errors(f"read board {board_id!r}"):
             hashes = cast("dict[str, str]", await self.redis.hgetall(self.keys(board_id).khash))
         return codec.content_hash(",".join(f"{k}={hashes[k]}" for k in sorted(hashes)))

@@ -377,6 +377,8 @@ class Supervisor:
         """A board's deadline is fixed when it starts: cached."""
         if board_id not in self._deadlines:
             raw = await self.redis.hget(self.keys.board(board_id).meta, "deadline_ms")
+            if len(self._deadlines) >= self.store.CACHE_LIMIT:  # bounded, like the store's
+                self._deadlines.clear()
             self._deadlines[board_id] = int(raw or 0)
         return self._deadlines[board_id]
 

@@ -523,3 +523,18 @@ async def test_read_of_undeclared_key_and_history_misuse(store: BoardStore, boar
         await store.read_key(board, "colour")
     with pytest.raises(ConfigError, match="limit >= 1"):
         await store.history(board, limit=0)
+
+
+async def test_declaration_cache_is_bounded(store: BoardStore, loan_schema: BoardSchema) -> None:
+    store.CACHE_LIMIT = 2  # type: ignore[misc]
+    for i in range(5):
+        await store.create(f"c{i}", loan_schema)
+        await store.commit(f"c{i}", Proposal.updates("risk", 0, {"risk_rating": "low"}))
+    assert len(store._board_digest) <= 2
+    other = BoardStore(store.redis, store.settings)
+    other.register(loan_schema)
+    other.CACHE_LIMIT = 2  # type: ignore[misc]
+    for i in range(5):  # a fresh process rebuilds what it needs from Redis
+        result = await other.commit(f"c{i}", Proposal.updates("risk", 1, {"risk_rating": "high"}))
+        assert result.version == 2
+    assert len(other._board_digest) <= 2
