@@ -297,7 +297,7 @@ class BoundTools:
         task.add_done_callback(self._running.discard)
         try:
             return await asyncio.wait_for(asyncio.shield(task), tool.timeout_s)
-        except (TimeoutError, asyncio.TimeoutError) as exc:
+        except TimeoutError as exc:
             raise TransientError(
                 f"tool {tool.name!r} timed out after {tool.timeout_s:g} s; "
                 "it may still complete: retry with the same key to collect "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import click
@@ -24,7 +24,7 @@ __all__: list[str] = []
 def _when(ms: int | str | None) -> str:
     if not ms:
         return "-"
-    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%H:%M:%S")
+    return datetime.fromtimestamp(int(ms) / 1000, tz=UTC).strftime("%H:%M:%S")
 
 
 def _size(n: int) -> str:
