@@ -5,6 +5,7 @@ compensation of a failed board's side effects. Both backends."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -111,7 +112,7 @@ async def test_rate_limit_in_one_process(store: BoardStore) -> None:
     calls: list[float] = []
 
     async def ping(_: Charge) -> Receipt:
-        calls.append(asyncio.get_running_loop().time())
+        calls.append(time.time())  # the limiter's clock (Redis TIME), not the monotonic one
         return Receipt(receipt="ok")
 
     registry = ToolRegistry([Tool("ping", ping, Charge, Receipt, rate_limit=(3, 0.3))])
