@@ -141,6 +141,11 @@ class Agent:
     triggers: tuple[Trigger, ...] = ()
     handoffs: tuple[str, ...] | None = None
 
+    @property
+    def sees(self) -> list[str]:
+        """The board keys in its context: those it reads, then those it owns."""
+        return [*dict.fromkeys([*self.reads, *self.owns])]
+
     async def run(self, ctx: Context) -> Output | Mapping[str, Any] | None:
         raise NotImplementedError(f"agent {self.name!r} must implement async run(ctx)")
 

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from blackboard.agents.agent import Agent, Context, Output, to_output
@@ -41,7 +42,7 @@ from blackboard.errors import (
 )
 from blackboard.keys import GlobalKeys
 from blackboard.queues import OUTAGE, Delivery, WorkQueue, shard_of
-from blackboard.records import Activation, Submission
+from blackboard.records import Activation, ContextRead, Submission
 from blackboard.store import BoardStore
 
 __all__ = ["AgentWorker"]
@@ -49,7 +50,14 @@ __all__ = ["AgentWorker"]
 log = logging.getLogger(__name__)
 
 GROUP = "workers"
+STOPPED = ("escalated", "done", "failed", None)
+"""Board statuses (None: gone) on which nothing more is run."""
 TRANSIENT = (TransientError, ConnectionError, TimeoutError, asyncio.TimeoutError)
+
+
+class _Expired(Exception):
+    """The activation's own deadline passed: not retried (a new attempt would start
+    after it), and reported in the watchdog's words, whichever of the two is first."""
 
 
 class AgentWorker:
@@ -91,6 +99,9 @@ class AgentWorker:
             claim_idle_ms=app.limits.claim_idle_ms,
         )
         self.current: str | None = None
+        self.submit_local: Callable[[Submission, Activation], Awaitable[Any]] | None = None
+        """Set when the supervisor runs in this process (embedded mode): activations
+        handed over by :meth:`run_local` are submitted to it directly."""
         store.register(app.schema)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -119,12 +130,7 @@ class AgentWorker:
             await self.queue.dead_letter(delivery, f"unknown activation {aid!r}")
             return
         act = Activation.model_validate_json(raw)
-        if act.status in ("submitted", "failed", "timed_out", "cancelled") or status in (
-            "escalated",
-            "done",
-            "failed",
-            None,
-        ):
+        if act.status in ("submitted", "failed", "timed_out", "cancelled") or status in STOPPED:
             await self.queue.ack(delivery.entry_id)  # already done, or nothing to do
             return
         self.current = aid
@@ -135,6 +141,38 @@ class AgentWorker:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
+            self.current = None
+
+    async def run_local(
+        self,
+        board_id: str,
+        activation_id: str,
+        record: Activation | None,
+        context: ContextRead | None = None,
+    ) -> None:
+        """Run an activation handed over in this process by the supervisor (embedded
+        mode): no queue, no stream. ``record`` is the activation the supervisor just
+        created, ``context`` the board read with the commit that created it. Without a
+        record (a recovery), it is read, and run only if still open on a board not
+        stopped; if its submission was kept, that is sent again instead."""
+        if record is None:
+            bk = self.keys.board(board_id)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(bk.activations, activation_id)
+            pipe.hget(bk.meta, "status")
+            pipe.zscore(bk.open, activation_id)
+            raw, status, still_open = await pipe.execute()
+            if raw is None or status in STOPPED or still_open is None:
+                return
+            record = Activation.model_validate_json(raw)
+            if record.submission is not None:  # it ran and submitted; routing did not finish
+                kept = Submission.model_validate(record.submission)
+                await self._submit_local(kept, record.model_copy(update={"submission": None}))
+                return
+        self.current = activation_id
+        try:
+            await self._activate(record, None, context)
+        finally:
             self.current = None
 
     async def _heartbeat(self, entry_id: str) -> None:
@@ -151,32 +189,31 @@ class AgentWorker:
             except RedisError as exc:  # the next beat may get through; the work goes on
                 log.warning("agent %s: heartbeat failed: %s", self.agent.name, exc)
 
-    async def _activate(self, act: Activation, entry_id: str) -> None:
+    async def _activate(
+        self, act: Activation, entry_id: str | None, read: ContextRead | None = None
+    ) -> None:
         """Run the agent and submit what it produced. Three round trips in all: the
         context read (with the 'running' mark), the agent, then submission, the
-        activation record and the queue ack in one pipeline (the ack last)."""
+        activation record and the queue ack in one pipeline (the ack last). Without a
+        queue entry (embedded mode), the submission goes to the supervisor in this
+        process, and the record is written by the routing that closes the activation."""
         started = time.time()
         act.status = "running"
-        retries = 0
-
-        def count(state: RetryCallState) -> None:
-            nonlocal retries
-            retries = state.attempt_number
-
         kind, error, reason = "proposal", "", ""
         output = Output()
         ctx: Context | None = None
+
+        async def attempt() -> None:
+            nonlocal ctx, read, output
+            ctx = await self._context(act, read)
+            read = None  # a retry reads afresh
+            output = to_output(await self._run(ctx, act))
+
+        tried = [0]
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(TRANSIENT),
-                stop=stop_after_attempt(self.retries),
-                wait=wait_random_exponential(multiplier=0.05, max=2.0),
-                before_sleep=count,
-                reraise=True,
-            ):
-                with attempt:
-                    ctx = await self._context(act)
-                    output = to_output(await self._run(ctx, act))
+            await self._attempts(attempt, tried)
+        except _Expired as exc:
+            kind, error, reason = "failure", "timeout", str(exc)
         except SemanticError as exc:
             kind, error, reason = "failure", "semantic", str(exc)
         except (TypeError, ValueError) as exc:
@@ -185,7 +222,7 @@ class AgentWorker:
             # Escalate (as a timeout), do not fail the board: a slow call may still be
             # completing, and failing would compensate its effects too early.
             kind, error = "failure", "timeout"
-            reason = f"gave up after {retries + 1} attempts: {type(exc).__name__}: {exc}"
+            reason = f"gave up after {tried[0] + 1} attempts: {type(exc).__name__}: {exc}"
         except NeedsHuman as exc:
             kind, error, reason = "failure", "human", str(exc)
         except FatalError as exc:
@@ -231,15 +268,18 @@ class AgentWorker:
                     f"the activation's output could not be submitted: {exc.errors()[0]['msg']}"
                 )[:2000],
             )
-        stream = self.keys.proposals(shard_of(act.board_id, self.shards))
         act.status = "submitted" if kind == "proposal" else "failed"
         act.finished_ms = int(time.time() * 1000)
         act.duration_ms = int((time.time() - started) * 1000)
-        act.retries, act.outcome = retries, error or "proposed"
+        act.retries, act.outcome = tried[0], error or "proposed"
         act.tokens_in, act.tokens_out, act.cost = tokens_in, tokens_out, cost
         act.output = {"patch": patch, "handoff": handoff.model_dump() if handoff else None}
         if ctx is not None and ctx.tools is not None:
             act.tool_calls = list(ctx.tools.calls)
+        if entry_id is None:
+            await self._submit_local(submission, act)
+            return
+        stream = self.keys.proposals(shard_of(act.board_id, self.shards))
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(stream, {"s": submission.model_dump_json()})
         pipe.hset(
@@ -248,23 +288,88 @@ class AgentWorker:
         pipe.xack(self.queue.stream, GROUP, entry_id)
         await pipe.execute()
 
-    async def _run(self, ctx: Context, act: Activation) -> Any:
-        if ctx.deadline_s is not None and ctx.deadline_s <= 0:
-            raise TimeoutError(f"activation {act.activation_id} started after its deadline")
-        return await asyncio.wait_for(self.agent.run(ctx), ctx.deadline_s)
+    async def _submit_local(self, submission: Submission, act: Activation) -> None:
+        """Hand the submission to the supervisor in this process. A reply lost to an
+        outage is not a lost submission: it is sent again (a commit already made is
+        recognised by its proposal id, and the routing's pending activations come
+        back), until Redis answers or the activation's deadline passes."""
+        assert self.submit_local is not None, "run_local needs submit_local"
+        backoff = 0.05
+        while True:
+            try:
+                await self.submit_local(submission, act)
+                return
+            except OUTAGE as exc:
+                if act.deadline_ms and time.time() * 1000 > act.deadline_ms:
+                    raise  # left open: the watchdog reports it, a restart resends it
+                log.warning("agent %s: Redis unavailable, resubmitting: %s", self.agent.name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
 
-    async def _context(self, act: Activation) -> Context:
-        """The agent's keys (those it reads and owns, nothing else) at the current version."""
-        keys = [*dict.fromkeys([*self.agent.reads, *self.agent.owns])]
+    async def _attempts(self, attempt: Callable[[], Awaitable[None]], tried: list[int]) -> None:
+        """Run ``attempt``, retrying transient failures with exponential backoff and
+        jitter, capped, up to ``retries`` attempts in all (``tried[0]``: the attempts
+        made before the last one). The first attempt runs without the retry machinery,
+        whose cost would otherwise be paid on every activation."""
+        try:
+            await attempt()
+            return
+        except TRANSIENT:
+            if self.retries <= 1:
+                raise
+        # U(0, 0.05 s) after the first attempt, then doubling: this loop counts from the
+        # second attempt, so its own waits use twice the multiplier for the same sequence.
+        first = wait_random_exponential(multiplier=0.05, max=2.0)
+
+        async def before(state: RetryCallState) -> None:
+            tried[0] = state.attempt_number
+            if state.attempt_number == 1:
+                await asyncio.sleep(first(state))
+
+        async for retry in AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT),
+            stop=stop_after_attempt(self.retries - 1),
+            before=before,
+            wait=wait_random_exponential(multiplier=0.1, max=2.0),
+            reraise=True,
+        ):
+            with retry:
+                await attempt()
+
+    async def _run(self, ctx: Context, act: Activation) -> Any:
+        expired = _Expired(
+            f"activation {act.activation_id} of {act.agent!r} timed out "
+            f"after {self.app.limits.activation_timeout_s:g} s"
+        )
+        if ctx.deadline_s is not None and ctx.deadline_s <= 0:
+            raise expired
+        scope = asyncio.timeout(ctx.deadline_s)  # no task of its own, unlike wait_for
+        try:
+            async with scope:
+                return await self.agent.run(ctx)
+        except TimeoutError:
+            if scope.expired():  # the activation's deadline, not a timeout inside the agent
+                raise expired from None
+            raise
+
+    async def _context(self, act: Activation, read: ContextRead | None = None) -> Context:
+        """The agent's keys (those it reads and owns, nothing else) at the current
+        version, or as ``read`` with the commit that activated it."""
+        keys = self.agent.sees
         if act.reason == "summarise" and act.payload.get("key") in self.app.schema.keys:
             keys.append(str(act.payload["key"]))
-        bk = self.keys.board(act.board_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(bk.activations, act.activation_id, act.model_dump_json())  # running
-        pipe.hget(bk.meta, "version")
-        pipe.hmget(bk.state, keys or ["-"])
-        pipe.hgetall(bk.loops)
-        _, version, values, loops = await pipe.execute()
+        if read is not None and all(k in read.values for k in keys):
+            version: Any = read.version
+            values: list[Any] = [read.values.get(k) for k in keys]
+            loops: Any = read.loops
+        else:
+            bk = self.keys.board(act.board_id)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(bk.activations, act.activation_id, act.model_dump_json())  # running
+            pipe.hget(bk.meta, "version")
+            pipe.hmget(bk.state, keys or ["-"])
+            pipe.hgetall(bk.loops)
+            _, version, values, loops = await pipe.execute()
         board = {k: codec.loads(v) for k, v in zip(keys, values, strict=False) if v is not None}
         failed = {
             k[7:]: v for k, v in cast(dict[str, str], loops).items() if k.startswith("failed:")

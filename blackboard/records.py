@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +17,7 @@ __all__ = [
     "BoardState",
     "CommitKind",
     "CommitResult",
+    "ContextRead",
     "Handoff",
     "LogEntry",
     "Outcome",
@@ -237,6 +239,21 @@ class Activation(BaseModel):
     """What it proposed: ``{"patch": [...], "handoff": {...}}``."""
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     """Tool calls made: tool, idempotency key, duration."""
+    submission: dict[str, Any] | None = None
+    """Embedded mode, when committing and routing take more than one step: what the
+    agent submitted, kept until the routing closes the activation, so a restart sends
+    it again rather than running the agent a second time."""
+
+
+@dataclass
+class ContextRead:
+    """What an agent's context is made of, read in the same atomic step as the commit
+    that activated it (embedded mode): the board version, the raw JSON values of the
+    keys it sees (None: unset), and the board's loop state."""
+
+    version: int
+    values: dict[str, str | None]
+    loops: dict[str, str]
 
 
 class Preview(BaseModel):

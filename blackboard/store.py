@@ -23,6 +23,7 @@ import jsonpatch
 from pydantic import ValidationError as PydanticValidationError
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from blackboard import codec, history
@@ -238,37 +239,40 @@ class BoardStore:
             ids = cast("list[str]", await self.redis.zrange(index, offset, offset + limit - 1))
         return await self._infos(ids)
 
+    _INFO = ("version", "status", "compliant", "decl", "bytes", "tokens", "created", "updated")
+
     async def _infos(self, board_ids: Iterable[str]) -> list[BoardInfo]:
         ids = list(board_ids)
-        fields = ("version", "status", "compliant", "decl", "bytes", "tokens", "created", "updated")
         async with _redis_errors("read board metadata"):
             pipe = self.redis.pipeline(transaction=False)
             for board_id in ids:
-                keys = self.keys(board_id)
-                pipe.hmget(keys.meta, fields)
-                pipe.get(keys.declaration)
+                self._read_info(pipe, board_id)
             replies = await pipe.execute()
-        result = []
-        for i, board_id in enumerate(ids):
-            meta, decl = replies[2 * i], replies[2 * i + 1]
-            if meta[0] is None or decl is None:
-                continue  # index entry of a board whose creation did not finish
-            m = dict(zip(fields, meta, strict=False))
-            result.append(
-                BoardInfo(
-                    board_id=board_id,
-                    schema_name=codec.loads(decl)["name"],
-                    digest=m["decl"],
-                    status=m["status"],
-                    version=int(m["version"]),
-                    compliant=int(m["compliant"]),
-                    bytes=int(m["bytes"]),
-                    tokens=int(m["tokens"]),
-                    created_ms=int(m["created"]),
-                    updated_ms=int(m["updated"]),
-                )
-            )
-        return result
+        infos = (self._info(b, replies[2 * i], replies[2 * i + 1]) for i, b in enumerate(ids))
+        return [info for info in infos if info is not None]
+
+    def _read_info(self, pipe: Pipeline, board_id: str) -> None:
+        """Queue the two reads :meth:`_info` makes a :class:`BoardInfo` of."""
+        keys = self.keys(board_id)
+        pipe.hmget(keys.meta, self._INFO)
+        pipe.get(keys.declaration)
+
+    def _info(self, board_id: str, meta: list[str | None], decl: str | None) -> BoardInfo | None:
+        if meta[0] is None or decl is None:
+            return None  # index entry of a board whose creation did not finish
+        m = cast("dict[str, str]", dict(zip(self._INFO, meta, strict=True)))
+        return BoardInfo(
+            board_id=board_id,
+            schema_name=codec.loads(decl)["name"],
+            digest=m["decl"],
+            status=m["status"],
+            version=int(m["version"]),
+            compliant=int(m["compliant"]),
+            bytes=int(m["bytes"]),
+            tokens=int(m["tokens"]),
+            created_ms=int(m["created"]),
+            updated_ms=int(m["updated"]),
+        )
 
     async def archive(self, board_id: str) -> None:
         """Freeze a board: readable (content, history), refuses commits, listed apart."""

@@ -1,12 +1,21 @@
 """Embedded mode: the supervisor and every agent in this process, on one store.
 
-The same code as the separate processes, run as asyncio tasks: what works embedded works
-distributed, and the other way round.
+The same components as the separate processes, run as asyncio tasks. One difference:
+activations and submissions between the supervisor and the agents here are handed over
+in memory instead of through Redis streams, so a step costs one round trip (the commit,
+its routing and the next agent's context in one script). Everything of record is still
+in Redis before the next agent runs: an activation stays open in its board's outbox
+until its routing closes it, and a deployment started after a crash runs the unfinished
+ones again, or resends what they had submitted (commits stay exactly-once; agent work
+is at least once, as with queues). Two deployments of one app on one Redis would each
+recover the other's activations in hand when they start: run one per app.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -16,10 +25,15 @@ from blackboard.supervisor.process import Supervisor
 
 from blackboard.app import App
 from blackboard.errors import BlackboardError
-from blackboard.records import BoardInfo, Outcome, Submission
+from blackboard.queues import OUTAGE
+from blackboard.records import Activation, BoardInfo, ContextRead, Outcome, Submission
 from blackboard.store import BoardStore
 
 __all__ = ["Deployment"]
+
+log = logging.getLogger(__name__)
+
+_Handed = tuple[str, str, Activation | None, ContextRead | None]
 
 SETTLED = ("done", "escalated", "failed", "awaiting_approval", "paused")
 
@@ -42,18 +56,88 @@ class Deployment:
             for name in app.agent_names
             for i in range(workers)
         ]
+        self._handed: dict[str, asyncio.Queue[_Handed | None]] = {
+            name: asyncio.Queue() for name in app.agent_names
+        }
+        self._in_hand: dict[str, set[str]] = {}
+        """Per board: the activations handed to agents here and not finished."""
+        self._quiet: dict[str, asyncio.Event] = {}
+        """Per board: set when its last activation in hand here finishes."""
+        for worker in self.workers:
+            worker.submit_local = self.supervisor.submit_local
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Deployment:
         await self.supervisor.publish(replace=True)
+        self.supervisor.router.local = self._hand_over
         self._tasks = [asyncio.create_task(self.supervisor.run(self._stop))]
         self._tasks += [asyncio.create_task(w.run(self._stop)) for w in self.workers]
+        self._tasks += [asyncio.create_task(self._work_handed(w)) for w in self.workers]
+        try:
+            await self.supervisor.recover()
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
+        for worker in self.workers:  # each finishes what it holds, then stops
+            self._handed[worker.agent.name].put_nowait(None)
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.supervisor.router.local = None
+
+    def _hand_over(
+        self,
+        board_id: str,
+        activation_id: str,
+        agent: str,
+        record: Activation | None,
+        context: ContextRead | None,
+    ) -> bool:
+        """The supervisor's local dispatch: queue the activation for the agent's workers
+        here (once, however often it is dispatched while in hand)."""
+        handed = self._handed.get(agent)
+        if handed is None or self._stop.is_set():
+            return False
+        held = self._in_hand.setdefault(board_id, set())
+        if activation_id not in held:
+            held.add(activation_id)
+            handed.put_nowait((board_id, activation_id, record, context))
+        return True
+
+    def _finished(self, board_id: str, activation_id: str) -> None:
+        held = self._in_hand.get(board_id, set())
+        held.discard(activation_id)
+        if not held:
+            self._in_hand.pop(board_id, None)
+            if (quiet := self._quiet.pop(board_id, None)) is not None:
+                quiet.set()
+
+    async def _work_handed(self, worker: AgentWorker) -> None:
+        handed = self._handed[worker.agent.name]
+        while (item := await handed.get()) is not None:
+            board_id, activation_id, record, context = item
+            if self.supervisor.stopped(board_id):  # stopped while this one waited
+                self._finished(board_id, activation_id)
+                continue
+            backoff = 0.05
+            try:
+                while True:
+                    try:
+                        await worker.run_local(board_id, activation_id, record, context)
+                        break
+                    except OUTAGE as exc:  # run it again once Redis is back
+                        if self._stop.is_set():
+                            break
+                        log.warning("agent %s: Redis unavailable, retrying: %s", worker.name, exc)
+                        await asyncio.sleep(backoff)
+                        backoff, record, context = min(backoff * 2, 2.0), None, None
+            except Exception:  # left open: the watchdog times it out, a restart reruns it
+                log.exception("agent %s failed on board %s", worker.agent.name, board_id)
+            finally:
+                self._finished(board_id, activation_id)
 
     async def start(self, board_id: str, initial: Mapping[str, Any] | None = None) -> BoardInfo:
         return await self.supervisor.start(board_id, initial)
@@ -61,21 +145,34 @@ class Deployment:
     async def settle(
         self, board_id: str, timeout: float = 30.0, *, poll_s: float = 0.005
     ) -> BoardInfo:
-        """Wait until the board is done, stopped, held, or has nothing left to do."""
+        """Wait until the board is done, stopped, held, or has nothing left to do.
+
+        While agents here hold its activations, it waits for them to finish; otherwise
+        (activations with agents elsewhere) it looks at Redis every ``poll_s``."""
         bk = self.supervisor.keys.board(board_id)
         deadline = time.monotonic() + timeout
         while True:
             for task in self._tasks:  # a crashed component must not look like a hang
                 if task.done() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+            left = deadline - time.monotonic()
+            if board_id in self._in_hand and left > 0:
+                quiet = self._quiet.setdefault(board_id, asyncio.Event())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(quiet.wait(), min(left, 0.5))
+                continue
             pipe = self.store.redis.pipeline(transaction=True)  # one consistent look
-            pipe.hget(bk.meta, "status")
+            self.store._read_info(pipe, board_id)
             pipe.zcard(bk.open)
             pipe.hlen(bk.outbox)
-            status, open_, outbox = await pipe.execute()
+            meta, decl, open_, outbox = await pipe.execute()
+            info = self.store._info(board_id, meta, decl)
+            if info is None:
+                raise await self.store._not_found(board_id)
+            status = info.status
             if status in SETTLED or (open_ == 0 and outbox == 0):
-                return await self.store.info(board_id)
-            if time.monotonic() > deadline:
+                return info
+            if left <= 0:
                 raise BlackboardError(
                     f"board {board_id!r} did not settle in {timeout:g} s "
                     f"(status {status}, {open_} open activations)."

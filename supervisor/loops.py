@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -19,10 +20,16 @@ from redis.asyncio import Redis
 
 from blackboard import codec
 from blackboard.app import Limits
+from blackboard.connection import Command, Pipeliner
 from blackboard.keys import GlobalKeys
-from blackboard.records import Activation
+from blackboard.records import Activation, ContextRead
 
-__all__ = ["RouteResult", "Routing", "Router"]
+__all__ = ["LocalDispatch", "RouteResult", "Routing", "Router"]
+
+
+LocalDispatch = Callable[[str, str, str, "Activation | None", "ContextRead | None"], bool]
+"""``(board id, activation id, agent, record or None, context or None) -> taken``: hands
+an activation to an agent in this process; False if that agent does not run here."""
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,8 @@ class Routing:
     """The submission's outcome JSON, recorded atomically with the routing."""
     escalate: str = ""
     """``kind|detail``: escalate the board (unless already stopped) instead of routing."""
+    report: str = ""
+    """The closed activation's final record (JSON), written as it is closed."""
 
 
 @dataclass
@@ -61,37 +70,50 @@ class RouteResult:
 
 _DRIVER = """
 --[[ commit_route: commit.lua then route.lua in one atomic call, for a proposal whose
-routing does not depend on what the commit changed (a handoff at most).
+routing does not depend on what the commit changed (a handoff at most); or route.lua
+alone (no commit KEYS). Either can read the next agents' context in the same step.
 
-KEYS: commit.lua's KEYS (ARGV[1] of them), then route.lua's.
-ARGV[1] number of commit KEYS, ARGV[2] number of commit ARGV, then commit.lua's ARGV,
-then route.lua's ARGV, in which the version, the compliant flag, the outcome and each
-activation record's "base":-1 are placeholders filled from the commit's result.
+KEYS: commit.lua's KEYS (ARGV[1] of them), then route.lua's, then (if ARGV[3] > 0) the
+board's state hash.
+ARGV[1] number of commit KEYS, ARGV[2] number of commit ARGV, ARGV[3] C: number of
+board keys to read for the next agents' context (0 = none), then those C keys, then
+commit.lua's ARGV, then route.lua's ARGV, in which, with a commit, the version, the
+compliant flag, the outcome and each activation record's "base":-1 are placeholders
+filled from the commit's result.
 Returns {'commit', commit reply} if the commit did not happen (nothing routed), else
-{'both', commit reply, route reply}.
+{'both', commit reply or {}, route reply[, {version, values of the C keys, loops}]}:
+the context read in the same atomic step (when C > 0 and the routing went through).
 ]]
-local NK, NA = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ck, ca, rk, ra = {}, {}, {}, {}
+local NK, NA, NC = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = (NC > 0) and #KEYS - 1 or #KEYS
+local ck, ca, rk, ra, cx = {}, {}, {}, {}, {}
 for i = 1, NK do ck[i] = KEYS[i] end
-for i = NK + 1, #KEYS do rk[#rk + 1] = KEYS[i] end
-for i = 3, NA + 2 do ca[#ca + 1] = ARGV[i] end
-for i = NA + 3, #ARGV do ra[#ra + 1] = ARGV[i] end
-local c = commit(ck, ca)
-if c[1] ~= 'ok' then return {'commit', c} end
-local v = c[2]
-local changed = {}
-for i = 4, #c do changed[#changed + 1] = '"' .. c[i] .. '"' end
-ra[15] = v
-ra[#ra - 1] = (#changed > 0) and '1' or '0'
-ra[#ra] = '{"status":"committed","version":' .. v .. ',"keys":[' ..
-  table.concat(changed, ',') .. '],"audit":"","reason":"","message":""}'
-local P = tonumber(ra[16])
-local A = tonumber(ra[17 + P])
-for i = 0, A - 1 do
-  local o = 17 + P + 1 + 5 * i + 3
-  ra[o] = (string.gsub(ra[o], '"base":%-1,', '"base":' .. v .. ',', 1))
+for i = NK + 1, last do rk[#rk + 1] = KEYS[i] end
+for i = 4, NC + 3 do cx[#cx + 1] = ARGV[i] end
+for i = NC + 4, NC + NA + 3 do ca[#ca + 1] = ARGV[i] end
+for i = NC + NA + 4, #ARGV do ra[#ra + 1] = ARGV[i] end
+local c = {}
+if NK > 0 then
+  c = commit(ck, ca)
+  if c[1] ~= 'ok' then return {'commit', c} end
+  local v = c[2]
+  local changed = {}
+  for i = 4, #c do changed[#changed + 1] = '"' .. c[i] .. '"' end
+  ra[15] = v
+  ra[#ra - 2] = (#changed > 0) and '1' or '0'
+  ra[#ra - 1] = '{"status":"committed","version":' .. v .. ',"keys":[' ..
+    table.concat(changed, ',') .. '],"audit":"","reason":"","message":""}'
+  local P = tonumber(ra[16])
+  local A = tonumber(ra[17 + P])
+  for i = 0, A - 1 do
+    local o = 17 + P + 1 + 5 * i + 3
+    ra[o] = (string.gsub(ra[o], '"base":%-1,', '"base":' .. v .. ',', 1))
+  end
 end
-return {'both', c, route(rk, ra)}
+local r = route(rk, ra)
+if NC == 0 or r[1] ~= 'ok' then return {'both', c, r} end
+return {'both', c, r, {redis.call('HGET', rk[1], 'version'),
+  redis.call('HMGET', KEYS[#KEYS], unpack(cx)), redis.call('HGETALL', rk[2])}}
 """
 
 
@@ -113,10 +135,31 @@ class Router:
         source = resources.files("blackboard.supervisor").joinpath("lua", "route.lua")
         self._script = redis.register_script(source.read_text())
         self._commit_route = redis.register_script(_combined())
+        self.pipeliner = Pipeliner(redis)
+        self.local: LocalDispatch | None = None
+        """Takes activations of agents running in this process (embedded mode)."""
 
-    async def route(self, board_id: str, step: Routing) -> RouteResult:
+    async def route(
+        self,
+        board_id: str,
+        step: Routing,
+        *,
+        deadline_ms: int = 0,
+        context: Sequence[str] = (),
+    ) -> tuple[RouteResult, ContextRead | None]:
+        """Run the control step. With ``deadline_ms``, the watchdog is told first, in
+        the same round trip: an activation never exists without its deadline watched.
+        ``context``: board keys to read for the agents activated (embedded mode)."""
+        before = [self.watch(board_id, deadline_ms)] if deadline_ms else []
+        if context:
+            _, routed, read = await self.commit_and_route(
+                board_id, [], [], step, before=before, context=context
+            )
+            assert routed is not None  # no commit, so nothing can refuse it
+            return routed, read
         keys, args = self._call(board_id, step)
-        return await self._parse(board_id, step, await self._script(keys=keys, args=args))
+        replies = await self.pipeliner.execute(*before, ("script", (self._script, keys, args), {}))
+        return await self._parse(board_id, step, replies[-1]), None
 
     async def pending(self, board_id: str) -> RouteResult:
         """The board's undispatched activations (after a pause, or a crash before
@@ -130,18 +173,39 @@ class Router:
         return RouteResult("ok", status or "", dispatch=rows)
 
     async def commit_and_route(
-        self, board_id: str, commit_keys: list[str], commit_args: list[Any], step: Routing
-    ) -> tuple[list[Any], RouteResult | None]:
+        self,
+        board_id: str,
+        commit_keys: list[str],
+        commit_args: list[Any],
+        step: Routing,
+        before: Sequence[Command] = (),
+        context: Sequence[str] = (),
+    ) -> tuple[list[Any], RouteResult | None, ContextRead | None]:
         """Commit and route atomically; the route result is None if the commit did not
-        happen (its reply says why)."""
+        happen (its reply says why). ``before``: commands sent first in the same round
+        trip, whatever the script then does: only what is safe either way (telling the
+        watchdog, recording an activation's report; never an ack). ``context``: board
+        keys to read for the next agent, atomically with the commit (embedded mode)."""
         keys, args = self._call(board_id, step)
-        reply = await self._commit_route(
-            keys=[*commit_keys, *keys],
-            args=[len(commit_keys), len(commit_args), *commit_args, *args],
+        if context:
+            keys.append(self.keys.board(board_id).state)
+        script = (
+            self._commit_route,
+            [*commit_keys, *keys],
+            [len(commit_keys), len(commit_args), len(context), *context, *commit_args, *args],
         )
+        reply = (await self.pipeliner.execute(*before, ("script", script, {})))[-1]
         if reply[0] == "commit":
-            return reply[1], None
-        return reply[1], await self._parse(board_id, step, reply[2])
+            return reply[1], None, None
+        read = None
+        if len(reply) > 3:
+            version, values, loops = reply[3]
+            read = ContextRead(
+                version=int(version),
+                values=dict(zip(context, values, strict=True)),
+                loops=dict(zip(loops[::2], loops[1::2], strict=True)),
+            )
+        return reply[1], await self._parse(board_id, step, reply[2]), read
 
     def _call(self, board_id: str, step: Routing) -> tuple[list[str], list[Any]]:
         bk = self.keys.board(board_id)
@@ -174,6 +238,7 @@ class Router:
         args.append(step.escalate)
         args.append("1" if step.compliant else "0")
         args.append(step.outcome)
+        args.append(step.report)
         keys = [
             bk.meta,
             bk.loops,
@@ -207,41 +272,45 @@ class Router:
         board_id: str,
         result: RouteResult,
         *,
-        deadline_ms: int = 0,
         ack: tuple[str, str, str] | None = None,
-        batch: list[Any] | None = None,
+        batch: list[Command] | None = None,
+        fresh: Sequence[Activation] = (),
+        context: ContextRead | None = None,
     ) -> None:
-        """Move outbox entries to agent queues (if the board is active), note the
-        earliest deadline for the watchdog, then acknowledge the submission's stream
-        entry. With ``batch``, the commands are collected and sent once for the whole
-        consumer batch (:meth:`flush`); either way each submission's ack follows its
-        dispatch, and Redis runs a pipeline in order."""
-        commands: list[Any] = batch if batch is not None else []
+        """Move outbox entries to agent queues (if the board is active), then
+        acknowledge the submission's stream entry. With ``batch``, the commands are
+        collected and sent once for the whole consumer batch (:meth:`flush`); either way
+        each submission's ack follows its dispatch, and Redis runs a pipeline in order.
+
+        An activation of an agent running in this process (:attr:`local`) is handed to
+        it directly and stays in the outbox until it is closed, so a crash of this
+        process leaves it there to be recovered. ``fresh``: the activation records this
+        step just created, and ``context`` the board as the next agent sees it (read
+        with the commit), so the local agent need not read them back."""
+        commands: list[Command] = batch if batch is not None else []
         if result.status == "active":
             bk = self.keys.board(board_id)
+            records = {a.activation_id: a for a in fresh}
             for activation_id, agent, entry in result.dispatch:
-                commands.append(("xadd", self.keys.queue(agent), codec.loads(entry)))
-                commands.append(("hdel", bk.outbox, activation_id))
-        if deadline_ms:
-            commands.append(("zadd", self.keys.watch, {board_id: deadline_ms}))
+                if self.local is not None and self.local(
+                    board_id, activation_id, agent, records.get(activation_id), context
+                ):
+                    continue
+                commands.append(("xadd", (self.keys.queue(agent), codec.loads(entry)), {}))
+                commands.append(("hdel", (bk.outbox, activation_id), {}))
         if ack is not None:
-            commands.append(("xack", *ack))
+            commands.append(("xack", ack, {}))
         if batch is None:
             await self.flush(commands)
 
-    async def flush(self, commands: list[Any]) -> None:
-        """Send collected dispatch commands in one round trip."""
-        if not commands:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for name, *args in commands:
-            if name == "xadd":
-                pipe.xadd(args[0], args[1])
-            elif name == "hdel":
-                pipe.hdel(args[0], args[1])
-            elif name == "zadd":
-                pipe.zadd(args[0], args[1], lt=True)
-            else:
-                pipe.xack(*args)
-        await pipe.execute()
-        commands.clear()
+    def watch(self, board_id: str, deadline_ms: int) -> Command:
+        """The command that makes the watchdog look at the board by ``deadline_ms``."""
+        return ("zadd", (self.keys.watch, {board_id: deadline_ms}), {"lt": True})
+
+    async def flush(self, commands: list[Command]) -> None:
+        """Send collected commands in one round trip (shared with any other task's
+        commands in the same turn of the event loop)."""
+        if commands:
+            sending = list(commands)
+            commands.clear()
+            await self.pipeliner.execute(*sending)

@@ -18,7 +18,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 from blackboard.supervisor.control import Wanted, plan_after_commit, reads_for
@@ -28,6 +28,7 @@ from blackboard.supervisor.validation import Decision, Validator
 
 from blackboard import codec
 from blackboard.app import App, verdict
+from blackboard.connection import Command
 from blackboard.errors import BoardNotFound, ConfigError, ProposalRejected
 from blackboard.keys import GlobalKeys
 from blackboard.patch import is_blind
@@ -94,6 +95,8 @@ class Supervisor:
         store.register(app.schema)
         self._partial_joins = any(t.join and t.partial for a in app.agents for t in a.triggers)
         self._deadlines: dict[str, int] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._status: dict[str, str] = {}
 
     # -- declaration ----------------------------------------------------------------
 
@@ -187,7 +190,8 @@ class Supervisor:
         for delivery, sub in items:  # one board's submissions in order: fewer conflicts
             try:
                 ack = (queue.stream, queue.group, delivery.entry_id)
-                await self.handle(sub, ack=ack, batch=batch)
+                async with self._serial(sub.board_id):
+                    await self.handle(sub, ack=ack, batch=batch)
             except OUTAGE:
                 raise
             except BoardNotFound as exc:
@@ -196,6 +200,80 @@ class Supervisor:
             except Exception:
                 # Left pending: redelivered, then dead-lettered after max_deliveries.
                 log.exception("submission %s on board %s failed", sub.proposal_id, sub.board_id)
+
+    @contextlib.asynccontextmanager
+    async def _serial(self, board_id: str) -> AsyncIterator[None]:
+        """One submission at a time per board in this process (from the stream or from
+        agents in this process): a join must see its branches' commits one after the
+        other, or two of them could both find every branch done and fire it twice."""
+        lock, users = self._locks.setdefault(board_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[board_id]
+
+    # -- agents in this process ------------------------------------------------------
+
+    async def submit_local(self, sub: Submission, report: Activation) -> Outcome:
+        """A submission from an agent running in this process (embedded mode), handled
+        at once rather than through the submission stream, the activation's ``report``
+        written by the routing that closes it. The activation stays open (and in the
+        outbox) until its routing closes it: if this process dies first,
+        :meth:`recover` runs it again, and its commit still happens at most once."""
+        batch: list[Command] = []
+        async with self._serial(sub.board_id):
+            if not self._atomic(sub):  # commit and routing in several steps: keep it first
+                kept = report.model_copy(update={"submission": sub.model_dump(mode="json")})
+                bk = self.keys.board(sub.board_id)
+                await self.redis.hset(bk.activations, report.activation_id, kept.model_dump_json())
+            outcome = await self.handle(sub, batch=batch, report=report.model_dump_json())
+            await self.router.flush(batch)
+        return outcome
+
+    def _atomic(self, sub: Submission) -> bool:
+        """True when the submission's commit and routing are one script."""
+        return (
+            sub.kind == "proposal"
+            and sub.author != self.app.summariser
+            and self._routing_known_before_commit(sub)
+        )
+
+    def stopped(self, board_id: str) -> bool:
+        """Whether this process last saw the board escalated, done or failed."""
+        return self._status.get(board_id) in STOPPED
+
+    def _saw(self, board_id: str, status: str) -> None:
+        if len(self._status) >= self.store.CACHE_LIMIT:  # bounded, like the store's
+            self._status.clear()
+        self._status[board_id] = status
+
+    async def recover(self) -> int:
+        """Hand the activations that agents in this process (``router.local``) had not
+        finished when a previous run stopped, still open and in the outbox of an active
+        board, back to them. Returns how many. Embedded mode runs it at start; with
+        agents in other processes, their queues' pending entries do this instead."""
+        local = self.router.local
+        if local is None:
+            return 0
+        recovered = 0
+        for board_id in cast(list[str], await self.redis.zrange(self.keys.watch, 0, -1)):
+            bk = self.keys.board(board_id)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hget(bk.meta, "status")
+            pipe.hgetall(bk.outbox)
+            pipe.zrange(bk.open, 0, -1)
+            status, outbox, still_open = await pipe.execute()
+            if status not in (ACTIVE, "awaiting_approval"):  # paused: resume dispatches
+                continue
+            for aid in set(outbox) & set(still_open):
+                recovered += local(board_id, aid, codec.loads(outbox[aid])["agent"], None, None)
+        if recovered:
+            log.info("recovered %d unfinished activations of agents in this process", recovered)
+        return recovered
 
     @staticmethod
     def _parse(delivery: Delivery) -> Submission | None:
@@ -211,16 +289,19 @@ class Supervisor:
         sub: Submission,
         *,
         ack: tuple[str, str, str] | None = None,
-        batch: list[Any] | None = None,
+        batch: list[Command] | None = None,
+        report: str = "",
     ) -> Outcome:
         """Process one submission; safe to call again with the same one.
 
         ``ack`` (stream, group, entry id) is acknowledged in the last round trip, after
         everything else; a crash before it leaves the entry to be redelivered. With
         ``batch``, dispatch and ack are collected for the caller to send in one go.
+        ``report``: the activation's final record from an agent in this process, written
+        atomically with the routing that closes it.
         """
         if sub.kind == "proposal" and sub.author != self.app.summariser:
-            return await self._handle_proposal(sub, ack, batch)
+            return await self._handle_proposal(sub, ack, batch, report)
         bk = self.keys.board(sub.board_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(bk.results, sub.proposal_id)
@@ -242,6 +323,8 @@ class Supervisor:
             stale = Outcome(status="failed", reason="stale", message=sub.reason)
             pipe = self.redis.pipeline(transaction=False)
             pipe.hset(bk.results, sub.proposal_id, stale.model_dump_json())
+            if report:
+                pipe.hset(bk.activations, sub.activation_id, report)
             if ack is not None:
                 pipe.xack(*ack)
             await pipe.execute()
@@ -270,17 +353,22 @@ class Supervisor:
             deadline=int(deadline or 0),
             ack=ack,
             batch=batch,
+            report=report,
         )
         return outcome
 
     async def _handle_proposal(
-        self, sub: Submission, ack: tuple[str, str, str] | None, batch: list[Any] | None
+        self,
+        sub: Submission,
+        ack: tuple[str, str, str] | None,
+        batch: list[Command] | None,
+        report: str,
     ) -> Outcome:
         """The common case in three round trips: commit, route, dispatch and ack. The
         commit script itself refuses a proposal already decided (a redelivery) and
         writes to a stopped board, so nothing needs reading first."""
         if self._routing_known_before_commit(sub):
-            done = await self._commit_routed(sub, ack, batch)
+            done = await self._commit_routed(sub, ack, batch, report)
             if done is not None:
                 return done
         outcome = await self._decide(sub, None)
@@ -296,6 +384,7 @@ class Supervisor:
             deadline=await self._deadline(sub.board_id),
             ack=ack,
             batch=batch,
+            report=report,
         )
         return outcome
 
@@ -318,11 +407,15 @@ class Supervisor:
         return sub.handoff is None or app.check_handoff(sub.author, sub.handoff) is None
 
     async def _commit_routed(
-        self, sub: Submission, ack: tuple[str, str, str] | None, batch: list[Any] | None
+        self,
+        sub: Submission,
+        ack: tuple[str, str, str] | None,
+        batch: list[Command] | None,
+        report: str,
     ) -> Outcome | None:
-        """Commit and route in one atomic script. None: take the general path (the
-        proposal is invalid, a duplicate, or the commit was refused), which decides and
-        records the outcome properly."""
+        """Commit and route in one atomic script (one round trip). None: take the
+        general path (the proposal is invalid, a duplicate, or the commit was refused),
+        which decides and records the outcome properly."""
         agent_reads = (
             list(self.app.agent(sub.author).reads) if sub.author in self.app.agent_names else []
         )
@@ -344,6 +437,7 @@ class Supervisor:
             close=sub.activation_id,
             reset_rewrite=sub.author,
             outcome="-",
+            report=report,
         )
         wanted = []
         if sub.handoff is not None:
@@ -360,21 +454,30 @@ class Supervisor:
             now,
             base=-1,
         )
-        reply, routed = await self.router.commit_and_route(
-            sub.board_id, prepared.keys, prepared.args, step
+        before = [self.router.watch(sub.board_id, due)] if step.activations else []
+        context: list[str] = []
+        if sub.handoff is not None and self.router.local is not None:
+            context = self.app.agent(sub.handoff.to).sees  # read with the commit
+        reply, routed, read = await self.router.commit_and_route(
+            sub.board_id, prepared.keys, prepared.args, step, before=before, context=context
         )
         if routed is None:
             return None  # refused (conflict, decided, stopped…): the general path says why
+        self._saw(sub.board_id, routed.status)
         commit = await self.store.finish(sub.board_id, proposal, reply)
+        for act in step.activations:
+            act.base = commit.version  # the script filled in the same placeholder
         await self.router.dispatch(
-            sub.board_id, routed, ack=ack, batch=batch, deadline_ms=due if step.activations else 0
+            sub.board_id, routed, ack=ack, batch=batch, fresh=step.activations, context=read
         )
         if routed.status in WAITING:
             await self.redis.zadd(self.keys.escalations, {sub.board_id: now})
         return Outcome(status="committed", version=commit.version, keys=commit.keys)
 
     async def _deadline(self, board_id: str) -> int:
-        """A board's deadline is fixed when it starts: cached."""
+        """A board's deadline is fixed when it starts (from the app's limits): cached."""
+        if self.app.limits.deadline_s is None:
+            return 0  # this app sets none
         if board_id not in self._deadlines:
             raw = await self.redis.hget(self.keys.board(board_id).meta, "deadline_ms")
             if len(self._deadlines) >= self.store.CACHE_LIMIT:  # bounded, like the store's
@@ -457,7 +560,8 @@ class Supervisor:
         record: bool = True,
         deadline: int | None = None,
         ack: tuple[str, str, str] | None = None,
-        batch: list[Any] | None = None,
+        batch: list[Command] | None = None,
+        report: str = "",
     ) -> None:
         board_id = sub.board_id
         step = Routing(
@@ -465,6 +569,7 @@ class Supervisor:
             version=outcome.version or 0,
             tokens=sub.tokens_in + sub.tokens_out,
             cost=sub.cost,
+            report=report,
             close=sub.activation_id,
             outcome=outcome.model_dump_json() if record else "",
         )
@@ -597,16 +702,27 @@ class Supervisor:
         trace_id: str,
         deadline: int | None = None,
         ack: tuple[str, str, str] | None = None,
-        batch: list[Any] | None = None,
+        batch: list[Command] | None = None,
     ) -> None:
         now = int(time.time() * 1000)
         if deadline is None:
-            raw = await self.redis.hget(self.keys.board(board_id).meta, "deadline_ms")
-            deadline = int(raw or 0)
+            deadline = await self._deadline(board_id)
         due = self._activations(board_id, step, wanted, parent, trace_id, deadline, now)
-        result = await self.router.route(board_id, step)
+        context: list[str] = []
+        if self.router.local is not None:  # what the agents here will read, read now
+            for w in wanted:
+                context += self.app.agent(w.agent).sees
+                if w.reason == "summarise":
+                    context.append(str(w.payload["key"]))
+        result, read = await self.router.route(
+            board_id,
+            step,
+            deadline_ms=due if step.activations else 0,
+            context=[*dict.fromkeys(context)],
+        )
+        self._saw(board_id, result.status)
         await self.router.dispatch(
-            board_id, result, ack=ack, batch=batch, deadline_ms=due if step.activations else 0
+            board_id, result, ack=ack, batch=batch, fresh=step.activations, context=read
         )
         if result.status in WAITING:
             await self.redis.zadd(self.keys.escalations, {board_id: now})

@@ -17,7 +17,7 @@ ARGV[8]  cost of the submission  ARGV[9]  max tokens (0 = none)   ARGV[10] max c
 ARGV[11] agent whose rewrite counter resets ('' = none)
 ARGV[12] agent whose rewrite counter grows ('' = none)
 ARGV[13] status to set if nothing trips ('' = keep)
-ARGV[14] activation id to close ('' = none)
+ARGV[14] activation id to close ('' = none): no longer open, nor waiting in the outbox
 ARGV[15] board version (for incident records; also the new compliant version if
          ARGV[17 + P + 5A] is '1')
 ARGV[16] P: number of handoff pairs to count ('from>to' strings follow)
@@ -26,7 +26,8 @@ then P pairs, then A: number of activations, then A quintuples:
 then an escalation 'kind|detail' to trip if the board is not already stopped ('' = none),
 then '1' if ARGV[15] is now the compliant version, else '0',
 then the submission's outcome JSON to record under the routing id ('' = none): recorded
-with the routing, so a redelivered submission whose routing ran is never re-decided.
+with the routing, so a redelivered submission whose routing ran is never re-decided,
+then the closed activation's final record (what its agent reported; '' = keep).
 
 Returns
   {'ok', status, aid1, agent1, entry1, ...}     this step's activations to dispatch (if the
@@ -55,14 +56,18 @@ if redis.call('HSETNX', routed, ARGV[1], ARGV[2]) == 0 then
 end
 
 local now, version = ARGV[2], ARGV[15]
-local escalate, compliant = ARGV[#ARGV - 2], ARGV[#ARGV - 1]
+local escalate, compliant = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
 local current = redis.call('HGET', meta, 'status')
 -- On a stopped board (a late report from a parallel branch, say) things are counted
 -- but nothing trips again and nothing is activated.
 local stopped = current == 'escalated' or current == 'done' or current == 'failed' 
-local outcome = ARGV[#ARGV]
+local outcome, report = ARGV[#ARGV - 1], ARGV[#ARGV]
 if outcome ~= '' then redis.call('HSET', KEYS[8], ARGV[1], outcome) end
-if ARGV[14] ~= '' then redis.call('ZREM', open, ARGV[14]) end
+if ARGV[14] ~= '' then
+  redis.call('ZREM', open, ARGV[14])
+  redis.call('HDEL', outbox, ARGV[14])
+  if report ~= '' then redis.call('HSET', acts, ARGV[14], report) end
+end
 
 local function trip(kind, detail)
   redis.call('HSET', meta, 'status', 'escalated', 'escalated_reason', kind .. ': ' .. detail,

@@ -83,6 +83,25 @@ async def test_transient_failures_are_retried(store: BoardStore) -> None:
     assert attempts == 3
 
 
+async def test_transient_failures_past_the_retries_escalate_with_the_count(
+    store: BoardStore,
+) -> None:
+    attempts = 0
+
+    @agent("intake")
+    async def down(ctx: Context) -> Output:
+        nonlocal attempts
+        attempts += 1
+        raise TransientError("upstream down")
+
+    info = await run(with_intake(down), store)
+    assert (info.status, attempts) == ("escalated", 3)  # retries=3: three attempts in all
+    record = (await activations(store, "c1"))[0]
+    assert (record["retries"], record["status"], record["outcome"]) == (2, "failed", "timeout")
+    [incident] = [i for i in await incidents(store, "c1") if i["kind"] == "timeout"]
+    assert "gave up after 3 attempts: TransientError: upstream down" in incident["detail"]
+
+
 async def test_semantic_failure_is_a_rewrite_not_a_retry(store: BoardStore) -> None:
     seen: list[str] = []
 
@@ -168,3 +187,65 @@ async def test_long_activation_is_not_reclaimed_while_running(store: BoardStore)
     info = await run(with_intake(slow, limits=Limits(claim_idle_ms=100)), store, workers=2)
     assert info.status == "done"
     assert runs == 1
+
+
+async def worker_submissions(app: Any, store: BoardStore, timeout_ms: int) -> list[Any]:
+    """Run one intake activation through a worker, capturing what it submits."""
+    import time
+
+    from blackboard.records import Activation
+
+    await store.create("c1", app.schema)
+    worker = AgentWorker(app, "intake", store)
+    sent: list[Any] = []
+
+    async def capture(submission: Any, record: Any) -> None:
+        sent.append((submission, record))
+
+    worker.submit_local = capture
+    deadline = int(time.time() * 1000) + timeout_ms
+    act = Activation(
+        activation_id="a1", board_id="c1", agent="intake", base=0, trace_id="t",
+        deadline_ms=deadline,
+    )  # fmt: skip
+    await worker.run_local("c1", "a1", act)
+    return sent
+
+
+async def test_an_activation_past_its_deadline_is_reported_as_timed_out_not_retried(
+    store: BoardStore,
+) -> None:
+    from blackboard import Limits
+
+    runs = 0
+
+    @agent("intake")
+    async def stuck(ctx: Context) -> Output:
+        nonlocal runs
+        runs += 1
+        await asyncio.Event().wait()  # never answers
+        return Output()
+
+    app = with_intake(stuck, limits=Limits(activation_timeout_s=0.1))
+    [(submission, record)] = await worker_submissions(app, store, timeout_ms=100)
+    assert (submission.kind, submission.error) == ("failure", "timeout")
+    # In the watchdog's words, so the board reads the same whichever reports it first.
+    assert submission.reason == "activation a1 of 'intake' timed out after 0.1 s"
+    assert (runs, record.retries, record.outcome) == (1, 0, "timeout")
+
+
+async def test_a_timeout_inside_the_agent_is_retried(store: BoardStore) -> None:
+    runs = 0
+
+    @agent("intake")
+    async def slow_upstream(ctx: Context) -> Output:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise TimeoutError("upstream read timed out")
+        return Output(updates={"amount": 1.0, "income": 2.0})
+
+    [(submission, record)] = await worker_submissions(
+        with_intake(slow_upstream), store, timeout_ms=10_000
+    )
+    assert (submission.kind, runs, record.retries) == ("proposal", 2, 1)
