@@ -9,7 +9,7 @@ from typing import Any
 
 from blackboard.errors import ValidationFailed
 
-__all__ = ["approx_tokens", "canonical", "content_hash", "dumps", "loads"]
+__all__ = ["approx_tokens", "canonical", "content_hash", "dumps", "fingerprint", "loads"]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -50,3 +50,9 @@ def content_hash(text: str) -> str:
 def canonical(text: str) -> str:
     """The same JSON with object members sorted: equal content, equal text."""
     return json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def fingerprint(text: str) -> str:
+    """The content hash of a value written by :func:`dumps`, whatever its members' order.
+    Without an object in it, such a text is already canonical: no need to parse it."""
+    return content_hash(canonical(text) if "{" in text else text)

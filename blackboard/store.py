@@ -199,7 +199,7 @@ class BoardStore:
         keys = self.keys(board_id)
         flat: list[str] = []
         for k, v in state.items():
-            flat += [k, v, codec.content_hash(codec.canonical(v))]
+            flat += [k, v, codec.fingerprint(v)]
         snapshot = "{" + ",".join(f'"{k}":{v}' for k, v in state.items()) + "}"
         async with _redis_errors(f"create board {board_id!r}"):
             # Index first: a crash between the two leaves an index entry without a board,
@@ -693,7 +693,7 @@ class BoardStore:
                 key,
                 action,
                 value,
-                codec.content_hash(codec.canonical(value)) if value else "",
+                codec.fingerprint(value) if value else "",
             ]
         args.extend(reads)
         return PreparedCommit(

@@ -112,3 +112,25 @@ async def test_log_replay_and_time_travel(
     store: BoardStore, loan_schema: BoardSchema, seq: list[tuple[str, Any]]
 ) -> None:
     await run_steps(store, loan_schema, seq)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(json_values)
+def test_fingerprint_is_the_hash_of_the_canonical_text(value: Any) -> None:
+    from blackboard import codec
+
+    text = codec.dumps(value)
+    assert codec.fingerprint(text) == codec.content_hash(codec.canonical(text))
+    if isinstance(value, dict):  # members in another order: the same fingerprint
+        reordered = dict(reversed(list(value.items())))
+        assert codec.fingerprint(codec.dumps(reordered)) == codec.fingerprint(text)
