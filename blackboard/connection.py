@@ -4,12 +4,15 @@ sending concurrent tasks' commands together."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
 from blackboard.errors import ConfigError
@@ -53,11 +56,37 @@ def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     carries dozens of arguments. The bytes on the wire are the same."""
     if not HIREDIS_AVAILABLE:
         return cls
+    import hiredis
+
     serializer = HiredisRespSerializer()
 
     class Packing(cls):  # type: ignore[valid-type,misc]
         def pack_command(self, *args: Any) -> list[bytes]:
+            # A one-word command name and plain arguments (str, bytes, numbers: all this
+            # package sends) go straight to hiredis; the serializer first splits names
+            # like "CONFIG GET" and converts buffers, a pass over every argument.
+            if isinstance(args[0], str) and " " not in args[0]:
+                with contextlib.suppress(TypeError):
+                    return [hiredis.pack_command(args)]
             return serializer.pack(*args)  # type: ignore[no-any-return]
+
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            # With a socket timeout, redis-py runs each write in a task of its own
+            # (asyncio.wait_for): a task and three loop callbacks per round trip. The
+            # same timeout as a scope in this task costs neither; redis-py's own
+            # handling (disconnect, errors) still runs inside it.
+            limit: float | None = self.socket_timeout  # type: ignore[has-type]
+            if not limit:
+                await super().send_packed_command(command, check_health)
+                return
+            self.socket_timeout = None
+            try:
+                async with asyncio.timeout(limit):
+                    await super().send_packed_command(command, check_health)
+            except TimeoutError:
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            finally:
+                self.socket_timeout = limit
 
     Packing.__name__ = Packing.__qualname__ = cls.__name__
     return Packing
@@ -82,9 +111,14 @@ class Pipeliner:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._pipe = _Pinned(redis.connection_pool, redis.response_callbacks, False, None)
         self._busy = False
         self._waiting: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
         self._sending: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """Give the connection it keeps back to the pool (the client stays open)."""
+        await self._pipe.release()
 
     async def execute(self, *commands: Command) -> list[Any]:
         """Run ``commands`` in order; their replies. The first error reply is raised
@@ -140,7 +174,7 @@ class Pipeliner:
                 future.set_result(mine)
 
     async def _pipeline(self, commands: list[Command]) -> list[Any]:
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self._pipe  # one pipeline in flight at a time: one connection serves them
         for name, args, kwargs in commands:
             if name == "script":
                 script, keys, argv = args
@@ -158,3 +192,33 @@ class Pipeliner:
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
+
+
+class _Pinned(Pipeline):
+    """A pipeline that keeps its connection from one execute to the next, where redis-py's
+    takes one from the pool and gives it back each time (through a lock and a task of
+    its own: more than the send costs). A connection that failed, or that the server
+    closed, is reconnected before its next use, as the pool would. :meth:`release` gives
+    it back; closing the client closes it in any case."""
+
+    _kept: Connection | None = None
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if self._kept is not None:  # the pool's check: reconnect one the server closed
+            await self.connection_pool.ensure_connection(self._kept)
+        self.connection, self._kept = self._kept, None  # None: execute takes one
+        try:
+            return await super().execute(raise_on_error)
+        finally:
+            if self.connection is not None:  # nothing was sent, so no reset ran
+                self._kept, self.connection = self.connection, None
+
+    async def reset(self) -> None:  # type: ignore[override]
+        kept, self.connection = self.connection, None
+        await super().reset()  # type: ignore[no-untyped-call]  # nothing to release now
+        self._kept = kept
+
+    async def release(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            await self.connection_pool.release(kept)

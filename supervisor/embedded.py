@@ -87,6 +87,7 @@ class Deployment:
             self._handed[worker.agent.name].put_nowait(None)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.supervisor.router.local = None
+        await self.supervisor.router.pipeliner.aclose()  # agents here used it too
 
     def _hand_over(
         self,
@@ -159,7 +160,8 @@ class Deployment:
             if board_id in self._in_hand and left > 0:
                 quiet = self._quiet.setdefault(board_id, asyncio.Event())
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(quiet.wait(), min(left, 0.5))
+                    async with asyncio.timeout(min(left, 0.5)):  # no task, unlike wait_for
+                        await quiet.wait()
                 continue
             pipe = self.store.redis.pipeline(transaction=True)  # one consistent look
             self.store._read_info(pipe, board_id)

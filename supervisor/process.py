@@ -158,6 +158,7 @@ class Supervisor:
         finally:
             for task in tasks:
                 task.cancel()
+            await self.router.pipeliner.aclose()  # its connection, back to the pool
 
     async def _consume(self, queue: WorkQueue, stop: asyncio.Event, batch: int) -> None:
         backoff = 0.05

@@ -8,34 +8,30 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from fakeredis import FakeAsyncRedis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from blackboard.connection import Pipeliner
+from blackboard.connection import Pipeliner, connect
 
 
-def counting(client: redis.asyncio.Redis) -> list[int]:
-    """Count the pipelines sent and the commands in each."""
+def counting(p: Pipeliner) -> list[int]:
+    """Count the pipelines ``p`` sends and the commands in each."""
     sizes: list[int] = []
-    make = client.pipeline
+    pipe = p._pipe
+    execute = pipe.execute
 
-    def pipeline(*args: Any, **kwargs: Any) -> Any:
-        pipe = make(*args, **kwargs)
-        execute = pipe.execute
+    async def counted(*a: Any, **k: Any) -> Any:
+        sizes.append(len(pipe.command_stack))
+        return await execute(*a, **k)
 
-        async def counted(*a: Any, **k: Any) -> Any:
-            sizes.append(len(pipe.command_stack))
-            return await execute(*a, **k)
-
-        pipe.execute = counted  # type: ignore[method-assign]
-        return pipe
-
-    client.pipeline = pipeline  # type: ignore[method-assign]
+    pipe.execute = counted  # type: ignore[method-assign]
     return sizes
 
 
 async def test_callers_meanwhile_share_one_round_trip(redis_client: redis.asyncio.Redis) -> None:
-    sizes = counting(redis_client)
     p = Pipeliner(redis_client)
+    sizes = counting(p)
     replies = await asyncio.gather(
         *(p.execute(("set", (f"k{i}", i), {}), ("incr", (f"k{i}",), {})) for i in range(50))
     )
@@ -45,11 +41,13 @@ async def test_callers_meanwhile_share_one_round_trip(redis_client: redis.asynci
 
 
 async def test_a_lone_caller_is_not_delayed_or_batched(redis_client: redis.asyncio.Redis) -> None:
-    sizes = counting(redis_client)
     p = Pipeliner(redis_client)
+    sizes = counting(p)
     for i in range(3):
         assert await p.execute(("incr", ("n",), {})) == [i + 1]
     assert sizes == [1, 1, 1]
+    if not isinstance(redis_client, FakeAsyncRedis):  # one connection served all three
+        assert len(await redis_client.client_list()) == 2  # with this client_list's own
 
 
 async def test_an_error_reaches_only_its_caller(redis_client: redis.asyncio.Redis) -> None:
@@ -80,3 +78,34 @@ async def test_scripts_the_server_lost_are_loaded_again(
     replies = await asyncio.gather(*calls)
     assert sorted(r[0] for r in replies) == [1 + 10 * (i + 1) for i in range(concurrent)]
     assert await redis_client.get("s") == str(1 + 10 * concurrent)
+
+
+@pytest.mark.real_only
+@pytest.mark.parametrize("stuck", ["read", "write"])
+async def test_a_hung_server_times_out_and_the_connection_recovers(
+    redis_servers: Any, stuck: str
+) -> None:
+    """A server that stops answering (SIGSTOP) raises redis' TimeoutError after the
+    socket timeout, whether the reply never comes or the request cannot even be written
+    (its socket buffer full); once the server is back, the same Pipeliner works."""
+    import signal
+
+    server = redis_servers()
+    client = connect(f"{server.url}?socket_timeout=0.5")
+    p = Pipeliner(client)
+    await p.execute(("set", ("k", "v"), {}))
+    command = ("get", ("k",), {}) if stuck == "read" else ("set", ("big", "x" * (2 << 20)), {})
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(RedisTimeoutError, match="Timeout"):
+            await asyncio.wait_for(p.execute(command), 10)  # the bound, not the expectation
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+    assert await p.execute(("get", ("k",), {})) == ["v"]
+    # The timed-out connection was dropped: gone from the server once its unsent
+    # bytes are flushed (asyncio closes a socket after that), leaving this Pipeliner's
+    # and client_list's own.
+    async with asyncio.timeout(10):
+        while len(await client.client_list()) > 2:
+            await asyncio.sleep(0.01)
+    await client.aclose()

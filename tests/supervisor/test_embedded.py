@@ -60,6 +60,18 @@ async def test_the_next_agent_sees_the_board_read_with_the_commit(store: BoardSt
     assert records["second"]["keys_read"] == ["first", "second"]
 
 
+async def test_a_closed_deployment_holds_no_connection(store: BoardStore) -> None:
+    """The supervisor keeps one connection for its round trips while it runs; closing
+    the deployment gives it back, so deployments opened one after another on one store
+    do not drain its pool."""
+    pool = store.redis.connection_pool
+    for i in range(3):
+        async with Deployment(pair_app([]), store) as d:
+            await d.start(f"p{i}")
+            await d.settle(f"p{i}")
+        assert not pool._in_use_connections, pool._in_use_connections
+
+
 async def test_no_submission_or_activation_goes_through_a_stream(store: BoardStore) -> None:
     async with Deployment(pair_app([]), store) as d:
         await d.start("p1")
