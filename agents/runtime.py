@@ -337,19 +337,16 @@ class AgentWorker:
                 await attempt()
 
     async def _run(self, ctx: Context, act: Activation) -> Any:
-        expired = _Expired(
-            f"activation {act.activation_id} of {act.agent!r} timed out "
-            f"after {self.app.limits.activation_timeout_s:g} s"
-        )
+        expired = act.timed_out(self.app.limits.activation_timeout_s)
         if ctx.deadline_s is not None and ctx.deadline_s <= 0:
-            raise expired
+            raise _Expired(expired)
         scope = asyncio.timeout(ctx.deadline_s)  # no task of its own, unlike wait_for
         try:
             async with scope:
                 return await self.agent.run(ctx)
         except TimeoutError:
             if scope.expired():  # the activation's deadline, not a timeout inside the agent
-                raise expired from None
+                raise _Expired(expired) from None
             raise
 
     async def _context(self, act: Activation, read: ContextRead | None = None) -> Context:

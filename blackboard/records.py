@@ -244,6 +244,11 @@ class Activation(BaseModel):
     agent submitted, kept until the routing closes the activation, so a restart sends
     it again rather than running the agent a second time."""
 
+    def timed_out(self, timeout_s: float) -> str:
+        """What is recorded when it outlives its deadline, whoever notices first (its
+        agent or the supervisor's watchdog): the same words either way."""
+        return f"activation {self.activation_id} of {self.agent!r} timed out after {timeout_s:g} s"
+
 
 @dataclass
 class ContextRead:

@@ -818,8 +818,7 @@ class Supervisor:
                         activation_id=aid,
                         trace_id=act.trace_id,
                         error="timeout",
-                        reason=f"activation {aid} of {act.agent!r} timed out "
-                        f"after {self.app.limits.activation_timeout_s:g} s",
+                        reason=act.timed_out(self.app.limits.activation_timeout_s),
                     ),
                     self.shards,
                 )

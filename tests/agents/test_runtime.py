@@ -4,14 +4,16 @@ its keys. Embedded, on both backends."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from bbtest import activations, build_app, incidents
 from blackboard.agents import AgentWorker, Context, Output, agent
 from blackboard.supervisor import Deployment
 
-from blackboard import BoardStore, FatalError, SemanticError, TransientError
+from blackboard import BoardStore, FatalError, Limits, SemanticError, TransientError
 from blackboard.keys import GlobalKeys
+from blackboard.records import Activation
 
 
 def with_intake(fn: Any, **overrides: Any) -> Any:
@@ -173,8 +175,6 @@ async def test_worker_ignores_finished_activation(store: BoardStore) -> None:
 
 
 async def test_long_activation_is_not_reclaimed_while_running(store: BoardStore) -> None:
-    from blackboard import Limits
-
     runs = 0
 
     @agent("intake")
@@ -191,10 +191,6 @@ async def test_long_activation_is_not_reclaimed_while_running(store: BoardStore)
 
 async def worker_submissions(app: Any, store: BoardStore, timeout_ms: int) -> list[Any]:
     """Run one intake activation through a worker, capturing what it submits."""
-    import time
-
-    from blackboard.records import Activation
-
     await store.create("c1", app.schema)
     worker = AgentWorker(app, "intake", store)
     sent: list[Any] = []
@@ -215,8 +211,6 @@ async def worker_submissions(app: Any, store: BoardStore, timeout_ms: int) -> li
 async def test_an_activation_past_its_deadline_is_reported_as_timed_out_not_retried(
     store: BoardStore,
 ) -> None:
-    from blackboard import Limits
-
     runs = 0
 
     @agent("intake")
