@@ -113,19 +113,20 @@ class Pipeliner:
         self.redis = redis
         self._pipe = _Pinned(redis.connection_pool, redis.response_callbacks, False, None)
         self._busy = False
-        self._waiting: list[tuple[list[Command], asyncio.Future[list[Any]]]] = []
+        self._waiting: list[tuple[list[Command], asyncio.Future[list[Any]], bool]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
         """Give the connection it keeps back to the pool (the client stays open)."""
         await self._pipe.release()
 
-    async def execute(self, *commands: Command) -> list[Any]:
+    async def execute(self, *commands: Command, raise_on_error: bool = True) -> list[Any]:
         """Run ``commands`` in order; their replies. The first error reply is raised
-        (after every command ran)."""
+        (after every command ran), or with ``raise_on_error=False`` returned in its place
+        (a batch of independent commands, each caller handling its own)."""
         if self._busy:
             future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            self._waiting.append((list(commands), future))
+            self._waiting.append((list(commands), future, raise_on_error))
             return await future
         self._busy = True
         try:
@@ -133,7 +134,7 @@ class Pipeliner:
         finally:
             self._next()
         error = next((r for r in replies if isinstance(r, Exception)), None)
-        if error is not None:
+        if error is not None and raise_on_error:
             raise error
         return replies
 
@@ -148,12 +149,14 @@ class Pipeliner:
         self._sending.add(task)  # a task nobody references may be collected mid-flight
         task.add_done_callback(self._sending.discard)
 
-    async def _run(self, waiting: list[tuple[list[Command], asyncio.Future[list[Any]]]]) -> None:
-        flat = [c for commands, _ in waiting for c in commands]
+    async def _run(
+        self, waiting: list[tuple[list[Command], asyncio.Future[list[Any]], bool]]
+    ) -> None:
+        flat = [c for commands, _, _ in waiting for c in commands]
         try:
             replies = await self._pipeline(flat)
         except BaseException as exc:  # the connection failed: every caller hears it
-            for _, future in waiting:
+            for _, future, _ in waiting:
                 if not future.done():
                     future.set_exception(exc)
             if isinstance(exc, asyncio.CancelledError):
@@ -162,13 +165,13 @@ class Pipeliner:
         finally:
             self._next()
         start = 0
-        for commands, future in waiting:
+        for commands, future, raise_on_error in waiting:
             mine = replies[start : start + len(commands)]
             start += len(commands)
             if future.done():  # the caller was cancelled
                 continue
             error = next((r for r in mine if isinstance(r, Exception)), None)
-            if error is not None:
+            if error is not None and raise_on_error:
                 future.set_exception(error)
             else:
                 future.set_result(mine)
@@ -202,6 +205,49 @@ class _Pinned(Pipeline):
     it back; closing the client closes it in any case."""
 
     _kept: Connection | None = None
+    _deadline: asyncio.Timeout | None = None
+    _limit = 0.0
+
+    async def _execute_pipeline(  # type: ignore[no-untyped-def]
+        self, connection: Connection, commands, raise_on_error: bool
+    ) -> list[Any]:
+        """With a socket timeout, redis-py sets a deadline for every reply it reads (a
+        timer each, most of a reply's cost when a hundred come in one read). One
+        deadline for the round trip instead, moved on as replies arrive
+        (:meth:`parse_response`): it still fires once the server has sent nothing for
+        about the socket timeout, and the connection is dropped as redis-py would."""
+        limit = connection.socket_timeout
+        if not limit:
+            return await super()._execute_pipeline(  # type: ignore[no-any-return]
+                connection, commands, raise_on_error
+            )
+        connection.socket_timeout = None
+        self._limit = limit
+        try:
+            async with asyncio.timeout(limit) as self._deadline:
+                return await super()._execute_pipeline(  # type: ignore[no-any-return]
+                    connection, commands, raise_on_error
+                )
+        except TimeoutError:
+            await connection.disconnect(nowait=True)
+            raise RedisTimeoutError(
+                f"Timeout: Redis took no request and sent no reply for {limit} s "
+                "(socket_timeout); is the server overloaded or stopped?"
+            ) from None
+        finally:
+            connection.socket_timeout = limit
+            self._deadline = None
+
+    async def parse_response(  # type: ignore[no-untyped-def]
+        self, connection: Connection, command_name: str | bytes, **options
+    ) -> Any:
+        reply = await super().parse_response(connection, command_name, **options)
+        deadline = self._deadline
+        if deadline is not None:  # progress: move the deadline on, an eighth at a time
+            due = asyncio.get_running_loop().time() + self._limit
+            if due - (deadline.when() or due) > self._limit / 8:
+                deadline.reschedule(due)
+        return reply
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         if self._kept is not None:  # the pool's check: reconnect one the server closed

@@ -109,3 +109,20 @@ async def test_a_hung_server_times_out_and_the_connection_recovers(
         while len(await client.client_list()) > 2:
             await asyncio.sleep(0.01)
     await client.aclose()
+
+
+@pytest.mark.real_only
+async def test_a_round_trip_longer_than_the_socket_timeout_succeeds_while_replies_come(
+    redis_servers: Any,
+) -> None:
+    """The socket timeout bounds the wait for the next reply, not the whole pipeline:
+    twelve BLPOPs that each time out after 0.1 s answer one by one over 1.2 s, past a
+    0.5 s socket timeout, and the round trip succeeds (as with redis-py's own reads)."""
+    server = redis_servers()
+    client = connect(f"{server.url}?socket_timeout=0.5")
+    p = Pipeliner(client)
+    started = asyncio.get_running_loop().time()
+    replies = await p.execute(*[("blpop", (["empty"], 0.1), {}) for _ in range(12)])
+    assert replies == [None] * 12
+    assert asyncio.get_running_loop().time() - started > 1.0  # longer than the timeout
+    await client.aclose()
