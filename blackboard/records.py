@@ -4,7 +4,7 @@ information out. All are pydantic models, so they encode to plain JSON."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -177,13 +177,15 @@ class Submission(BaseModel):
     tokens_out: int = Field(default=0, ge=0, le=10**12)
     cost: float = Field(default=0.0, ge=0.0, le=1e9)
 
-    def proposal(self) -> Proposal:
+    def proposal(self, also_reads: Sequence[str] = ()) -> Proposal:
+        """The proposal this submission carries; ``also_reads``: keys it depends on
+        besides those it names (its author's declared reads)."""
         return Proposal(
             author=self.author,
             base=self.base,
             patch=self.patch,
             proposal_id=self.proposal_id,
-            reads=self.reads,
+            reads=[*dict.fromkeys([*self.reads, *also_reads])] if also_reads else self.reads,
             activation_id=self.activation_id,
             trace_id=self.trace_id,
             reason=self.reason,

@@ -186,6 +186,20 @@ class Router:
         trip, whatever the script then does: only what is safe either way (telling the
         watchdog, recording an activation's report; never an ack). ``context``: board
         keys to read for the next agent, atomically with the commit (embedded mode)."""
+        call = self.commit_route_call(board_id, commit_keys, commit_args, step, context)
+        reply = (await self.pipeliner.execute(*before, call))[-1]
+        return await self.commit_route_reply(board_id, step, context, reply)
+
+    def commit_route_call(
+        self,
+        board_id: str,
+        commit_keys: list[str],
+        commit_args: list[Any],
+        step: Routing,
+        context: Sequence[str] = (),
+    ) -> Command:
+        """:meth:`commit_and_route` as a command, to send with others (a batch of boards
+        in one round trip); :meth:`commit_route_reply` reads its reply."""
         keys, args = self._call(board_id, step)
         if context:
             keys.append(self.keys.board(board_id).state)
@@ -194,7 +208,11 @@ class Router:
             [*commit_keys, *keys],
             [len(commit_keys), len(commit_args), len(context), *context, *commit_args, *args],
         )
-        reply = (await self.pipeliner.execute(*before, ("script", script, {})))[-1]
+        return ("script", script, {})
+
+    async def commit_route_reply(
+        self, board_id: str, step: Routing, context: Sequence[str], reply: list[Any]
+    ) -> tuple[list[Any], RouteResult | None, ContextRead | None]:
         if reply[0] == "commit":
             return reply[1], None, None
         read = None

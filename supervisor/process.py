@@ -18,7 +18,9 @@ import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 from blackboard.supervisor.control import Wanted, plan_after_commit, reads_for
@@ -38,6 +40,7 @@ from blackboard.records import (
     BoardInfo,
     CommitResult,
     Outcome,
+    Proposal,
     Submission,
     new_id,
 )
@@ -52,6 +55,19 @@ ACTIVE = "active"
 STOPPED = ("escalated", "done", "failed")
 WAITING = ("escalated", "failed", "awaiting_approval")
 """Statuses that put a board on the escalations list (a human is needed)."""
+
+
+@dataclass
+class _Planned:
+    """A proposal's commit and routing as one script call, ready to send."""
+
+    sub: Submission
+    proposal: Proposal
+    step: Routing
+    commands: list[Command]
+    """The watchdog told first (when it activates an agent), then the script."""
+    context: list[str]
+    now: int
 
 
 def activation_id(parent: str, agent: str, extra: str = "") -> str:
@@ -165,17 +181,18 @@ class Supervisor:
         while not stop.is_set():
             try:
                 deliveries = await queue.take(self.name, count=batch, block_ms=200)
-                by_board: dict[str, list[tuple[Delivery, Submission]]] = {}
+                by_board: dict[str, deque[tuple[Delivery, Submission]]] = {}
                 for d in deliveries:
                     sub = self._parse(d)
                     if sub is None:
                         await queue.dead_letter(d, "not a valid submission")
                         continue
-                    by_board.setdefault(sub.board_id, []).append((d, sub))
+                    by_board.setdefault(sub.board_id, deque()).append((d, sub))
                 collected: list[Any] = []
                 try:
+                    rest = await self._waves(queue, by_board, collected)
                     await asyncio.gather(
-                        *(self._board_batch(queue, items, collected) for items in by_board.values())
+                        *(self._board_batch(queue, items, collected) for items in rest)
                     )
                 finally:
                     await self.router.flush(collected)  # dispatches, then acks, in order
@@ -184,6 +201,99 @@ class Supervisor:
                 log.warning("Redis unavailable, retrying: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _waves(
+        self,
+        queue: WorkQueue,
+        by_board: dict[str, deque[tuple[Delivery, Submission]]],
+        batch: list[Any],
+    ) -> list[list[tuple[Delivery, Submission]]]:
+        """The common case in bulk: proposals that commit and route in one script go in
+        waves, each board's next one, every board's in the same round trip, with no task
+        per submission. A board leaves the waves at its first submission that needs the
+        general path (or whose commit the script refused: the general path says why);
+        that submission and the board's later ones are returned, in order, to be handled
+        one by one. ``by_board`` is consumed."""
+        rest: list[list[tuple[Delivery, Submission]]] = []
+        while by_board:
+            wave = await self._next_wave(by_board, rest)
+            if not wave:
+                break
+            try:
+                replies = await self.router.pipeliner.execute(
+                    *(c for _, planned in wave for c in planned.commands), raise_on_error=False
+                )
+                end = 0
+                for delivery, planned in wave:
+                    end += len(planned.commands)
+                    ack = (queue.stream, queue.group, delivery.entry_id)
+                    if not await self._settle_in_wave(planned, replies[end - 1], ack, batch):
+                        board_id = planned.sub.board_id
+                        rest.append([(delivery, planned.sub), *by_board.pop(board_id, ())])
+            finally:
+                for _, planned in wave:
+                    self._unhold(planned.sub.board_id)
+        return rest
+
+    async def _next_wave(
+        self,
+        by_board: dict[str, deque[tuple[Delivery, Submission]]],
+        rest: list[list[tuple[Delivery, Submission]]],
+    ) -> list[tuple[Delivery, _Planned]]:
+        """Each board's next submission, planned, its board held; boards whose next one
+        needs the general path move from ``by_board`` to ``rest``."""
+        wave: list[tuple[Delivery, _Planned]] = []
+        for board_id, items in list(by_board.items()):
+            delivery, sub = items[0]
+            planned = None
+            if self._atomic(sub) and await self._hold(board_id):
+                try:
+                    planned = await self._plan_routed(sub, "")
+                except Exception:  # e.g. an unknown board: the general path handles it
+                    planned = None
+                if planned is None:
+                    self._unhold(board_id)
+            if planned is None:
+                rest.append(list(by_board.pop(board_id)))
+                continue
+            items.popleft()
+            if not items:
+                del by_board[board_id]
+            wave.append((delivery, planned))
+        return wave
+
+    async def _settle_in_wave(
+        self, planned: _Planned, reply: Any, ack: tuple[str, str, str], batch: list[Any]
+    ) -> bool:
+        """False if the submission needs the general path. An error is logged and the
+        entry left pending (redelivered, then dead-lettered), as in :meth:`_board_batch`."""
+        try:
+            if isinstance(reply, Exception):
+                raise reply
+            return await self._settle_routed(planned, reply, ack, batch) is not None
+        except OUTAGE:
+            raise
+        except Exception:
+            sub = planned.sub
+            log.exception("submission %s on board %s failed", sub.proposal_id, sub.board_id)
+            return True
+
+    async def _hold(self, board_id: str) -> bool:
+        """Take the board's :meth:`_serial` lock if nobody holds or awaits it (without
+        waiting); False if somebody does."""
+        if board_id in self._locks:
+            return False
+        lock = asyncio.Lock()
+        await lock.acquire()  # free: returns at once
+        self._locks[board_id] = (lock, [1])
+        return True
+
+    def _unhold(self, board_id: str) -> None:
+        lock, users = self._locks[board_id]
+        lock.release()
+        users[0] -= 1
+        if not users[0]:
+            del self._locks[board_id]
 
     async def _board_batch(
         self, queue: WorkQueue, items: list[tuple[Delivery, Submission]], batch: list[Any]
@@ -417,13 +527,17 @@ class Supervisor:
         """Commit and route in one atomic script (one round trip). None: take the
         general path (the proposal is invalid, a duplicate, or the commit was refused),
         which decides and records the outcome properly."""
-        agent_reads = (
-            list(self.app.agent(sub.author).reads) if sub.author in self.app.agent_names else []
-        )
-        proposal = sub.proposal()
-        proposal = proposal.model_copy(
-            update={"reads": [*dict.fromkeys([*proposal.reads, *agent_reads])]}
-        )
+        planned = await self._plan_routed(sub, report)
+        if planned is None:
+            return None
+        replies = await self.router.pipeliner.execute(*planned.commands)
+        return await self._settle_routed(planned, replies[-1], ack, batch)
+
+    async def _plan_routed(self, sub: Submission, report: str) -> _Planned | None:
+        """Validate a proposal and build its commit-and-route script call; None if it
+        is invalid or already committed (the general path says so)."""
+        agent_reads = self.app.agent(sub.author).reads if sub.author in self.app.agent_names else []
+        proposal = sub.proposal(agent_reads)
         try:
             prepared = await self.store.prepare(sub.board_id, proposal, outcome="policies:none")
         except ProposalRejected:
@@ -455,24 +569,39 @@ class Supervisor:
             now,
             base=-1,
         )
-        before = [self.router.watch(sub.board_id, due)] if step.activations else []
+        commands = [self.router.watch(sub.board_id, due)] if step.activations else []
         context: list[str] = []
         if sub.handoff is not None and self.router.local is not None:
             context = self.app.agent(sub.handoff.to).sees  # read with the commit
-        reply, routed, read = await self.router.commit_and_route(
-            sub.board_id, prepared.keys, prepared.args, step, before=before, context=context
+        commands.append(
+            self.router.commit_route_call(sub.board_id, prepared.keys, prepared.args, step, context)
+        )
+        return _Planned(sub, proposal, step, commands, context, now)
+
+    async def _settle_routed(
+        self,
+        planned: _Planned,
+        reply: list[Any],
+        ack: tuple[str, str, str] | None,
+        batch: list[Command] | None,
+    ) -> Outcome | None:
+        """The script's reply: record, dispatch and acknowledge; None if the commit was
+        refused (conflict, decided, stopped…): the general path says why."""
+        board_id, step = planned.sub.board_id, planned.step
+        commit_reply, routed, read = await self.router.commit_route_reply(
+            board_id, step, planned.context, reply
         )
         if routed is None:
-            return None  # refused (conflict, decided, stopped…): the general path says why
-        self._saw(sub.board_id, routed.status)
-        commit = await self.store.finish(sub.board_id, proposal, reply)
+            return None
+        self._saw(board_id, routed.status)
+        commit = await self.store.finish(board_id, planned.proposal, commit_reply)
         for act in step.activations:
             act.base = commit.version  # the script filled in the same placeholder
         await self.router.dispatch(
-            sub.board_id, routed, ack=ack, batch=batch, fresh=step.activations, context=read
+            board_id, routed, ack=ack, batch=batch, fresh=step.activations, context=read
         )
         if routed.status in WAITING:
-            await self.redis.zadd(self.keys.escalations, {sub.board_id: now})
+            await self.redis.zadd(self.keys.escalations, {board_id: planned.now})
         return Outcome(status="committed", version=commit.version, keys=commit.keys)
 
     async def _deadline(self, board_id: str) -> int:

@@ -3,14 +3,18 @@ commit): what it records must equal what the general path records."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
+from bbtest import outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
 from pydantic import BaseModel
 
 from blackboard import App, BoardStore, Key
+from blackboard.keys import GlobalKeys
+from blackboard.queues import submit
 from blackboard.records import Handoff, Outcome, Submission
 
 
@@ -97,3 +101,134 @@ async def test_refused_commit_falls_back_and_is_recorded(store: BoardStore) -> N
         json.loads(v) for v in (await store.redis.hgetall(store.keys("p").activations)).values()
     ]
     assert [(x["agent"], x["reason"]) for x in acts] == [("a", "rewrite")]
+
+
+# -- a consumer batch in waves --------------------------------------------------------
+
+
+def blind(board: str, pid: str, base: int, value: int, key: str = "x") -> Submission:
+    return Submission(
+        kind="proposal",
+        board_id=board,
+        author="a",
+        base=base,
+        proposal_id=pid,
+        patch=[{"op": "replace", "path": f"/{key}", "value": value}],
+    )
+
+
+async def consume(sup: Supervisor, subs: list[Submission], until: Any) -> list[int]:
+    """Put ``subs`` on the stream, run the supervisor until ``until()`` holds, and return
+    the sizes of the pipelines its Pipeliner sent."""
+    for s in subs:
+        await submit(sup.redis, sup.keys.prefix, s)
+    sizes: list[int] = []
+    pipe = sup.router.pipeliner._pipe
+    execute = pipe.execute
+
+    async def counted(*a: Any, **k: Any) -> Any:
+        sizes.append(len(pipe.command_stack))
+        return await execute(*a, **k)
+
+    pipe.execute = counted  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(sup.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while not await until():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    return sizes
+
+
+async def settled(store: BoardStore, boards: dict[str, int]) -> bool:
+    """Every board has as many recorded outcomes as expected, and nothing is pending."""
+    for board, n in boards.items():
+        if await store.redis.hlen(store.keys(board).results) < n:
+            return False
+    stream = GlobalKeys(store.settings.key_prefix).proposals(0)
+    return (await store.redis.xpending(stream, "supervisor"))["pending"] == 0
+
+
+async def test_a_batch_commits_each_boards_next_proposal_in_one_round_trip(
+    store: BoardStore,
+) -> None:
+    sup = Supervisor(APP, store)
+    boards = ["p", "q", "r"]
+    for board in boards:
+        await store.create(board, APP.schema)
+    subs = [blind(b, f"{b}{i}", i, 10 * i + n) for i in range(3) for n, b in enumerate(boards)]
+    await store.redis.script_load(sup.router._commit_route.script)  # no first-use reload
+    sizes = await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 3)))
+    # three waves of three commits, then every ack in one go
+    assert sizes == [3, 3, 3, 9]
+    for n, board in enumerate(boards):
+        assert await store.read_key(board, "x") == 20 + n
+        log = await store.history(board)
+        assert [e.proposal_id for e in log] == [f"{board}{i}" for i in range(3)]
+        assert [e.version for e in log] == [1, 2, 3]
+
+
+async def test_a_board_leaves_the_waves_at_a_proposal_the_script_refuses(
+    store: BoardStore,
+) -> None:
+    """p's stale proposal is refused in a wave: the general path rejects it (recording
+    why and asking for a rewrite), then p's later proposal commits after it; q, whose
+    first proposal is not blind, goes the general path from the start, in order."""
+    sup = Supervisor(APP, store)
+    for board in ("p", "q"):
+        await store.create(board, APP.schema)
+    subs = [
+        blind("p", "p0", 0, 1),
+        Submission(
+            kind="proposal",
+            board_id="q",
+            author="a",
+            proposal_id="q0",
+            patch=[
+                {"op": "test", "path": "/x", "value": 0},
+                {"op": "add", "path": "/x", "value": 7},
+            ],
+        ),
+        blind("p", "stale", 0, 2),
+        blind("q", "q1", 1, 8),
+        blind("p", "p1", 1, 3),
+    ]
+    await consume(sup, subs, lambda: settled(store, {"p": 3, "q": 2}))
+    assert [e.proposal_id for e in await store.history("p")] == ["p0", "p1"]
+    assert [e.proposal_id for e in await store.history("q")] == ["q0", "q1"]
+    assert await store.read_key("p", "x") == 3 and await store.read_key("q", "x") == 8
+    stale = await outcome_of(store, "p", "stale")
+    assert (stale["status"], stale["reason"]) == ("rejected", "conflict")
+    # the rewrite it asked for was answered by p1's commit, which came after it
+    loops = await store.redis.hgetall(store.keys("p").loops)
+    assert "rw:a" not in loops
+
+
+async def test_a_board_busy_in_this_process_is_not_committed_around(store: BoardStore) -> None:
+    """A board whose lock a local submission holds waits for it; other boards do not."""
+    sup = Supervisor(APP, store)
+    for board in ("p", "q"):
+        await store.create(board, APP.schema)
+    busy = asyncio.Event()
+    release = asyncio.Event()
+
+    async def local_work() -> None:
+        async with sup._serial("p"):
+            busy.set()
+            await release.wait()
+
+    holder = asyncio.create_task(local_work())
+    await busy.wait()
+
+    async def q_done_then_release() -> bool:
+        if await store.version("q") == 1 and not release.is_set():
+            assert await store.version("p") == 0  # still waiting for the lock
+            release.set()
+        return await settled(store, {"p": 1, "q": 1})
+
+    await consume(sup, [blind("p", "p0", 0, 1), blind("q", "q0", 0, 1)], q_done_then_release)
+    await holder
+    assert await store.version("p") == 1 and await store.version("q") == 1
