@@ -8,7 +8,8 @@ indexes) carry no board tag and are never touched by a board's scripts.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from blackboard.errors import ConfigError
 
@@ -29,7 +30,7 @@ def check_board_id(board_id: str) -> str:
 
 @dataclass(frozen=True)
 class BoardKeys:
-    """The keys of one board."""
+    """The keys of one board (each name built once: a commit names a dozen)."""
 
     prefix: str
     board_id: str
@@ -37,100 +38,100 @@ class BoardKeys:
     def _k(self, suffix: str) -> str:
         return f"{self.prefix}:{{{self.board_id}}}:{suffix}"
 
-    @property
+    @cached_property
     def meta(self) -> str:
         """Hash: version, status, compliant, decl, bytes, tokens, created, updated, …"""
         return self._k("meta")
 
-    @property
+    @cached_property
     def state(self) -> str:
         """Hash: board key -> JSON value (only keys that are set)."""
         return self._k("state")
 
-    @property
+    @cached_property
     def kver(self) -> str:
         """Hash: board key -> version of its last change (absent = 0)."""
         return self._k("kver")
 
-    @property
+    @cached_property
     def khash(self) -> str:
         """Hash: board key -> short hash of its JSON value (content fingerprints)."""
         return self._k("khash")
 
-    @property
+    @cached_property
     def log(self) -> str:
         """Stream: one entry per commit, entry id ``<version>-0``."""
         return self._k("log")
 
-    @property
+    @cached_property
     def proposals(self) -> str:
         """Hash: proposal id -> version it committed as (idempotency)."""
         return self._k("proposals")
 
-    @property
+    @cached_property
     def snapshots(self) -> str:
         """Hash: version -> JSON object of the whole board at that version."""
         return self._k("snaps")
 
-    @property
+    @cached_property
     def snapshot_index(self) -> str:
         """Sorted set of snapshot versions (score = version)."""
         return self._k("snapidx")
 
-    @property
+    @cached_property
     def declaration(self) -> str:
         """String: the board's declaration as JSON (JSON Schema + ownership)."""
         return self._k("decl")
 
-    @property
+    @cached_property
     def events(self) -> str:
         """Pub/sub channel announcing each commit."""
         return self._k("events")
 
     # -- the supervisor's per-board state (same slot as the board) --------------------
 
-    @property
+    @cached_property
     def results(self) -> str:
         """Hash: proposal id -> JSON outcome (committed / rejected / held / failed)."""
         return self._k("results")
 
-    @property
+    @cached_property
     def activations(self) -> str:
         """Hash: activation id -> JSON activation record (the envelope)."""
         return self._k("acts")
 
-    @property
+    @cached_property
     def open(self) -> str:
         """Sorted set: open activation id -> deadline (ms)."""
         return self._k("open")
 
-    @property
+    @cached_property
     def outbox(self) -> str:
         """Hash: activation id -> queue entry JSON not yet dispatched to its agent."""
         return self._k("outbox")
 
-    @property
+    @cached_property
     def loops(self) -> str:
         """Hash: handoff counters ('a>b' -> 'fingerprint|count'), rewrite counters, and
         summarised content hashes."""
         return self._k("loops")
 
-    @property
+    @cached_property
     def routed(self) -> str:
         """Hash: proposal id -> 1 once its routing step ran (idempotency)."""
         return self._k("routed")
 
-    @property
+    @cached_property
     def held(self) -> str:
         """Hash: proposal id -> proposal JSON held by a gate."""
         return self._k("held")
 
-    @property
+    @cached_property
     def incidents(self) -> str:
         """Stream: loops tripped, budgets spent, timeouts, gates, audits, rollbacks."""
         return self._k("incidents")
 
-    @property
+    @cached_property
     def tool_results(self) -> str:
         """Hash: idempotency key -> first result of a side-effect tool call."""
         return self._k("tools")
@@ -139,7 +140,7 @@ class BoardKeys:
         """String with a TTL: the lease of the caller running one tool call."""
         return self._k(f"toolclaim:{key}")
 
-    @property
+    @cached_property
     def saga(self) -> str:
         """List: compensations of successful side-effect calls, oldest first."""
         return self._k("saga")
@@ -174,6 +175,7 @@ class GlobalKeys:
     """Keys shared by all boards of one prefix."""
 
     prefix: str
+    _boards: dict[str, BoardKeys] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def boards(self) -> str:
@@ -222,4 +224,10 @@ class GlobalKeys:
         return f"{self.prefix}:app"
 
     def board(self, board_id: str) -> BoardKeys:
-        return BoardKeys(self.prefix, check_board_id(board_id))
+        keys = self._boards.get(board_id)
+        if keys is None:
+            keys = BoardKeys(self.prefix, check_board_id(board_id))
+            if len(self._boards) >= 10_000:  # bounded: a long-lived process sees many boards
+                self._boards.clear()
+            self._boards[board_id] = keys
+        return keys

@@ -48,6 +48,9 @@ def _malformed(message: str) -> ValidationFailed:
 def _top_key(pointer: Any, schema: BoardSchema, member: str) -> tuple[str, int]:
     if not isinstance(pointer, str):
         raise _malformed(f"{member!r} must be a string")
+    if pointer.count("/") == 1 and pointer.startswith("/") and "~" not in pointer:
+        schema.check_key(pointer[1:])  # "/<key>", nothing to unescape: the common case
+        return pointer[1:], 1
     try:
         parts = jsonpointer.JsonPointer(pointer).parts
     except jsonpointer.JsonPointerException as exc:

@@ -113,6 +113,7 @@ class Supervisor:
         self._deadlines: dict[str, int] = {}
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._status: dict[str, str] = {}
+        self._shapes: dict[tuple[Any, ...], bool] = {}
 
     # -- declaration ----------------------------------------------------------------
 
@@ -502,7 +503,26 @@ class Supervisor:
     def _routing_known_before_commit(self, sub: Submission) -> bool:
         """True when what follows a successful commit is known before it: no policy,
         gate or audit to run, a blind patch, and no trigger, done condition, router or
-        summarisation that depends on the keys it writes (a handoff at most)."""
+        summarisation that depends on the keys it writes (a handoff at most). It depends
+        only on the submission's shape (author, operations, paths, handoff target): the
+        answer is kept per shape."""
+        try:
+            shape = (
+                sub.author,
+                sub.handoff.to if sub.handoff is not None else None,
+                *((op.get("op"), op.get("path")) for op in sub.patch),
+            )
+            known = self._shapes.get(shape)
+        except TypeError:  # an unhashable op or path: malformed, the general path says so
+            return False
+        if known is None:
+            known = self._shape_known_before_commit(sub)
+            if len(self._shapes) >= self.store.CACHE_LIMIT:  # bounded, like the store's
+                self._shapes.clear()
+            self._shapes[shape] = known
+        return known
+
+    def _shape_known_before_commit(self, sub: Submission) -> bool:
         app = self.app
         if app.policies or app.gates or app.audits or self._partial_joins:
             return False

@@ -232,3 +232,25 @@ async def test_a_board_busy_in_this_process_is_not_committed_around(store: Board
     await consume(sup, [blind("p", "p0", 0, 1), blind("q", "q0", 0, 1)], q_done_then_release)
     await holder
     assert await store.version("p") == 1 and await store.version("q") == 1
+
+
+def test_the_one_script_decision_is_kept_per_shape_not_per_author(store: BoardStore) -> None:
+    """The decision is cached by author, operations, paths and handoff target: a
+    submission differing in any of them is decided afresh."""
+    sup = Supervisor(APP, store)
+
+    def sub(path: str = "/x", op: str = "replace", to: str | None = "b") -> Submission:
+        return Submission(
+            kind="proposal",
+            board_id="p",
+            author="a",
+            patch=[{"op": op, "path": path, "value": 1}],
+            handoff=Handoff(to=to, reason="r") if to else None,
+        )
+
+    assert sup._routing_known_before_commit(sub())
+    assert not sup._routing_known_before_commit(sub(to="a"))  # a may not hand off to a
+    assert not sup._routing_known_before_commit(sub(path="/x/deep"))  # not blind
+    assert not sup._routing_known_before_commit(sub(op="test"))  # reads the board
+    assert sup._routing_known_before_commit(sub(to=None))
+    assert sup._routing_known_before_commit(sub())  # and the first answer still holds
