@@ -474,9 +474,21 @@ class BoardStore:
         prepared = await self.prepare(board_id, proposal, kind=kind, outcome=outcome)
         if isinstance(prepared, CommitResult):
             return prepared
+        return await self._run(board_id, proposal, prepared)
+
+    async def _run(self, board_id: str, proposal: Proposal, call: PreparedCommit) -> CommitResult:
+        """Run the commit script (with WAIT after it if asked) and read its reply."""
+        acked = None
         async with _redis_errors(f"commit to board {board_id!r}"):
-            reply = await self._commit_script(keys=prepared.keys, args=prepared.args)
-        return await self.finish(board_id, proposal, reply)
+            if not self.settings.wait_replicas:
+                reply = await self._commit_script(keys=call.keys, args=call.args)
+            else:  # WAIT counts replicas that have this connection's writes: send it
+                # on the connection that ran the script, right after it
+                pipe = self.redis.pipeline(transaction=False)
+                await self._commit_script(keys=call.keys, args=call.args, client=pipe)
+                pipe.execute_command(*self.wait_command())
+                reply, acked = await pipe.execute()
+        return await self.finish(board_id, proposal, reply, replicas=acked)
 
     async def prepare(
         self,
@@ -540,12 +552,27 @@ class BoardStore:
             undo,
         )
 
-    async def finish(self, board_id: str, proposal: Proposal, reply: list[Any]) -> CommitResult:
-        """Turn the commit script's reply into a result (or the typed rejection)."""
+    async def finish(
+        self, board_id: str, proposal: Proposal, reply: list[Any], *, replicas: int | None = None
+    ) -> CommitResult:
+        """Turn the commit script's reply into a result (or the typed rejection).
+
+        With ``Settings.wait_replicas``, ``replicas`` is the reply of the
+        :meth:`wait_command` the caller sent right after the script, on the same
+        connection (WAIT counts the replicas that have that connection's writes)."""
         result = await self._answer(board_id, proposal, reply)
         if self.settings.wait_replicas and not result.duplicate:
-            result.replicas = await self._wait_replicas(board_id, result.version)
+            if replicas is None:
+                raise ConfigError(
+                    "wait_replicas is set but no WAIT reply was given: send wait_command() "
+                    "after the commit script, on its connection, and pass its reply."
+                )
+            result.replicas = self._replicated(board_id, result.version, int(replicas))
         return result
+
+    def wait_command(self) -> tuple[str, int, int]:
+        """The WAIT to send after a commit when ``Settings.wait_replicas`` is set."""
+        return ("WAIT", self.settings.wait_replicas, self.settings.wait_timeout_ms)
 
     async def _duplicate(self, board_id: str, version: int) -> CommitResult:
         """The answer to a proposal id that already committed: its version and keys."""
@@ -711,14 +738,8 @@ class BoardStore:
             args=args,
         )
 
-    async def _wait_replicas(self, board_id: str, version: int) -> int:
+    def _replicated(self, board_id: str, version: int, acked: int) -> int:
         wanted = self.settings.wait_replicas
-        async with _redis_errors(f"wait for replicas of board {board_id!r}"):
-            acked = int(
-                await self.redis.execute_command(  # type: ignore[no-untyped-call]
-                    "WAIT", wanted, self.settings.wait_timeout_ms
-                )
-            )
         if acked < wanted:
             log.warning(
                 "commit acknowledged by %d of %d replicas within %d ms",
@@ -883,6 +904,4 @@ class BoardStore:
         call = self._commit_call(
             board_id, schema, proposal, "rollback", "no-op", "[]", [], reads, "[]"
         )
-        async with _redis_errors(f"commit to board {board_id!r}"):
-            reply = await self._commit_script(keys=call.keys, args=call.args)
-        return await self.finish(board_id, proposal, reply)
+        return await self._run(board_id, proposal, call)

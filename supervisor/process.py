@@ -221,20 +221,40 @@ class Supervisor:
             if not wave:
                 break
             try:
-                replies = await self.router.pipeliner.execute(
-                    *(c for _, planned in wave for c in planned.commands), raise_on_error=False
-                )
-                end = 0
+                replies = await self._send_wave(wave)
+                if replies is None:  # no reply to read: each goes the general path
+                    for delivery, planned in wave:
+                        board_id = planned.sub.board_id
+                        rest.append([(delivery, planned.sub), *by_board.pop(board_id, ())])
+                    continue
+                start = 0
                 for delivery, planned in wave:
-                    end += len(planned.commands)
+                    mine = replies[start : start + len(planned.commands)]
+                    start += len(mine)
                     ack = (queue.stream, queue.group, delivery.entry_id)
-                    if not await self._settle_in_wave(planned, replies[end - 1], ack, batch):
+                    acked = replies[-1] if self.store.settings.wait_replicas else None
+                    if not await self._settle_in_wave(planned, mine, acked, ack, batch):
                         board_id = planned.sub.board_id
                         rest.append([(delivery, planned.sub), *by_board.pop(board_id, ())])
             finally:
                 for _, planned in wave:
                     self._unhold(planned.sub.board_id)
         return rest
+
+    async def _send_wave(self, wave: list[tuple[Delivery, _Planned]]) -> list[Any] | None:
+        """Every planned call in one round trip (then one WAIT for them all, if asked);
+        their replies, an error in place of any that failed; None if the round trip
+        failed other than by an outage (a garbled reply, say)."""
+        commands = [c for _, planned in wave for c in planned.commands]
+        if self.store.settings.wait_replicas:  # on the connection that ran the scripts
+            commands.append(("execute_command", self.store.wait_command(), {}))
+        try:
+            return await self.router.pipeliner.execute(*commands, raise_on_error=False)
+        except OUTAGE:
+            raise
+        except Exception:
+            log.exception("a round trip of %d proposals failed; one by one now", len(wave))
+            return None
 
     async def _next_wave(
         self,
@@ -244,34 +264,47 @@ class Supervisor:
         """Each board's next submission, planned, its board held; boards whose next one
         needs the general path move from ``by_board`` to ``rest``."""
         wave: list[tuple[Delivery, _Planned]] = []
-        for board_id, items in list(by_board.items()):
-            delivery, sub = items[0]
-            planned = None
-            if self._atomic(sub) and await self._hold(board_id):
-                try:
-                    planned = await self._plan_routed(sub, "")
-                except Exception:  # e.g. an unknown board: the general path handles it
-                    planned = None
+        try:
+            for board_id, items in list(by_board.items()):
+                delivery, sub = items[0]
+                planned = None
+                if self._atomic(sub) and await self._hold(board_id):
+                    try:
+                        planned = await self._plan_routed(sub, "")
+                    except Exception:  # e.g. an unknown board: the general path handles it
+                        planned = None
+                    finally:
+                        if planned is None:  # also when cancelled
+                            self._unhold(board_id)
                 if planned is None:
-                    self._unhold(board_id)
-            if planned is None:
-                rest.append(list(by_board.pop(board_id)))
-                continue
-            items.popleft()
-            if not items:
-                del by_board[board_id]
-            wave.append((delivery, planned))
+                    rest.append(list(by_board.pop(board_id)))
+                    continue
+                items.popleft()
+                if not items:
+                    del by_board[board_id]
+                wave.append((delivery, planned))
+        except BaseException:  # cancelled while planning: the boards held so far are freed
+            for _, planned in wave:
+                self._unhold(planned.sub.board_id)
+            raise
         return wave
 
     async def _settle_in_wave(
-        self, planned: _Planned, reply: Any, ack: tuple[str, str, str], batch: list[Any]
+        self,
+        planned: _Planned,
+        replies: list[Any],
+        acked: Any,
+        ack: tuple[str, str, str],
+        batch: list[Any],
     ) -> bool:
         """False if the submission needs the general path. An error is logged and the
         entry left pending (redelivered, then dead-lettered), as in :meth:`_board_batch`."""
         try:
-            if isinstance(reply, Exception):
-                raise reply
-            return await self._settle_routed(planned, reply, ack, batch) is not None
+            for reply in [*replies, acked]:
+                if isinstance(reply, Exception):
+                    raise reply
+            outcome = await self._settle_routed(planned, replies[-1], ack, batch, replicas=acked)
+            return outcome is not None
         except OUTAGE:
             raise
         except Exception:
@@ -517,9 +550,13 @@ class Supervisor:
             return False
         if known is None:
             known = self._shape_known_before_commit(sub)
-            if len(self._shapes) >= self.store.CACHE_LIMIT:  # bounded, like the store's
-                self._shapes.clear()
-            self._shapes[shape] = known
+            # bounded, like the store's caches; a shape is kept only if it is small (a
+            # key is not, say, a megabyte path an agent sent)
+            small = len(sub.patch) <= 8 and all(len(str(op.get("path"))) <= 200 for op in sub.patch)
+            if small:
+                if len(self._shapes) >= self.store.CACHE_LIMIT:
+                    self._shapes.clear()
+                self._shapes[shape] = known
         return known
 
     def _shape_known_before_commit(self, sub: Submission) -> bool:
@@ -550,8 +587,12 @@ class Supervisor:
         planned = await self._plan_routed(sub, report)
         if planned is None:
             return None
-        replies = await self.router.pipeliner.execute(*planned.commands)
-        return await self._settle_routed(planned, replies[-1], ack, batch)
+        if not self.store.settings.wait_replicas:
+            replies = await self.router.pipeliner.execute(*planned.commands)
+            return await self._settle_routed(planned, replies[-1], ack, batch)
+        wait: Command = ("execute_command", self.store.wait_command(), {})
+        *replies, acked = await self.router.pipeliner.execute(*planned.commands, wait)
+        return await self._settle_routed(planned, replies[-1], ack, batch, replicas=acked)
 
     async def _plan_routed(self, sub: Submission, report: str) -> _Planned | None:
         """Validate a proposal and build its commit-and-route script call; None if it
@@ -604,9 +645,12 @@ class Supervisor:
         reply: list[Any],
         ack: tuple[str, str, str] | None,
         batch: list[Command] | None,
+        *,
+        replicas: int | None = None,
     ) -> Outcome | None:
         """The script's reply: record, dispatch and acknowledge; None if the commit was
-        refused (conflict, decided, stopped…): the general path says why."""
+        refused (conflict, decided, stopped…): the general path says why. ``replicas``:
+        the reply of the WAIT sent after the script (with ``Settings.wait_replicas``)."""
         board_id, step = planned.sub.board_id, planned.step
         commit_reply, routed, read = await self.router.commit_route_reply(
             board_id, step, planned.context, reply
@@ -614,7 +658,9 @@ class Supervisor:
         if routed is None:
             return None
         self._saw(board_id, routed.status)
-        commit = await self.store.finish(board_id, planned.proposal, commit_reply)
+        commit = await self.store.finish(
+            board_id, planned.proposal, commit_reply, replicas=replicas
+        )
         for act in step.activations:
             act.base = commit.version  # the script filled in the same placeholder
         await self.router.dispatch(

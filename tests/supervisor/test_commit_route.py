@@ -7,12 +7,14 @@ import asyncio
 import json
 from typing import Annotated, Any
 
+import pytest
 from bbtest import outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
 from pydantic import BaseModel
+from redis.exceptions import InvalidResponse
 
-from blackboard import App, BoardStore, Key
+from blackboard import App, BoardStore, Key, Settings, connect
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submit
 from blackboard.records import Handoff, Outcome, Submission
@@ -254,3 +256,86 @@ def test_the_one_script_decision_is_kept_per_shape_not_per_author(store: BoardSt
     assert not sup._routing_known_before_commit(sub(op="test"))  # reads the board
     assert sup._routing_known_before_commit(sub(to=None))
     assert sup._routing_known_before_commit(sub())  # and the first answer still holds
+
+
+async def test_a_consumer_cancelled_while_planning_a_wave_frees_the_boards(
+    store: BoardStore,
+) -> None:
+    """Cancelled while planning q (say, waiting on a first read of its declaration),
+    with p already held for the wave: both boards are free afterwards."""
+    sup = Supervisor(APP, store)
+    for board in ("p", "q"):
+        await store.create(board, APP.schema)
+        await submit(sup.redis, sup.keys.prefix, blind(board, f"{board}0", 0, 1))
+    planning_q = asyncio.Event()
+    prepare = store.prepare
+
+    async def slow_for_q(board_id: str, *a: Any, **k: Any) -> Any:
+        if board_id == "q":
+            planning_q.set()
+            await asyncio.Event().wait()  # until cancelled
+        return await prepare(board_id, *a, **k)
+
+    store.prepare = slow_for_q  # type: ignore[method-assign]
+    task = asyncio.create_task(sup.run(asyncio.Event()))
+    await planning_q.wait()
+    assert "p" in sup._locks  # held for the wave being planned
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sup._locks == {}
+    store.prepare = prepare  # type: ignore[method-assign]
+    async with asyncio.timeout(5), sup._serial("p"), sup._serial("q"):
+        pass
+
+
+@pytest.mark.real_only
+async def test_a_wave_waits_for_replicas_once(redis_servers: Any) -> None:
+    """With wait_replicas, one WAIT follows a wave's scripts on their connection (not
+    one per board, one after the other); with no replica, every commit still lands."""
+    server = redis_servers()
+    store = BoardStore(connect(server.url), Settings(wait_replicas=1, wait_timeout_ms=20))
+    sup = Supervisor(APP, store)
+    boards = [f"b{i}" for i in range(8)]
+    for board in boards:
+        await store.create(board, APP.schema)
+    waits: list[int] = []
+    execute = sup.router.pipeliner.execute
+
+    async def counted(*commands: Any, **k: Any) -> Any:
+        waits.append(sum(1 for c in commands if c[1] and c[1][0] == "WAIT"))
+        return await execute(*commands, **k)
+
+    sup.router.pipeliner.execute = counted  # type: ignore[method-assign]
+    await consume(
+        sup,
+        [blind(b, f"{b}-0", 0, 1) for b in boards],
+        lambda: settled(store, dict.fromkeys(boards, 1)),
+    )
+    assert waits[0] == 1  # the wave: eight scripts, one WAIT
+    for board in boards:
+        assert (await outcome_of(store, board, f"{board}-0"))["status"] == "committed"
+    await store.close()
+
+
+async def test_a_wave_whose_round_trip_fails_is_handled_one_by_one(store: BoardStore) -> None:
+    """A wave's round trip that raises (not an outage) does not stop the supervisor:
+    each of its proposals goes the general path, and commits once."""
+    sup = Supervisor(APP, store)
+    for board in ("p", "q"):
+        await store.create(board, APP.schema)
+    execute = sup.router.pipeliner.execute
+    failed: list[int] = []
+
+    async def fails_once(*commands: Any, **k: Any) -> Any:
+        if not failed:
+            failed.append(len(commands))
+            raise InvalidResponse("garbled reply")
+        return await execute(*commands, **k)
+
+    sup.router.pipeliner.execute = fails_once  # type: ignore[method-assign]
+    subs = [blind("p", "p0", 0, 1), blind("q", "q0", 0, 2)]
+    await consume(sup, subs, lambda: settled(store, {"p": 1, "q": 1}))
+    assert failed == [2]  # the wave's two scripts
+    assert await store.read_key("p", "x") == 1 and await store.read_key("q", "x") == 2
+    assert await store.version("p") == 1 and await store.version("q") == 1
