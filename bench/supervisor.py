@@ -110,7 +110,9 @@ async def wait_outcomes(store: BoardStore, boards: list[str], total: int, timeou
             return
         if time.monotonic() > deadline:
             raise SystemExit("supervisor did not finish in time")
-        await asyncio.sleep(0.025)  # a light poll: the supervisor shares these cores
+        # A light poll (the supervisor shares these cores), fine enough not to blur a
+        # run of a fraction of a second: 7 ms for 100 boards, 25 ms for 1,000.
+        await asyncio.sleep(min(0.025, 0.005 + len(boards) * 0.00002))
 
 
 async def throughput(
