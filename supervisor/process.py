@@ -227,12 +227,12 @@ class Supervisor:
                         board_id = planned.sub.board_id
                         rest.append([(delivery, planned.sub), *by_board.pop(board_id, ())])
                     continue
+                acked = replies[-1] if self.store.settings.wait_replicas else None
                 start = 0
                 for delivery, planned in wave:
                     mine = replies[start : start + len(planned.commands)]
                     start += len(mine)
                     ack = (queue.stream, queue.group, delivery.entry_id)
-                    acked = replies[-1] if self.store.settings.wait_replicas else None
                     if not await self._settle_in_wave(planned, mine, acked, ack, batch):
                         board_id = planned.sub.board_id
                         rest.append([(delivery, planned.sub), *by_board.pop(board_id, ())])
@@ -245,9 +245,7 @@ class Supervisor:
         """Every planned call in one round trip (then one WAIT for them all, if asked);
         their replies, an error in place of any that failed; None if the round trip
         failed other than by an outage (a garbled reply, say)."""
-        commands = [c for _, planned in wave for c in planned.commands]
-        if self.store.settings.wait_replicas:  # on the connection that ran the scripts
-            commands.append(("execute_command", self.store.wait_command(), {}))
+        commands = [c for _, planned in wave for c in planned.commands] + self._wait()
         try:
             return await self.router.pipeliner.execute(*commands, raise_on_error=False)
         except OUTAGE:
@@ -587,12 +585,18 @@ class Supervisor:
         planned = await self._plan_routed(sub, report)
         if planned is None:
             return None
+        replies = await self.router.pipeliner.execute(*planned.commands, *self._wait())
+        acked = replies[-1] if self.store.settings.wait_replicas else None
+        reply = replies[len(planned.commands) - 1]
+        return await self._settle_routed(planned, reply, ack, batch, replicas=acked)
+
+    def _wait(self) -> list[Command]:
+        """With ``Settings.wait_replicas``, the WAIT to send right after commit scripts,
+        on their connection (WAIT counts the replicas that have that connection's
+        writes): one for a whole wave."""
         if not self.store.settings.wait_replicas:
-            replies = await self.router.pipeliner.execute(*planned.commands)
-            return await self._settle_routed(planned, replies[-1], ack, batch)
-        wait: Command = ("execute_command", self.store.wait_command(), {})
-        *replies, acked = await self.router.pipeliner.execute(*planned.commands, wait)
-        return await self._settle_routed(planned, replies[-1], ack, batch, replicas=acked)
+            return []
+        return [("execute_command", self.store.wait_command(), {})]
 
     async def _plan_routed(self, sub: Submission, report: str) -> _Planned | None:
         """Validate a proposal and build its commit-and-route script call; None if it
