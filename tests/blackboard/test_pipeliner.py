@@ -8,25 +8,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio
+from bbtest import counting
 from fakeredis import FakeAsyncRedis
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blackboard.connection import Pipeliner, connect
-
-
-def counting(p: Pipeliner) -> list[int]:
-    """Count the pipelines ``p`` sends and the commands in each."""
-    sizes: list[int] = []
-    pipe = p._pipe
-    execute = pipe.execute
-
-    async def counted(*a: Any, **k: Any) -> Any:
-        sizes.append(len(pipe.command_stack))
-        return await execute(*a, **k)
-
-    pipe.execute = counted  # type: ignore[method-assign]
-    return sizes
 
 
 async def test_callers_meanwhile_share_one_round_trip(redis_client: redis.asyncio.Redis) -> None:

@@ -10,6 +10,7 @@ from blackboard.agents import Context, Handoff, Output, Summariser, agent, when_
 from pydantic import BaseModel, Field
 
 from blackboard import App, BoardStore, Key, Limits
+from blackboard.connection import Pipeliner
 
 
 class Case(BaseModel):
@@ -76,3 +77,17 @@ async def incidents(store: BoardStore, board_id: str) -> list[dict[str, str]]:
 async def activations(store: BoardStore, board_id: str) -> list[dict[str, Any]]:
     raw = await store.redis.hgetall(store.keys(board_id).activations)
     return sorted((json.loads(v) for v in raw.values()), key=lambda a: a["created_ms"])
+
+
+def counting(p: Pipeliner) -> list[int]:
+    """Count the pipelines ``p`` sends and the commands in each."""
+    sizes: list[int] = []
+    pipe = p._pipe
+    execute = pipe.execute
+
+    async def counted(*a: Any, **k: Any) -> Any:
+        sizes.append(len(pipe.command_stack))
+        return await execute(*a, **k)
+
+    pipe.execute = counted  # type: ignore[method-assign]
+    return sizes

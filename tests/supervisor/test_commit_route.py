@@ -8,11 +8,11 @@ import json
 from typing import Annotated, Any
 
 import pytest
-from bbtest import outcome_of
+from bbtest import counting, outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
 from pydantic import BaseModel
-from redis.exceptions import InvalidResponse
+from redis.exceptions import InvalidResponse, ResponseError
 
 from blackboard import App, BoardStore, Key, Settings, connect
 from blackboard.keys import GlobalKeys
@@ -36,6 +36,18 @@ async def b(ctx: Context) -> Output:
 
 
 APP = App(board=Pair, agents=[a, b])
+
+
+def blind(board: str, pid: str, base: int, value: int) -> Submission:
+    """a's proposal to set x, which needs no read of the board."""
+    return Submission(
+        kind="proposal",
+        board_id=board,
+        author="a",
+        base=base,
+        proposal_id=pid,
+        patch=[{"op": "replace", "path": "/x", "value": value}],
+    )
 
 
 async def test_commit_and_handoff_in_one_script(store: BoardStore) -> None:
@@ -78,24 +90,8 @@ async def test_commit_and_handoff_in_one_script(store: BoardStore) -> None:
 async def test_refused_commit_falls_back_and_is_recorded(store: BoardStore) -> None:
     sup = Supervisor(APP, store)
     await store.create("p", APP.schema)
-    await sup.handle(
-        Submission(
-            kind="proposal",
-            board_id="p",
-            author="a",
-            base=0,
-            patch=[{"op": "replace", "path": "/x", "value": 1}],
-        )
-    )
-    stale = Submission(
-        kind="proposal",
-        board_id="p",
-        author="a",
-        base=0,
-        proposal_id="old",
-        patch=[{"op": "replace", "path": "/x", "value": 2}],
-    )
-    outcome = await sup.handle(stale)
+    await sup.handle(blind("p", "new", 0, 1))
+    outcome = await sup.handle(blind("p", "old", 0, 2))  # stale: x changed after 0
     assert (outcome.status, outcome.reason) == ("rejected", "conflict")
     assert "changed after base version 0" in outcome.message
     assert await store.read_key("p", "x") == 1
@@ -108,31 +104,12 @@ async def test_refused_commit_falls_back_and_is_recorded(store: BoardStore) -> N
 # -- a consumer batch in waves --------------------------------------------------------
 
 
-def blind(board: str, pid: str, base: int, value: int, key: str = "x") -> Submission:
-    return Submission(
-        kind="proposal",
-        board_id=board,
-        author="a",
-        base=base,
-        proposal_id=pid,
-        patch=[{"op": "replace", "path": f"/{key}", "value": value}],
-    )
-
-
 async def consume(sup: Supervisor, subs: list[Submission], until: Any) -> list[int]:
     """Put ``subs`` on the stream, run the supervisor until ``until()`` holds, and return
     the sizes of the pipelines its Pipeliner sent."""
     for s in subs:
         await submit(sup.redis, sup.keys.prefix, s)
-    sizes: list[int] = []
-    pipe = sup.router.pipeliner._pipe
-    execute = pipe.execute
-
-    async def counted(*a: Any, **k: Any) -> Any:
-        sizes.append(len(pipe.command_stack))
-        return await execute(*a, **k)
-
-    pipe.execute = counted  # type: ignore[method-assign]
+    sizes = counting(sup.router.pipeliner)
     stop = asyncio.Event()
     task = asyncio.create_task(sup.run(stop))
     try:
@@ -339,3 +316,37 @@ async def test_a_wave_whose_round_trip_fails_is_handled_one_by_one(store: BoardS
     assert failed == [2]  # the wave's two scripts
     assert await store.read_key("p", "x") == 1 and await store.read_key("q", "x") == 2
     assert await store.version("p") == 1 and await store.version("q") == 1
+
+
+async def test_an_error_reply_in_a_wave_leaves_only_that_proposal_pending(
+    store: BoardStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One board's script answers with an error: that proposal is logged and left
+    pending (to be redelivered), uncommitted; the other board's commits and is acked."""
+    sup = Supervisor(APP, store)
+    for board in ("p", "q"):
+        await store.create(board, APP.schema)
+    execute = sup.router.pipeliner.execute
+
+    async def p_fails(*commands: Any, **k: Any) -> Any:
+        if len(commands) == 2 and commands[0][0] == "script":  # the wave: p's, then q's
+            return [ResponseError("ERR p's script broke"), *await execute(*commands[1:], **k)]
+        return await execute(*commands, **k)
+
+    sup.router.pipeliner.execute = p_fails  # type: ignore[method-assign]
+    stream = GlobalKeys(store.settings.key_prefix).proposals(0)
+
+    async def q_done() -> bool:
+        if not await store.redis.hlen(store.keys("q").results):
+            return False
+        return (await store.redis.xpending(stream, "supervisor"))["pending"] == 1
+
+    with caplog.at_level("ERROR"):
+        await consume(sup, [blind("p", "p0", 0, 1), blind("q", "q0", 0, 2)], q_done)
+    assert "submission p0 on board p failed" in caplog.text
+    assert await store.redis.hget(store.keys("p").results, "p0") is None  # not recorded
+    assert await store.version("p") == 0
+    assert await store.read_key("q", "x") == 2
+    [entry] = await store.redis.xpending_range(stream, "supervisor", "-", "+", 10)
+    [(_, fields)] = await store.redis.xrange(stream, entry["message_id"], entry["message_id"])
+    assert Submission.model_validate_json(fields["s"]).proposal_id == "p0"
