@@ -93,7 +93,13 @@ async def test_supervisor_killed_at_random_loses_nothing(redis_server: Any) -> N
             for sub in subs[sent : sent + 100]:
                 await submit(client, prefix, sub)
             sent = min(sent + 100, len(subs))
-        await asyncio.sleep(rng.uniform(0.02, 0.15))  # let the replicas get to work
+        # Kill in the middle of the work, not during a replica's start (a kill every
+        # few tens of ms would mostly hit processes still importing): once a random
+        # number of further outcomes is recorded.
+        goal = min(await outcome_count() + rng.randint(1, 40), sent)
+        while await outcome_count() < goal:
+            assert time.monotonic() < deadline, f"only {await outcome_count()} outcomes"
+            await asyncio.sleep(0.005)
         victim = rng.randrange(len(procs))
         procs[victim].send_signal(signal.SIGKILL)
         procs[victim].wait()
