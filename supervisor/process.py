@@ -55,6 +55,12 @@ ACTIVE = "active"
 STOPPED = ("escalated", "done", "failed")
 WAITING = ("escalated", "failed", "awaiting_approval")
 """Statuses that put a board on the escalations list (a human is needed)."""
+LANES = 2
+"""Lanes of waves in flight at once (see :meth:`Supervisor._lanes`): one waits on Redis
+while the other is planned; more would only queue behind them."""
+LANE_BOARDS = 4
+"""Boards a lane needs at least: fewer, and the round trip a lane adds costs more than
+the overlap saves."""
 
 
 @dataclass
@@ -191,7 +197,7 @@ class Supervisor:
                     by_board.setdefault(sub.board_id, deque()).append((d, sub))
                 collected: list[Any] = []
                 try:
-                    rest = await self._waves(queue, by_board, collected)
+                    rest = await self._lanes(queue, by_board, collected)
                     await asyncio.gather(
                         *(self._board_batch(queue, items, collected) for items in rest)
                     )
@@ -202,6 +208,33 @@ class Supervisor:
                 log.warning("Redis unavailable, retrying: %s", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
+
+    async def _lanes(
+        self,
+        queue: WorkQueue,
+        by_board: dict[str, deque[tuple[Delivery, Submission]]],
+        batch: list[Any],
+    ) -> list[list[tuple[Delivery, Submission]]]:
+        """The batch's boards in :data:`LANES` disjoint lanes, each sending its own
+        :meth:`_waves`: while one lane's wave runs in Redis, the next lane's is planned
+        here (the Pipeliner sends it as soon as the first is answered), so this process
+        and the server work at the same time instead of taking turns. A board is in one
+        lane only, so its submissions keep their order."""
+        count = min(LANES, len(by_board) // LANE_BOARDS)
+        if count < 2:
+            return await self._waves(queue, by_board, batch)
+        lanes: list[dict[str, deque[tuple[Delivery, Submission]]]] = [{} for _ in range(count)]
+        for i, (board_id, items) in enumerate(by_board.items()):
+            lanes[i % count][board_id] = items
+        tasks = [asyncio.ensure_future(self._waves(queue, lane, batch)) for lane in lanes]
+        try:
+            rests = await asyncio.gather(*tasks)
+        except BaseException:  # one lane failed (an outage, say) or this was cancelled
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return [items for rest in rests for items in rest]
 
     async def _waves(
         self,
@@ -222,6 +255,9 @@ class Supervisor:
                 break
             try:
                 replies = await self._send_wave(wave)
+                # Let another lane's wave, queued in the Pipeliner meanwhile, be sent
+                # before this one is settled and the next planned.
+                await asyncio.sleep(0)
                 if replies is None:  # no reply to read: each goes the general path
                     for delivery, planned in wave:
                         board_id = planned.sub.board_id

@@ -150,6 +150,42 @@ async def test_a_batch_commits_each_boards_next_proposal_in_one_round_trip(
         assert [e.version for e in log] == [1, 2, 3]
 
 
+async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore) -> None:
+    sup = Supervisor(APP, store)
+    boards = [f"b{n}" for n in range(8)]
+    for board in boards:
+        await store.create(board, APP.schema)
+    subs = [blind(b, f"{b}-{i}", i, 10 * i + n) for i in range(3) for n, b in enumerate(boards)]
+    await store.redis.script_load(sup.router._commit_route.script)
+    spans: list[tuple[str, frozenset[str]]] = []
+    send = sup._send_wave
+
+    async def traced(wave: Any) -> Any:
+        lane = frozenset(planned.sub.board_id for _, planned in wave)
+        spans.append(("sent", lane))
+        try:
+            return await send(wave)
+        finally:
+            spans.append(("answered", lane))
+
+    sup._send_wave = traced  # type: ignore[method-assign]
+    sizes = await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 3)))
+    # two lanes of four boards, three waves each, then every ack in one go
+    assert sizes == [4] * 6 + [24]
+    lanes = {lane for _, lane in spans}
+    assert len(lanes) == 2 and set().union(*lanes) == set(boards)
+    assert sum(len(lane) for lane in lanes) == 8  # disjoint: a board keeps its order
+    for n, board in enumerate(boards):
+        assert await store.read_key(board, "x") == 20 + n
+        assert [e.proposal_id for e in await store.history(board)] == [
+            f"{board}-{i}" for i in range(3)
+        ]
+    if not type(store.redis).__module__.startswith("fakeredis"):
+        # a real round trip suspends: the second lane is sent before the first's answer
+        first, second = spans[0][1], next(lane for _, lane in spans if lane != spans[0][1])
+        assert spans.index(("sent", second)) < spans.index(("answered", first))
+
+
 async def test_a_board_leaves_the_waves_at_a_proposal_the_script_refuses(
     store: BoardStore,
 ) -> None:
