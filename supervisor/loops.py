@@ -327,8 +327,19 @@ class Router:
 
     async def flush(self, commands: list[Command]) -> None:
         """Send collected commands in one round trip (shared with any other task's
-        commands in the same turn of the event loop)."""
+        commands in the same turn of the event loop). The acks go last, one XACK per
+        stream for all its entries: each still follows its submission's dispatch."""
         if commands:
-            sending = list(commands)
+            sending: list[Command] = []
+            acks: dict[tuple[str, str], list[str]] = {}
+            for command in commands:
+                if command[0] == "xack":
+                    stream, group, *ids = command[1]
+                    acks.setdefault((stream, group), []).extend(ids)
+                else:
+                    sending.append(command)
             commands.clear()
+            sending += [
+                ("xack", (stream, group, *ids), {}) for (stream, group), ids in acks.items()
+            ]
             await self.pipeliner.execute(*sending)

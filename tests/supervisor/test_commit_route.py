@@ -141,8 +141,8 @@ async def test_a_batch_commits_each_boards_next_proposal_in_one_round_trip(
     subs = [blind(b, f"{b}{i}", i, 10 * i + n) for i in range(3) for n, b in enumerate(boards)]
     await store.redis.script_load(sup.router._commit_route.script)  # no first-use reload
     sizes = await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 3)))
-    # three waves of three commits, then every ack in one go
-    assert sizes == [3, 3, 3, 9]
+    # three waves of three commits, then one XACK for all nine entries
+    assert sizes == [3, 3, 3, 1]
     for n, board in enumerate(boards):
         assert await store.read_key(board, "x") == 20 + n
         log = await store.history(board)
@@ -170,8 +170,8 @@ async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore
 
     sup._send_wave = traced  # type: ignore[method-assign]
     sizes = await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 3)))
-    # two lanes of four boards, three waves each, then every ack in one go
-    assert sizes == [4] * 6 + [24]
+    # two lanes of four boards, three waves each, then one XACK for all 24 entries
+    assert sizes == [4] * 6 + [1]
     lanes = {lane for _, lane in spans}
     assert len(lanes) == 2 and set().union(*lanes) == set(boards)
     assert sum(len(lane) for lane in lanes) == 8  # disjoint: a board keeps its order
@@ -386,3 +386,39 @@ async def test_an_error_reply_in_a_wave_leaves_only_that_proposal_pending(
     [entry] = await store.redis.xpending_range(stream, "supervisor", "-", "+", 10)
     [(_, fields)] = await store.redis.xrange(stream, entry["message_id"], entry["message_id"])
     assert Submission.model_validate_json(fields["s"]).proposal_id == "p0"
+
+
+async def test_a_flush_sends_each_streams_acks_as_one_xack_after_every_dispatch(
+    store: BoardStore,
+) -> None:
+    sup = Supervisor(APP, store)
+    stream = GlobalKeys(store.settings.key_prefix).proposals(0)
+    queue = f"{store.settings.key_prefix}:queue:b"
+    await store.redis.xgroup_create(stream, "g", id="0", mkstream=True)
+    await store.redis.xgroup_create(queue, "w", id="0", mkstream=True)
+    ids = [await store.redis.xadd(stream, {"n": str(n)}) for n in range(3)]
+    await store.redis.xreadgroup("g", "c", {stream: ">"})
+    sent: list[Any] = []
+    execute = sup.router.pipeliner.execute
+
+    async def recording(*commands: Any, **kwargs: Any) -> list[Any]:
+        sent.extend(commands)
+        return await execute(*commands, **kwargs)
+
+    sup.router.pipeliner.execute = recording  # type: ignore[method-assign]
+    batch: list[Any] = [
+        ("xadd", (queue, {"activation": "a0"}), {}),
+        ("xack", (stream, "g", ids[0]), {}),
+        ("xadd", (queue, {"activation": "a1"}), {}),
+        ("xack", (stream, "g", ids[1]), {}),
+        ("xack", (stream, "g", ids[2]), {}),
+    ]
+    await sup.router.flush(batch)
+    assert batch == []
+    assert [(name, args) for name, args, _ in sent] == [
+        ("xadd", (queue, {"activation": "a0"})),
+        ("xadd", (queue, {"activation": "a1"})),
+        ("xack", (stream, "g", *ids)),
+    ]
+    assert (await store.redis.xpending(stream, "g"))["pending"] == 0
+    assert [f["activation"] for _, f in await store.redis.xrange(queue)] == ["a0", "a1"]
