@@ -14,7 +14,7 @@ import difflib
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast, get_args
@@ -152,6 +152,26 @@ class BoardStore:
         if len(self._board_digest) >= self.CACHE_LIMIT:
             self._board_digest.clear()
         self._board_digest[board_id] = digest
+
+    async def warm(self, board_ids: Iterable[str]) -> None:
+        """Learn which declaration each board not seen yet is under, all in one round
+        trip: a supervisor about to commit to a hundred new boards reads them together,
+        not one at a time. Ids that are not boards are left to fail where used."""
+        cold = []
+        for board_id in dict.fromkeys(board_ids):
+            if board_id not in self._board_digest:
+                with suppress(ConfigError):  # not even a valid id
+                    cold.append((board_id, self.keys(board_id).meta))
+        if not cold:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for _, meta in cold:
+            pipe.hget(meta, "decl")
+        async with _redis_errors(f"read the declarations of {len(cold)} boards"):
+            digests = await pipe.execute()
+        for (board_id, _), digest in zip(cold, digests, strict=True):
+            if digest is not None:
+                self._remember(board_id, digest)
 
     async def declaration(self, board_id: str) -> BoardSchema:
         """The board's declaration as stored in Redis (describes; cannot validate)."""

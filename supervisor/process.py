@@ -298,6 +298,7 @@ class Supervisor:
         """Each board's next submission, planned, its board held; boards whose next one
         needs the general path move from ``by_board`` to ``rest``."""
         wave: list[tuple[Delivery, _Planned]] = []
+        await self.store.warm(by_board)  # boards new to this process: one round trip
         try:
             for board_id, items in list(by_board.items()):
                 delivery, sub = items[0]

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from bbtest import count_into
 from redis.asyncio import Redis
 
 from blackboard import (
@@ -538,3 +539,30 @@ async def test_declaration_cache_is_bounded(store: BoardStore, loan_schema: Boar
         result = await other.commit(f"c{i}", Proposal.updates("risk", 1, {"risk_rating": "high"}))
         assert result.version == 2
     assert len(other._board_digest) <= 2
+
+
+async def test_warm_reads_new_boards_declarations_in_one_round_trip(
+    store: BoardStore, loan_schema: BoardSchema
+) -> None:
+    for b in ("w1", "w2", "w3"):
+        await store.create(b, loan_schema)
+    fresh = BoardStore(store.redis, store.settings)  # another process: nothing cached
+    fresh.register(loan_schema)
+    sent: list[int] = []
+    pipeline = fresh.redis.pipeline
+    fresh.redis.pipeline = lambda *a, **k: count_into(pipeline(*a, **k), sent)  # type: ignore[method-assign]
+    await fresh.warm(["w1", "w2", "w1", "missing", "not a board id!", "w3"])
+    assert sent == [4]  # w1, w2, missing, w3: once each, in one pipeline
+    await fresh.warm(["w2", "w3"])
+    assert sent == [4]  # known now: no round trip
+
+    async def no_reads(*args: Any) -> Any:
+        raise AssertionError("read a declaration that warm() had read")
+
+    hget, fresh.redis.hget = fresh.redis.hget, no_reads  # type: ignore[method-assign]
+    result = await fresh.commit("w2", Proposal.updates("risk", 0, {"credit_score": 700}))
+    assert result.version == 1
+    fresh.redis.hget = hget  # type: ignore[method-assign]
+    fresh.redis.pipeline = pipeline  # type: ignore[method-assign]
+    with pytest.raises(BoardNotFound):  # still reported where used
+        await fresh.commit("missing", Proposal.updates("risk", 0, {"credit_score": 700}))

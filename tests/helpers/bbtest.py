@@ -79,15 +79,21 @@ async def activations(store: BoardStore, board_id: str) -> list[dict[str, Any]]:
     return sorted((json.loads(v) for v in raw.values()), key=lambda a: a["created_ms"])
 
 
-def counting(p: Pipeliner) -> list[int]:
-    """Count the pipelines ``p`` sends and the commands in each."""
-    sizes: list[int] = []
-    pipe = p._pipe
+def count_into(pipe: Any, sizes: list[int]) -> Any:
+    """``pipe`` (a redis-py pipeline), recording in ``sizes`` how many commands each
+    of its executes sends."""
     execute = pipe.execute
 
     async def counted(*a: Any, **k: Any) -> Any:
         sizes.append(len(pipe.command_stack))
         return await execute(*a, **k)
 
-    pipe.execute = counted  # type: ignore[method-assign]
+    pipe.execute = counted
+    return pipe
+
+
+def counting(p: Pipeliner) -> list[int]:
+    """Count the pipelines ``p`` sends and the commands in each."""
+    sizes: list[int] = []
+    count_into(p._pipe, sizes)
     return sizes
