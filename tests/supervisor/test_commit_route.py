@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from typing import Annotated, Any
 
 import pytest
@@ -12,6 +13,7 @@ from bbtest import counting, outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
 from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 
 from blackboard import App, BoardStore, Key, Settings, connect
@@ -300,6 +302,53 @@ async def test_a_consumer_cancelled_while_planning_a_wave_frees_the_boards(
     store.prepare = prepare  # type: ignore[method-assign]
     async with asyncio.timeout(5), sup._serial("p"), sup._serial("q"):
         pass
+
+
+async def test_an_outage_in_one_lane_stops_both_and_frees_every_board(
+    store: BoardStore,
+) -> None:
+    """The first lane's round trip fails with an outage while the second lane is under
+    way: the outage reaches the consumer (which backs off and retries), the second lane
+    is stopped, no board stays held, and nothing is acknowledged; once Redis answers
+    again every proposal commits, once."""
+    sup = Supervisor(APP, store)
+    boards = [f"b{n}" for n in range(8)]
+    for board in boards:
+        await store.create(board, APP.schema)
+    subs = [blind(b, f"{b}-{i}", i, i + 1) for i in range(2) for b in boards]
+    send = sup._send_wave
+    failed: list[frozenset[str]] = []
+
+    async def first_fails(wave: Any) -> Any:
+        if not failed:
+            failed.append(frozenset(planned.sub.board_id for _, planned in wave))
+            raise RedisConnectionError("connection lost (injected)")
+        return await send(wave)
+
+    sup._send_wave = first_fails  # type: ignore[method-assign]
+    queue = sup.queues[0]
+    for s in subs:
+        await submit(sup.redis, sup.keys.prefix, s)
+    deliveries = await queue.take(sup.name, count=100, block_ms=10)
+    by_board: dict[str, Any] = {}
+    for d in deliveries:
+        sub = sup._parse(d)
+        assert sub is not None
+        by_board.setdefault(sub.board_id, deque()).append((d, sub))
+    batch: list[Any] = []
+    with pytest.raises(RedisConnectionError, match="injected"):
+        await sup._lanes(queue, by_board, batch)
+    assert len(failed[0]) == 4  # one lane's boards
+    assert sup._locks == {}
+    stream = GlobalKeys(store.settings.key_prefix).proposals(0)
+    assert (await store.redis.xpending(stream, "supervisor"))["pending"] == len(subs)
+    for board in failed[0]:
+        assert await store.version(board) == 0  # its wave never reached Redis
+    # Redis is back: the pending entries are taken again and every board ends at 2.
+    sup.queues[0].claim_idle_ms = 0
+    await consume(sup, [], lambda: settled(store, dict.fromkeys(boards, 2)))
+    for board in boards:
+        assert [e.proposal_id for e in await store.history(board)] == [f"{board}-0", f"{board}-1"]
 
 
 @pytest.mark.real_only
