@@ -156,7 +156,8 @@ class BoardStore:
     async def warm(self, board_ids: Iterable[str]) -> None:
         """Learn which declaration each board not seen yet is under, all in one round
         trip: a supervisor about to commit to a hundred new boards reads them together,
-        not one at a time. Ids that are not boards are left to fail where used."""
+        not one at a time. Only a speed-up: a board it cannot read (not a board, an
+        error reply) is left to fail where it is used, with that board's own error."""
         cold = []
         for board_id in dict.fromkeys(board_ids):
             if board_id not in self._board_digest:
@@ -168,9 +169,11 @@ class BoardStore:
         for _, meta in cold:
             pipe.hget(meta, "decl")
         async with _redis_errors(f"read the declarations of {len(cold)} boards"):
-            digests = await pipe.execute()
+            digests = await pipe.execute(raise_on_error=False)
         for (board_id, _), digest in zip(cold, digests, strict=True):
-            if digest is not None:
+            # Not over what was learnt meanwhile (a board re-created under another
+            # declaration while this round trip was out): that is newer.
+            if isinstance(digest, str) and board_id not in self._board_digest:
                 self._remember(board_id, digest)
 
     async def declaration(self, board_id: str) -> BoardSchema:

@@ -566,3 +566,39 @@ async def test_warm_reads_new_boards_declarations_in_one_round_trip(
     fresh.redis.pipeline = pipeline  # type: ignore[method-assign]
     with pytest.raises(BoardNotFound):  # still reported where used
         await fresh.commit("missing", Proposal.updates("risk", 0, {"credit_score": 700}))
+
+
+async def test_warm_is_only_a_speed_up_and_keeps_what_was_learnt_meanwhile(
+    store: BoardStore, loan_schema: BoardSchema
+) -> None:
+    await store.create("w1", loan_schema)
+    await store.redis.set(store.keys("odd").meta, "not a hash")  # an error reply for it
+    fresh = BoardStore(store.redis, store.settings)
+    fresh.register(loan_schema)
+    await fresh.warm(["odd", "w1"])  # no error: odd is reported where it is used
+    assert "odd" not in fresh._board_digest and fresh._board_digest["w1"] == loan_schema.digest
+    with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+        await fresh.commit("odd", Proposal.updates("risk", 0, {"credit_score": 700}))
+    # w2 re-created under another declaration while warm's round trip was out: the
+    # digest learnt meanwhile is newer than the one warm read, and stays.
+    await store.create("w2", loan_schema)
+    pipeline = fresh.redis.pipeline
+
+    def racing(*a: Any, **k: Any) -> Any:
+        pipe = pipeline(*a, **k)
+        execute = pipe.execute
+
+        async def run(*ea: Any, **ek: Any) -> Any:
+            replies = await execute(*ea, **ek)
+            fresh._remember("w2", "newer")
+            return replies
+
+        pipe.execute = run
+        return pipe
+
+    fresh.redis.pipeline = racing  # type: ignore[method-assign]
+    try:
+        await fresh.warm(["w2"])
+    finally:
+        fresh.redis.pipeline = pipeline  # type: ignore[method-assign]
+    assert fresh._board_digest["w2"] == "newer"

@@ -188,6 +188,30 @@ async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore
         assert spans.index(("sent", second)) < spans.index(("answered", first))
 
 
+async def test_a_wave_reads_new_boards_declarations_together(store: BoardStore) -> None:
+    boards = [f"n{n}" for n in range(5)]
+    for board in boards:
+        await store.create(board, APP.schema)
+    fresh = BoardStore(store.redis, store.settings)  # a supervisor that never saw them
+    sup = Supervisor(APP, fresh)
+    one_by_one: list[str] = []
+    hget = fresh.redis.hget
+
+    async def recording(key: str, field: str) -> Any:
+        if field == "decl":
+            one_by_one.append(key)
+        return await hget(key, field)
+
+    fresh.redis.hget = recording  # type: ignore[method-assign]
+    try:
+        subs = [blind(b, f"{b}-0", 0, 1) for b in boards]
+        await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 1)))
+    finally:
+        fresh.redis.hget = hget  # type: ignore[method-assign]
+    assert one_by_one == []  # all five read in warm()'s one pipeline
+    assert [await store.version(b) for b in boards] == [1] * 5
+
+
 async def test_a_board_leaves_the_waves_at_a_proposal_the_script_refuses(
     store: BoardStore,
 ) -> None:
@@ -307,10 +331,9 @@ async def test_a_consumer_cancelled_while_planning_a_wave_frees_the_boards(
 async def test_an_outage_in_one_lane_stops_both_and_frees_every_board(
     store: BoardStore,
 ) -> None:
-    """The first lane's round trip fails with an outage while the second lane is under
-    way: the outage reaches the consumer (which backs off and retries), the second lane
-    is stopped, no board stays held, and nothing is acknowledged; once Redis answers
-    again every proposal commits, once."""
+    """The first lane's round trip fails with an outage: the outage reaches the
+    consumer (which backs off and retries), no board stays held, and nothing is
+    acknowledged; once Redis answers again every proposal commits, once."""
     sup = Supervisor(APP, store)
     boards = [f"b{n}" for n in range(8)]
     for board in boards:
