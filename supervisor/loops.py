@@ -326,20 +326,45 @@ class Router:
         return ("zadd", (self.keys.watch, {board_id: deadline_ms}), {"lt": True})
 
     async def flush(self, commands: list[Command]) -> None:
-        """Send collected commands in one round trip (shared with any other task's
-        commands in the same turn of the event loop). The acks go last, one XACK per
-        stream for all its entries: each still follows its submission's dispatch."""
-        if commands:
-            sending: list[Command] = []
-            acks: dict[tuple[str, str], list[str]] = {}
-            for command in commands:
-                if command[0] == "xack":
-                    stream, group, *ids = command[1]
+        """Send what :meth:`dispatch` collected: the dispatches first, then, for each one
+        Redis took, its outbox entry removed, and the acks (one XACK per stream) of the
+        submissions all of whose dispatches went through. A dispatch Redis refused (out
+        of memory, say) keeps its outbox entry and leaves its submission pending:
+        redelivered, its routing hands the outbox back and the dispatch is tried again.
+        One round trip when nothing is dispatched, two otherwise; shared with any other
+        task's commands in the same turn of the event loop."""
+        if not commands:
+            return
+        collected, commands[:] = list(commands), []
+        sends = [c for c in collected if c[0] == "xadd"]
+        sent = await self.pipeliner.execute(*sends, raise_on_error=False) if sends else []
+        taken = iter(sent)
+        after: list[Command] = []
+        acks: dict[tuple[str, str], list[str]] = {}
+        went = True  # the dispatch just before (an outbox entry follows its dispatch)
+        all_went = True  # the current submission's dispatches (its ack follows them)
+        for name, args, kwargs in collected:
+            if name == "xadd":
+                went = not isinstance(next(taken), Exception)
+                all_went = all_went and went
+            elif name == "hdel":
+                if went:
+                    after.append((name, args, kwargs))
+            elif name == "xack":
+                stream, group, *ids = args
+                if all_went:
                     acks.setdefault((stream, group), []).extend(ids)
-                else:
-                    sending.append(command)
-            commands.clear()
-            sending += [
-                ("xack", (stream, group, *ids), {}) for (stream, group), ids in acks.items()
-            ]
-            await self.pipeliner.execute(*sending)
+                all_went = True
+            else:
+                after.append((name, args, kwargs))
+        after += [("xack", (stream, group, *ids), {}) for (stream, group), ids in acks.items()]
+        replies = await self.pipeliner.execute(*after, raise_on_error=False) if after else []
+        errors = [r for r in [*sent, *replies] if isinstance(r, Exception)]
+        if errors:
+            log.error(
+                "%d of %d dispatch commands failed (those submissions stay pending and "
+                "will be redelivered): %s",
+                len(errors),
+                len(sent) + len(replies),
+                errors[0],
+            )

@@ -494,3 +494,37 @@ async def test_a_flush_sends_each_streams_acks_as_one_xack_after_every_dispatch(
     ]
     assert (await store.redis.xpending(stream, "g"))["pending"] == 0
     assert [f["activation"] for _, f in await store.redis.xrange(queue)] == ["a0", "a1"]
+
+
+async def test_a_dispatch_redis_refuses_keeps_the_activation_and_its_submission(
+    store: BoardStore,
+) -> None:
+    """b's queue cannot take the handoff (here: a key of the wrong type; in life, say,
+    Redis out of memory): the commit stands, the activation stays in the outbox, the
+    submission stays pending, and the consumer goes on with other boards. Once the
+    queue takes entries again, the redelivered submission dispatches it, once."""
+    sup = Supervisor(APP, store)
+    for board in ("p", "q"):
+        await store.create(board, APP.schema)
+    queue = f"{store.settings.key_prefix}:queue:b"
+    await store.redis.set(queue, "not a stream")
+    handoff = blind("p", "p0", 0, 1).model_copy(update={"handoff": Handoff(to="b")})
+    stream = GlobalKeys(store.settings.key_prefix).proposals(0)
+
+    async def committed_but_pending() -> bool:
+        done = await store.redis.hlen(store.keys("q").results) == 1
+        return done and await store.version("p") == 1
+
+    await consume(sup, [handoff, blind("q", "q0", 0, 1)], committed_but_pending)
+    assert (await store.redis.xpending(stream, "supervisor"))["pending"] == 1
+    [aid] = await store.redis.hkeys(store.keys("p").outbox)
+    await store.redis.delete(queue)  # the queue takes entries again
+    sup.queues[0].claim_idle_ms = 0  # redeliver at once
+
+    async def dispatched() -> bool:
+        pending = (await store.redis.xpending(stream, "supervisor"))["pending"]
+        return pending == 0 and not await store.redis.hlen(store.keys("p").outbox)
+
+    await consume(sup, [], dispatched)
+    assert [f["activation"] for _, f in await store.redis.xrange(queue)] == [aid]
+    assert await store.version("p") == 1 and await store.version("q") == 1
