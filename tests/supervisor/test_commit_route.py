@@ -171,7 +171,22 @@ async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore
             spans.append(("answered", lane))
 
     sup._send_wave = traced  # type: ignore[method-assign]
+    events: list[str] = []  # round trips written, proposals settled, in order
+    pipeline, settle = sup.router.pipeliner._pipeline, sup._settle_in_wave
+
+    async def written(commands: Any) -> Any:
+        events.append("written")
+        return await pipeline(commands)
+
+    async def settling(*a: Any, **k: Any) -> Any:
+        events.append("settled")
+        return await settle(*a, **k)
+
+    sup.router.pipeliner._pipeline = written  # type: ignore[method-assign]
+    sup._settle_in_wave = settling  # type: ignore[method-assign]
     sizes = await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 3)))
+    # the second lane's wave goes out before the first lane's is settled
+    assert events[:2] == ["written", "written"]
     # two lanes of four boards, three waves each, then one XACK for all 24 entries
     assert sizes == [4] * 6 + [1]
     lanes = {lane for _, lane in spans}
