@@ -319,22 +319,23 @@ class Router:
         if ack is not None:
             commands.append(("xack", ack, {}))
         if batch is None:
-            await self.flush(commands)
+            for error in await self.flush(commands):
+                raise error  # what did not go stays in the outbox (resume dispatches it)
 
     def watch(self, board_id: str, deadline_ms: int) -> Command:
         """The command that makes the watchdog look at the board by ``deadline_ms``."""
         return ("zadd", (self.keys.watch, {board_id: deadline_ms}), {"lt": True})
 
-    async def flush(self, commands: list[Command]) -> None:
+    async def flush(self, commands: list[Command]) -> list[Exception]:
         """Send what :meth:`dispatch` collected: the dispatches first, then, for each one
         Redis took, its outbox entry removed, and the acks (one XACK per stream) of the
         submissions all of whose dispatches went through. A dispatch Redis refused (out
         of memory, say) keeps its outbox entry and leaves its submission pending:
         redelivered, its routing hands the outbox back and the dispatch is tried again.
         One round trip when nothing is dispatched, two otherwise; shared with any other
-        task's commands in the same turn of the event loop."""
+        task's commands in the same turn of the event loop. Returns the error replies."""
         if not commands:
-            return
+            return []
         collected, commands[:] = list(commands), []
         sends = [c for c in collected if c[0] == "xadd"]
         sent = await self.pipeliner.execute(*sends, raise_on_error=False) if sends else []
@@ -359,12 +360,4 @@ class Router:
                 after.append((name, args, kwargs))
         after += [("xack", (stream, group, *ids), {}) for (stream, group), ids in acks.items()]
         replies = await self.pipeliner.execute(*after, raise_on_error=False) if after else []
-        errors = [r for r in [*sent, *replies] if isinstance(r, Exception)]
-        if errors:
-            log.error(
-                "%d of %d dispatch commands failed (those submissions stay pending and "
-                "will be redelivered): %s",
-                len(errors),
-                len(sent) + len(replies),
-                errors[0],
-            )
+        return [r for r in [*sent, *replies] if isinstance(r, Exception)]

@@ -202,7 +202,14 @@ class Supervisor:
                         *(self._board_batch(queue, items, collected) for items in rest)
                     )
                 finally:
-                    await self.router.flush(collected)  # dispatches, then acks, in order
+                    failed = await self.router.flush(collected)  # dispatches, then acks
+                    if failed:
+                        log.error(
+                            "%d dispatch commands failed; their submissions stay pending "
+                            "and will be redelivered: %s",
+                            len(failed),
+                            failed[0],
+                        )
                 backoff = 0.05
             except OUTAGE as exc:
                 log.warning("Redis unavailable, retrying: %s", exc)
@@ -411,7 +418,8 @@ class Supervisor:
                 bk = self.keys.board(sub.board_id)
                 await self.redis.hset(bk.activations, report.activation_id, kept.model_dump_json())
             outcome = await self.handle(sub, batch=batch, report=report.model_dump_json())
-            await self.router.flush(batch)
+            for error in await self.router.flush(batch):
+                raise error  # what did not go stays in the outbox and open: it times out
         return outcome
 
     def _atomic(self, sub: Submission) -> bool:

@@ -543,3 +543,21 @@ async def test_a_dispatch_redis_refuses_keeps_the_activation_and_its_submission(
     await consume(sup, [], dispatched)
     assert [f["activation"] for _, f in await store.redis.xrange(queue)] == [aid]
     assert await store.version("p") == 1 and await store.version("q") == 1
+
+
+async def test_a_refused_dispatch_outside_a_batch_is_raised_and_kept_in_the_outbox(
+    store: BoardStore,
+) -> None:
+    sup = Supervisor(APP, store)
+    await store.create("p", APP.schema)
+    queue = f"{store.settings.key_prefix}:queue:b"
+    await store.redis.set(queue, "not a stream")
+    sub = blind("p", "p0", 0, 1).model_copy(update={"handoff": Handoff(to="b")})
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await sup.handle(sub)  # no batch: the caller hears it
+    assert await store.version("p") == 1  # the commit stands
+    [aid] = await store.redis.hkeys(store.keys("p").outbox)
+    await store.redis.delete(queue)
+    await sup.router.dispatch("p", await sup.router.pending("p"))  # as resume does
+    assert [f["activation"] for _, f in await store.redis.xrange(queue)] == [aid]
+    assert await store.redis.hlen(store.keys("p").outbox) == 0
