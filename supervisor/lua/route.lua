@@ -57,7 +57,11 @@ end
 
 local now, version = ARGV[2], ARGV[15]
 local escalate, compliant = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
-local current = redis.call('HGET', meta, 'status')
+-- Everything this step reads of the board's meta, in one call (only this step writes
+-- these fields while it runs).
+local m = redis.call('HMGET', meta, 'status', 'compliant', 'activations', 'tokens_used',
+  'cost_used')
+local current = m[1]
 -- On a stopped board (a late report from a parallel branch, say) things are counted
 -- but nothing trips again and nothing is activated.
 local stopped = current == 'escalated' or current == 'done' or current == 'failed' 
@@ -85,9 +89,14 @@ if escalate ~= '' then
   return trip(kind, detail)
 end
 
--- budgets summed from activation reports
-local tokens = redis.call('HINCRBY', meta, 'tokens_used', tonumber(ARGV[7]))
-local cost = tonumber(redis.call('HINCRBYFLOAT', meta, 'cost_used', ARGV[8]))
+-- budgets summed from activation reports (nothing written when nothing was used)
+local tokens, cost = tonumber(m[4] or '0'), tonumber(m[5] or '0')
+if tonumber(ARGV[7]) ~= 0 then
+  tokens = redis.call('HINCRBY', meta, 'tokens_used', tonumber(ARGV[7]))
+end
+if tonumber(ARGV[8]) ~= 0 then
+  cost = tonumber(redis.call('HINCRBYFLOAT', meta, 'cost_used', ARGV[8]))
+end
 if not stopped and tonumber(ARGV[9]) > 0 and tokens > tonumber(ARGV[9]) then
   return trip('budget', 'tokens used ' .. tokens .. ' > max_tokens ' .. ARGV[9])
 end
@@ -139,7 +148,7 @@ local base = 17 + P
 local A = tonumber(ARGV[base])
 if stopped then A = 0 end
 if A > 0 then
-  local used = tonumber(redis.call('HGET', meta, 'activations') or '0')
+  local used = tonumber(m[3] or '0')
   if used + A > tonumber(ARGV[5]) then
     return trip('budget', 'activation budget spent: ' .. used .. ' used, ' .. A ..
       ' more requested, max_activations ' .. ARGV[5])
@@ -152,12 +161,14 @@ for i = 0, A - 1 do
   redis.call('ZADD', open, ARGV[o + 2], ARGV[o])
   redis.call('HSET', outbox, ARGV[o], ARGV[o + 4])
 end
-if compliant == '1' and
-    tonumber(version) > tonumber(redis.call('HGET', meta, 'compliant') or '0') then
+if compliant == '1' and tonumber(version) > tonumber(m[2] or '0') then
   redis.call('HSET', meta, 'compliant', version)
 end
-if ARGV[13] ~= '' then redis.call('HSET', meta, 'status', ARGV[13], 'updated', now) end
-local reply = {'ok', redis.call('HGET', meta, 'status')}
+if ARGV[13] ~= '' then
+  redis.call('HSET', meta, 'status', ARGV[13], 'updated', now)
+  current = ARGV[13]
+end
+local reply = {'ok', current}
 for i = 0, A - 1 do
   local o = base + 1 + 5 * i
   reply[#reply + 1] = ARGV[o]
