@@ -130,7 +130,7 @@ class Pipeliner:
             return await future
         self._busy = True
         try:
-            replies = await self._pipeline(list(commands))
+            [replies] = await self._replies([list(commands)])
         finally:
             self._next()
         error = next((r for r in replies if isinstance(r, Exception)), None)
@@ -152,9 +152,8 @@ class Pipeliner:
     async def _run(
         self, waiting: list[tuple[list[Command], asyncio.Future[list[Any]], bool]]
     ) -> None:
-        flat = [c for commands, _, _ in waiting for c in commands]
         try:
-            replies = await self._pipeline(flat)
+            grouped = await self._replies([commands for commands, _, _ in waiting])
         except BaseException as exc:  # the connection failed: every caller hears it
             for _, future, _ in waiting:
                 if not future.done():
@@ -164,10 +163,7 @@ class Pipeliner:
             return
         finally:
             self._next()
-        start = 0
-        for commands, future, raise_on_error in waiting:
-            mine = replies[start : start + len(commands)]
-            start += len(commands)
+        for (_, future, raise_on_error), mine in zip(waiting, grouped, strict=True):
             if future.done():  # the caller was cancelled
                 continue
             error = next((r for r in mine if isinstance(r, Exception)), None)
@@ -176,7 +172,37 @@ class Pipeliner:
             else:
                 future.set_result(mine)
 
+    async def _replies(self, groups: list[list[Command]], again: bool = True) -> list[list[Any]]:
+        """Each caller's replies to its commands, all sent in one round trip. A script
+        the server lost (restarted, flushed) did not run: it is loaded, and that caller's
+        commands from it on run again, in their order. What a caller sends after a
+        script depends on it or is safe to repeat (a WAIT, a read, a watch), so it must
+        not have run before the script."""
+        replies = iter(await self._pipeline([c for group in groups for c in group]))
+        grouped = [[next(replies) for _ in group] for group in groups]
+        tails = [
+            (n, lost[0])
+            for n, mine in enumerate(grouped)
+            if (lost := [i for i, r in enumerate(mine) if isinstance(r, NoScriptError)])
+        ]
+        if not tails or not again:
+            return grouped
+        scripts = {
+            command[1][0].sha: command[1][0]
+            for n, first in tails
+            for command, reply in zip(groups[n][first:], grouped[n][first:], strict=True)
+            if isinstance(reply, NoScriptError)
+        }
+        for script in scripts.values():
+            await self.redis.script_load(script.script)
+        rerun = await self._replies([groups[n][first:] for n, first in tails], again=False)
+        for (n, first), mine in zip(tails, rerun, strict=True):
+            grouped[n][first:] = mine
+        return grouped
+
     async def _pipeline(self, commands: list[Command]) -> list[Any]:
+        """One round trip: ``commands`` in one pipeline, their replies (errors in
+        place)."""
         pipe = self._pipe  # one pipeline in flight at a time: one connection serves them
         for name, args, kwargs in commands:
             if name == "script":
@@ -184,17 +210,7 @@ class Pipeliner:
                 pipe.evalsha(script.sha, len(keys), *keys, *argv)
             else:
                 getattr(pipe, name)(*args, **kwargs)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        # A server that lost its scripts (restarted, flushed) did not run those calls:
-        # load them and run just those again, in their order.
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            for script in {commands[i][1][0].sha: commands[i][1][0] for i in missing}.values():
-                await self.redis.script_load(script.script)
-            again = await self._pipeline([commands[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
+        return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
 
 class _Pinned(Pipeline):

@@ -67,6 +67,37 @@ async def test_scripts_the_server_lost_are_loaded_again(
     assert await redis_client.get("s") == str(1 + 10 * concurrent)
 
 
+async def test_what_follows_a_lost_script_runs_again_after_it(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """A caller's commands after a script depend on it (a read of what it wrote, a
+    WAIT): when the server had lost the script, they ran before it, so they run again
+    once it is loaded, in order. Another caller's commands in the same round trip are
+    not repeated, nor the caller's own before the script."""
+    script = redis_client.register_script(
+        "redis.call('SET', KEYS[1], ARGV[1]) return redis.call('INCR', KEYS[2])"
+    )
+    await script(keys=["v", "n"], args=["old"])
+    await redis_client.script_flush()
+    p = Pipeliner(redis_client)
+    sizes = counting(p)
+    p._busy = True  # both callers wait, then go in one round trip
+    writer = asyncio.ensure_future(
+        p.execute(
+            ("incr", ("before",), {}),
+            ("script", (script, ["v", "n"], ["new"]), {}),
+            ("get", ("v",), {}),
+        )
+    )
+    other = asyncio.ensure_future(p.execute(("incr", ("other",), {})))
+    await asyncio.sleep(0)
+    p._next()
+    assert await writer == [1, 2, "new"]
+    assert await other == [1]
+    assert sizes == [4, 2]  # the second round trip: the script again and the read after it
+    assert await redis_client.mget("before", "other", "n") == ["1", "1", "2"]
+
+
 @pytest.mark.real_only
 @pytest.mark.parametrize("stuck", ["read", "write"])
 async def test_a_hung_server_times_out_and_the_connection_recovers(
