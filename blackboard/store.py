@@ -29,7 +29,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from blackboard import codec, history
 from blackboard import patch as patches
 from blackboard.config import Settings
-from blackboard.connection import connect
+from blackboard.connection import Command, connect
 from blackboard.errors import (
     AlreadyDecided,
     BoardExists,
@@ -592,6 +592,12 @@ class BoardStore:
                 )
             result.replicas = self._replicated(board_id, result.version, int(replicas))
         return result
+
+    def commit_command(self, prepared: PreparedCommit) -> Command:
+        """The commit script call for :meth:`prepare`'s result, to send with other
+        commands (:class:`~blackboard.connection.Pipeliner`); :meth:`finish` reads its
+        reply."""
+        return ("script", (self._commit_script, prepared.keys, prepared.args), {})
 
     def wait_command(self) -> tuple[str, int, int]:
         """The WAIT to send after a commit when ``Settings.wait_replicas`` is set."""

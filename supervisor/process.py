@@ -19,7 +19,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -55,6 +55,9 @@ ACTIVE = "active"
 STOPPED = ("escalated", "done", "failed")
 WAITING = ("escalated", "failed", "awaiting_approval")
 """Statuses that put a board on the escalations list (a human is needed)."""
+ATOMIC, READ, GENERAL = "atomic", "read", "general"
+"""How a proposal is handled: commit and routing in one script; the commit with the
+keys routing reads in one round trip, then routing; or decided, then routed."""
 LANES = 2
 """Lanes of waves in flight at once (see :meth:`Supervisor._lanes`): one waits on Redis
 while the other is planned; more would only queue behind them."""
@@ -119,7 +122,7 @@ class Supervisor:
         self._deadlines: dict[str, int] = {}
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._status: dict[str, str] = {}
-        self._shapes: dict[tuple[Any, ...], bool] = {}
+        self._shapes: dict[tuple[Any, ...], str] = {}
 
     # -- declaration ----------------------------------------------------------------
 
@@ -413,11 +416,16 @@ class Supervisor:
         :meth:`recover` runs it again, and its commit still happens at most once."""
         batch: list[Command] = []
         async with self._serial(sub.board_id):
+            before: list[Command] = []
             if not self._atomic(sub):  # commit and routing in several steps: keep it first
                 kept = report.model_copy(update={"submission": sub.model_dump(mode="json")})
                 bk = self.keys.board(sub.board_id)
-                await self.redis.hset(bk.activations, report.activation_id, kept.model_dump_json())
-            outcome = await self.handle(sub, batch=batch, report=report.model_dump_json())
+                before.append(
+                    ("hset", (bk.activations, report.activation_id, kept.model_dump_json()), {})
+                )
+            outcome = await self.handle(
+                sub, batch=batch, report=report.model_dump_json(), before=before
+            )
             for error in await self.router.flush(batch):
                 raise error  # what did not go stays in the outbox and open: it times out
         return outcome
@@ -427,7 +435,7 @@ class Supervisor:
         return (
             sub.kind == "proposal"
             and sub.author != self.app.summariser
-            and self._routing_known_before_commit(sub)
+            and self._path(sub) == ATOMIC
         )
 
     def stopped(self, board_id: str) -> bool:
@@ -479,6 +487,7 @@ class Supervisor:
         ack: tuple[str, str, str] | None = None,
         batch: list[Command] | None = None,
         report: str = "",
+        before: Sequence[Command] = (),
     ) -> Outcome:
         """Process one submission; safe to call again with the same one.
 
@@ -486,10 +495,13 @@ class Supervisor:
         everything else; a crash before it leaves the entry to be redelivered. With
         ``batch``, dispatch and ack are collected for the caller to send in one go.
         ``report``: the activation's final record from an agent in this process, written
-        atomically with the routing that closes it.
+        atomically with the routing that closes it. ``before``: commands to run before
+        anything else (with the commit, when there is one and it goes first).
         """
         if sub.kind == "proposal" and sub.author != self.app.summariser:
-            return await self._handle_proposal(sub, ack, batch, report)
+            return await self._handle_proposal(sub, ack, batch, report, before)
+        if before:
+            await self.router.pipeliner.execute(*before)
         bk = self.keys.board(sub.board_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(bk.results, sub.proposal_id)
@@ -551,14 +563,25 @@ class Supervisor:
         ack: tuple[str, str, str] | None,
         batch: list[Command] | None,
         report: str,
+        before: Sequence[Command] = (),
     ) -> Outcome:
-        """The common case in three round trips: commit, route, dispatch and ack. The
-        commit script itself refuses a proposal already decided (a redelivery) and
-        writes to a stopped board, so nothing needs reading first."""
-        if self._routing_known_before_commit(sub):
+        """A proposal in one round trip (and the dispatch and ack) when its routing is
+        known before the commit; in two when routing reads the board the commit made;
+        otherwise decided, then routed. The commit script itself refuses a proposal
+        already decided (a redelivery) and writes to a stopped board, so nothing needs
+        reading first."""
+        path = self._path(sub)
+        if path == ATOMIC:
             done = await self._commit_routed(sub, ack, batch, report)
             if done is not None:
                 return done
+        elif path == READ:
+            done = await self._commit_read(sub, ack, batch, report, before)
+            before = ()  # sent with the commit, whatever its answer
+            if done is not None:
+                return done
+        if before:
+            await self.router.pipeliner.execute(*before)
         outcome = await self._decide(sub, None)
         record = True
         if outcome.reason == "decided":
@@ -576,12 +599,10 @@ class Supervisor:
         )
         return outcome
 
-    def _routing_known_before_commit(self, sub: Submission) -> bool:
-        """True when what follows a successful commit is known before it: no policy,
-        gate or audit to run, a blind patch, and no trigger, done condition, router or
-        summarisation that depends on the keys it writes (a handoff at most). It depends
-        only on the submission's shape (author, operations, paths, handoff target): the
-        answer is kept per shape."""
+    def _path(self, sub: Submission) -> str:
+        """How a proposal is handled (:data:`ATOMIC`, :data:`READ` or :data:`GENERAL`,
+        see :meth:`_shape_path`). It depends only on the submission's shape (author,
+        operations, paths, handoff target): the answer is kept per shape."""
         try:
             shape = (
                 sub.author,
@@ -590,9 +611,9 @@ class Supervisor:
             )
             known = self._shapes.get(shape)
         except TypeError:  # an unhashable op or path: malformed, the general path says so
-            return False
+            return GENERAL
         if known is None:
-            known = self._shape_known_before_commit(sub)
+            known = self._shape_path(sub)
             # bounded, like the store's caches; a shape is kept only if it is small (a
             # key is not, say, a megabyte path an agent sent)
             small = len(sub.patch) <= 8 and all(len(str(op.get("path"))) <= 200 for op in sub.patch)
@@ -602,20 +623,25 @@ class Supervisor:
                 self._shapes[shape] = known
         return known
 
-    def _shape_known_before_commit(self, sub: Submission) -> bool:
+    def _shape_path(self, sub: Submission) -> str:
+        """:data:`ATOMIC` when what follows a successful commit is known before it: no
+        policy, gate or audit to run, a blind patch, and no trigger, done condition,
+        router or summarisation that depends on the keys it writes (a handoff at most).
+        :data:`READ` when only triggers, the done condition or the router depend on
+        them. :data:`GENERAL` otherwise."""
         app = self.app
         if app.policies or app.gates or app.audits or self._partial_joins:
-            return False
-        if app.router is not None or app.done is not None:
-            return False  # they decide from the board after the commit
+            return GENERAL
         if not sub.patch or not is_blind(sub.patch):
-            return False
+            return GENERAL
         written = [op["path"][1:] for op in sub.patch]
         if any(k not in app.schema.keys or app.schema.keys[k].summarisable for k in written):
-            return False
-        if reads_for(app, written):
-            return False
-        return sub.handoff is None or app.check_handoff(sub.author, sub.handoff) is None
+            return GENERAL
+        if sub.handoff is not None and app.check_handoff(sub.author, sub.handoff) is not None:
+            return GENERAL
+        if app.router is not None or app.done is not None or reads_for(app, written):
+            return READ  # they decide from the board after the commit
+        return ATOMIC
 
     async def _commit_routed(
         self,
@@ -634,6 +660,59 @@ class Supervisor:
         acked = replies[-1] if self.store.settings.wait_replicas else None
         reply = replies[len(planned.commands) - 1]
         return await self._settle_routed(planned, reply, ack, batch, replicas=acked)
+
+    async def _commit_read(
+        self,
+        sub: Submission,
+        ack: tuple[str, str, str] | None,
+        batch: list[Command] | None,
+        report: str,
+        before: Sequence[Command],
+    ) -> Outcome | None:
+        """Commit, and read what routing needs of the board it made, in one round trip
+        (after ``before``); then route. None: take the general path (the proposal is
+        invalid, a duplicate, or the commit was refused), which decides and records the
+        outcome properly. The keys are read for every key written: a superset of those
+        the commit changes."""
+        board_id = sub.board_id
+        agent_reads = self.app.agent(sub.author).reads if sub.author in self.app.agent_names else []
+        proposal = sub.proposal(agent_reads)
+        try:
+            prepared = await self.store.prepare(board_id, proposal, outcome="policies:none")
+        except ProposalRejected:
+            return None
+        if isinstance(prepared, CommitResult):
+            return None
+        reads = reads_for(self.app, [op["path"][1:] for op in sub.patch])
+        replies = await self.router.pipeliner.execute(
+            *before,
+            self.store.commit_command(prepared),
+            *self._wait(),
+            ("hmget", (self.keys.board(board_id).state, reads or ["-"]), {}),
+        )
+        reply = replies[len(before)]
+        acked = replies[len(before) + 1] if self.store.settings.wait_replicas else None
+        try:
+            commit = await self.store.finish(board_id, proposal, reply, replicas=acked)
+        except ProposalRejected:
+            return None
+        if commit.duplicate:
+            return None
+        outcome = Outcome(status="committed", version=commit.version, keys=commit.keys)
+        board = {
+            k: codec.loads(v) for k, v in zip(reads, replies[-1], strict=False) if v is not None
+        }
+        await self._follow_up(
+            sub,
+            outcome,
+            None,
+            deadline=await self._deadline(board_id),
+            ack=ack,
+            batch=batch,
+            report=report,
+            board=board,
+        )
+        return outcome
 
     def _wait(self) -> list[Command]:
         """With ``Settings.wait_replicas``, the WAIT to send right after commit scripts,
@@ -807,7 +886,10 @@ class Supervisor:
         ack: tuple[str, str, str] | None = None,
         batch: list[Command] | None = None,
         report: str = "",
+        board: dict[str, Any] | None = None,
     ) -> None:
+        """Route after a decision. ``board``: what routing reads after a commit, if it
+        was read with the commit."""
         board_id = sub.board_id
         step = Routing(
             routing_id=sub.proposal_id,
@@ -827,7 +909,7 @@ class Supervisor:
             step.compliant = bool(outcome.keys)
             if sub.handoff is not None:
                 step.pairs.append(f"{sub.author}>{sub.handoff.to}")
-            wanted, done = await self._next(sub, outcome)
+            wanted, done = await self._next(sub, outcome, board)
             if done:
                 step.status = "done"
         elif outcome.status in ("rejected", "failed") and sub.error in ("", "semantic"):
@@ -872,16 +954,19 @@ class Supervisor:
             await self._compensate(sub.board_id)
         return wanted
 
-    async def _next(self, sub: Submission, outcome: Outcome) -> tuple[list[Wanted], bool]:
+    async def _next(
+        self, sub: Submission, outcome: Outcome, read: dict[str, Any] | None = None
+    ) -> tuple[list[Wanted], bool]:
         """Who acts after a commit. One round trip for the keys routing reads and the
-        loop state (failed branches, summarised content), none if it needs neither."""
+        loop state (failed branches, summarised content), none if it needs neither or
+        ``read`` has them already (read with the commit: :meth:`_commit_read`)."""
         changed = outcome.keys
         reads = reads_for(self.app, changed)
         summarisable = [k for k in changed if self.app.schema.keys[k].summarisable]
         need_loops = bool(summarisable) or self._partial_joins
         replies: list[Any] = [[], {}]
         bk = self.keys.board(sub.board_id)
-        if reads or need_loops:
+        if (reads or need_loops) and (read is None or need_loops):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hmget(bk.state, reads or ["-"])
             pipe.hgetall(bk.loops) if need_loops else pipe.exists(bk.loops)
@@ -889,9 +974,13 @@ class Supervisor:
                 pipe.hstrlen(bk.state, key)
                 pipe.hget(bk.khash, key)
             replies = await pipe.execute()
-        board = {
-            k: codec.loads(v) for k, v in zip(reads, replies[0], strict=False) if v is not None
-        }
+            read = None
+        if read is not None:  # only what routing reads after this commit, as if read now
+            board = {k: read[k] for k in reads if k in read}
+        else:
+            board = {
+                k: codec.loads(v) for k, v in zip(reads, replies[0], strict=False) if v is not None
+            }
         loops: dict[str, str] = replies[1] if need_loops else {}
         failed = {k[7:]: v for k, v in loops.items() if k.startswith("failed:")}
         due = []

@@ -12,6 +12,7 @@ import pytest
 from bbtest import counting, outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
+from blackboard.supervisor.process import ATOMIC, GENERAL
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
@@ -54,13 +55,16 @@ def blind(board: str, pid: str, base: int, value: int) -> Submission:
 
 async def test_commit_and_handoff_in_one_script(store: BoardStore) -> None:
     sup = Supervisor(APP, store)
-    assert sup._routing_known_before_commit(
-        Submission(
-            kind="proposal",
-            board_id="p",
-            author="a",
-            patch=[{"op": "add", "path": "/x", "value": 1}],
+    assert (
+        sup._path(
+            Submission(
+                kind="proposal",
+                board_id="p",
+                author="a",
+                patch=[{"op": "add", "path": "/x", "value": 1}],
+            )
         )
+        == ATOMIC
     )
     await store.create("p", APP.schema)
     sub = Submission(
@@ -304,12 +308,12 @@ def test_the_one_script_decision_is_kept_per_shape_not_per_author(store: BoardSt
             handoff=Handoff(to=to, reason="r") if to else None,
         )
 
-    assert sup._routing_known_before_commit(sub())
-    assert not sup._routing_known_before_commit(sub(to="a"))  # a may not hand off to a
-    assert not sup._routing_known_before_commit(sub(path="/x/deep"))  # not blind
-    assert not sup._routing_known_before_commit(sub(op="test"))  # reads the board
-    assert sup._routing_known_before_commit(sub(to=None))
-    assert sup._routing_known_before_commit(sub())  # and the first answer still holds
+    assert sup._path(sub()) == ATOMIC
+    assert sup._path(sub(to="a")) == GENERAL  # a may not hand off to a
+    assert sup._path(sub(path="/x/deep")) == GENERAL  # not blind
+    assert sup._path(sub(op="test")) == GENERAL  # reads the board
+    assert sup._path(sub(to=None)) == ATOMIC
+    assert sup._path(sub()) == ATOMIC  # and the first answer still holds
 
 
 async def test_a_consumer_cancelled_while_planning_a_wave_frees_the_boards(

@@ -1,0 +1,153 @@
+"""Proposals whose routing reads the board the commit made (a join's branches, a done
+condition, a router): the commit and those reads go in one round trip, then the
+routing. Each test runs on that path and, forced, on the general one (decide, read,
+route): what is recorded must be the same."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pytest
+import redis.asyncio.client as redis_client
+from bbtest import activations, outcome_of
+from blackboard.agents import Context, Output, agent, when_all
+from blackboard.supervisor import Deployment, Supervisor
+from blackboard.supervisor.process import GENERAL, READ
+from pydantic import BaseModel
+
+from blackboard import App, BoardStore, Key
+from blackboard.records import Submission
+
+BRANCHES = 3
+
+
+class Fan(BaseModel):
+    f1: Annotated[int | None, Key("f1")] = None
+    f2: Annotated[int | None, Key("f2")] = None
+    f3: Annotated[int | None, Key("f3")] = None
+    joined: Annotated[int | None, Key("join")] = None
+
+
+def fan_app(seen: list[dict[str, Any]]) -> App:
+    def branch(i: int) -> Any:
+        @agent(f"f{i}")
+        async def run(ctx: Context) -> Output:
+            return Output(updates={f"f{i}": 10 * i})
+
+        return run
+
+    keys = tuple(f"f{i}" for i in range(1, BRANCHES + 1))
+
+    @agent("join", reads=keys, triggers=(when_all(*keys),))
+    async def join(ctx: Context) -> Output:
+        seen.append(dict(ctx.board))
+        return Output(updates={"joined": sum(ctx.board[k] for k in keys)})
+
+    return App(
+        board=Fan,
+        agents=[*(branch(i) for i in range(1, BRANCHES + 1)), join],
+        start=list(keys),
+        done=lambda b: b.get("joined") is not None,
+        done_reads=["joined"],
+        name="Fan",
+    )
+
+
+def forced(sup: Supervisor, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if path == GENERAL:
+        monkeypatch.setattr(sup, "_shape_path", lambda sub: GENERAL)
+
+
+def branch_sub(i: int, pid: str, base: int = 0, value: int | None = None) -> Submission:
+    return Submission(
+        kind="proposal",
+        board_id="f",
+        author=f"f{i}",
+        base=base,
+        proposal_id=pid,
+        patch=[{"op": "replace", "path": f"/f{i}", "value": 10 * i if value is None else value}],
+    )
+
+
+def test_a_branch_of_a_join_takes_the_read_path(store: BoardStore) -> None:
+    sup = Supervisor(fan_app([]), store)
+    assert sup._path(branch_sub(1, "x")) == READ
+
+
+@pytest.mark.parametrize("path", [READ, GENERAL])
+async def test_the_join_fires_once_after_its_last_branch(
+    store: BoardStore, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, Any]] = []
+    async with Deployment(fan_app(seen), store) as d:
+        forced(d.supervisor, path, monkeypatch)
+        await d.start("f")
+        info = await d.settle("f")
+    assert (info.status, info.version) == ("done", BRANCHES + 1)
+    assert seen == [{"f1": 10, "f2": 20, "f3": 30, "joined": None}]  # once, every branch done
+    log = await store.history("f")
+    assert sorted(e.author for e in log[:BRANCHES]) == [f"f{i}" for i in range(1, 4)]
+    assert (log[-1].author, log[-1].keys) == ("join", ["joined"])
+    records = {a["agent"]: a for a in await activations(store, "f")}
+    assert len(records) == BRANCHES + 1 and {a["status"] for a in records.values()} == {"submitted"}
+    assert (records["join"]["reason"], records["join"]["base"]) == ("trigger", BRANCHES)
+    for e in log:
+        outcome = await outcome_of(store, "f", e.proposal_id)
+        assert (outcome["status"], outcome["version"], outcome["keys"]) == (
+            "committed",
+            e.version,
+            e.keys,
+        )
+    assert await store.redis.hlen(store.keys("f").outbox) == 0
+    assert await store.redis.zcard(store.keys("f").open) == 0
+
+
+@pytest.mark.parametrize(("path", "trips"), [(READ, 4), (GENERAL, 5)])
+async def test_the_last_branch_takes_one_round_trip_less_than_the_general_path(
+    store: BoardStore, path: str, trips: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commit and reads, then routing, then the dispatch (two round trips: the outbox
+    entry goes once the activation is queued), where the general path commits, reads
+    and routes one after the other."""
+    sup = Supervisor(fan_app([]), store)
+    forced(sup, path, monkeypatch)
+    await store.create("f", sup.app.schema)
+    for i in range(1, BRANCHES):  # also fills the caches (the declaration's digest)
+        await sup.handle(branch_sub(i, f"p{i}"))
+    sent: list[str] = []
+    command, pipeline = redis_client.Redis.execute_command, redis_client.Pipeline.execute
+
+    async def one(self: Any, *args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return await command(self, *args, **options)
+
+    async def many(self: Any, *args: Any, **options: Any) -> Any:
+        sent.append("pipeline")
+        return await pipeline(self, *args, **options)
+
+    monkeypatch.setattr(redis_client.Redis, "execute_command", one)
+    monkeypatch.setattr(redis_client.Pipeline, "execute", many)
+    outcome = await sup.handle(branch_sub(BRANCHES, "last"))
+    monkeypatch.undo()
+    assert (outcome.status, outcome.version) == ("committed", BRANCHES)
+    assert len(sent) == trips, sent
+    [(_, entry)] = await store.redis.xrange(sup.keys.queue("join"))
+    assert (entry["agent"], entry["board"]) == ("join", "f")
+
+
+@pytest.mark.parametrize("path", [READ, GENERAL])
+async def test_a_stale_branch_is_rejected_and_rewritten(
+    store: BoardStore, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit script refuses it (f1 changed after its base): the general path then
+    decides, records the rejection and asks its author for a rewrite."""
+    sup = Supervisor(fan_app([]), store)
+    forced(sup, path, monkeypatch)
+    await store.create("f", sup.app.schema)
+    await sup.handle(branch_sub(1, "first"))
+    outcome = await sup.handle(branch_sub(1, "stale", base=0, value=11))
+    assert (outcome.status, outcome.reason) == ("rejected", "conflict")
+    assert (await outcome_of(store, "f", "stale"))["reason"] == "conflict"
+    assert await store.read_key("f", "f1") == 10 and await store.version("f") == 1
+    [rewrite] = [a for a in await activations(store, "f") if a["reason"] == "rewrite"]
+    assert rewrite["agent"] == "f1" and "changed" in rewrite["feedback"]
