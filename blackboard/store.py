@@ -56,7 +56,7 @@ from blackboard.records import (
 )
 from blackboard.schema import BoardSchema
 
-__all__ = ["BoardStore", "PreparedCommit"]
+__all__ = ["BoardStore", "PreparedCommit", "redis_failures"]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,9 @@ class PreparedCommit:
 
 
 @asynccontextmanager
-async def _redis_errors(what: str) -> AsyncIterator[None]:
-    """Redis failures surface as StoreUnavailable, the redis error kept as the cause."""
+async def redis_failures(what: str) -> AsyncIterator[None]:
+    """Redis failures surface as StoreUnavailable, the redis error kept as the cause
+    (``what``: what was being done, for the message)."""
     try:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
@@ -168,7 +169,7 @@ class BoardStore:
         pipe = self.redis.pipeline(transaction=False)
         for _, meta in cold:
             pipe.hget(meta, "decl")
-        async with _redis_errors(f"read the declarations of {len(cold)} boards"):
+        async with redis_failures(f"read the declarations of {len(cold)} boards"):
             digests = await pipe.execute(raise_on_error=False)
         for (board_id, _), digest in zip(cold, digests, strict=True):
             # Not over what was learnt meanwhile (a board re-created under another
@@ -178,7 +179,7 @@ class BoardStore:
 
     async def declaration(self, board_id: str) -> BoardSchema:
         """The board's declaration as stored in Redis (describes; cannot validate)."""
-        async with _redis_errors(f"read the declaration of board {board_id!r}"):
+        async with redis_failures(f"read the declaration of board {board_id!r}"):
             text = cast("str | None", await self.redis.get(self.keys(board_id).declaration))
         if text is None:
             raise await self._not_found(board_id)
@@ -187,7 +188,7 @@ class BoardStore:
     async def _schema_for(self, board_id: str) -> BoardSchema:
         digest = self._board_digest.get(board_id)
         if digest is None:
-            async with _redis_errors(f"read board {board_id!r}"):
+            async with redis_failures(f"read board {board_id!r}"):
                 digest = cast("str | None", await self.redis.hget(self.keys(board_id).meta, "decl"))
             if digest is None:
                 raise await self._not_found(board_id)
@@ -224,7 +225,7 @@ class BoardStore:
         for k, v in state.items():
             flat += [k, v, codec.fingerprint(v)]
         snapshot = "{" + ",".join(f'"{k}":{v}' for k, v in state.items()) + "}"
-        async with _redis_errors(f"create board {board_id!r}"):
+        async with redis_failures(f"create board {board_id!r}"):
             # Index first: a crash between the two leaves an index entry without a board,
             # which listing skips, never a board that listing cannot find.
             await self.redis.zadd(self._global.boards, {board_id: time.time() * 1000}, nx=True)
@@ -258,7 +259,7 @@ class BoardStore:
     ) -> list[BoardInfo]:
         """Boards in creation order, from the board index (no key scans)."""
         index = self._global.archived if archived else self._global.boards
-        async with _redis_errors("list boards"):
+        async with redis_failures("list boards"):
             ids = cast("list[str]", await self.redis.zrange(index, offset, offset + limit - 1))
         return await self._infos(ids)
 
@@ -266,7 +267,7 @@ class BoardStore:
 
     async def _infos(self, board_ids: Iterable[str]) -> list[BoardInfo]:
         ids = list(board_ids)
-        async with _redis_errors("read board metadata"):
+        async with redis_failures("read board metadata"):
             pipe = self.redis.pipeline(transaction=False)
             for board_id in ids:
                 self._read_info(pipe, board_id)
@@ -300,7 +301,7 @@ class BoardStore:
     async def archive(self, board_id: str) -> None:
         """Freeze a board: readable (content, history), refuses commits, listed apart."""
         await self.info(board_id)
-        async with _redis_errors(f"archive board {board_id!r}"):
+        async with redis_failures(f"archive board {board_id!r}"):
             await self.redis.hset(self.keys(board_id).meta, "status", "archived")
             await self.redis.zadd(self._global.archived, {board_id: time.time() * 1000})
             await self.redis.zrem(self._global.boards, board_id)
@@ -308,7 +309,7 @@ class BoardStore:
     async def delete(self, board_id: str) -> None:
         """Remove a board and its whole history. Irreversible; prefer :meth:`archive`."""
         await self.info(board_id)
-        async with _redis_errors(f"delete board {board_id!r}"):
+        async with redis_failures(f"delete board {board_id!r}"):
             await self.redis.unlink(*self.keys(board_id).all())
             await self.redis.zrem(self._global.boards, board_id)
             await self.redis.zrem(self._global.archived, board_id)
@@ -324,7 +325,7 @@ class BoardStore:
     # -- reads ----------------------------------------------------------------------
 
     async def version(self, board_id: str) -> int:
-        async with _redis_errors(f"read board {board_id!r}"):
+        async with redis_failures(f"read board {board_id!r}"):
             raw = await self.redis.hget(self.keys(board_id).meta, "version")
         if raw is None:
             raise await self._not_found(board_id)
@@ -334,7 +335,7 @@ class BoardStore:
         """The whole board, now or at version ``at`` (one round trip either way)."""
         keys = self.keys(board_id)
         if at is not None:
-            async with _redis_errors(f"read board {board_id!r} at version {at}"):
+            async with redis_failures(f"read board {board_id!r} at version {at}"):
                 reply = await self._read_at_script(
                     keys=[keys.meta, keys.snapshots, keys.snapshot_index, keys.log, keys.state],
                     args=[at],
@@ -344,7 +345,7 @@ class BoardStore:
             if reply[0] == "range":
                 self._check_version(board_id, at, int(reply[1]))
             return BoardState(board_id=board_id, version=at, data=history.state_from_reply(reply))
-        async with _redis_errors(f"read board {board_id!r}"):
+        async with redis_failures(f"read board {board_id!r}"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hget(keys.meta, "version")
             pipe.hgetall(keys.state)
@@ -359,7 +360,7 @@ class BoardStore:
         if at is not None:
             return (await self.read(board_id, at=at)).data.get(key)
         keys = self.keys(board_id)
-        async with _redis_errors(f"read board {board_id!r}"):
+        async with redis_failures(f"read board {board_id!r}"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hget(keys.meta, "decl")
             pipe.hget(keys.state, key)
@@ -378,7 +379,7 @@ class BoardStore:
         schema = await self.declaration(board_id)
         keys = self.keys(board_id)
         names = list(schema.keys)
-        async with _redis_errors(f"read sizes of board {board_id!r}"):
+        async with redis_failures(f"read sizes of board {board_id!r}"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hmget(keys.meta, "version", "bytes", "tokens")
             for name in names:
@@ -401,7 +402,7 @@ class BoardStore:
         fingerprint, whatever the JSON member order. Built from the per-key hashes the
         commit keeps, so it costs O(keys), not O(board bytes); the supervisor's loop
         detection (route.lua) compares the same per-key hashes inside its script."""
-        async with _redis_errors(f"read board {board_id!r}"):
+        async with redis_failures(f"read board {board_id!r}"):
             hashes = cast("dict[str, str]", await self.redis.hgetall(self.keys(board_id).khash))
         return codec.content_hash(",".join(f"{k}={hashes[k]}" for k in sorted(hashes)))
 
@@ -417,7 +418,7 @@ class BoardStore:
         keys = self.keys(board_id)
         await self.version(board_id)
         hi = "+" if end is None else f"{end}-0"
-        async with _redis_errors(f"read the history of board {board_id!r}"):
+        async with redis_failures(f"read the history of board {board_id!r}"):
             rows = cast(
                 "list[tuple[str, dict[str, str]]]",
                 await self.redis.xrange(keys.log, f"{max(start, 1)}-0", hi, count=limit),
@@ -502,7 +503,7 @@ class BoardStore:
     async def _run(self, board_id: str, proposal: Proposal, call: PreparedCommit) -> CommitResult:
         """Run the commit script (with WAIT after it if asked) and read its reply."""
         acked = None
-        async with _redis_errors(f"commit to board {board_id!r}"):
+        async with redis_failures(f"commit to board {board_id!r}"):
             if not self.settings.wait_replicas:
                 reply = await self._commit_script(keys=call.keys, args=call.args)
             else:  # WAIT counts replicas that have this connection's writes: send it
@@ -659,7 +660,7 @@ class BoardStore:
         """One consistent read: version, values and key versions of ``names``, and the
         version this proposal id committed as (if it did)."""
         keys = self.keys(board_id)
-        async with _redis_errors(f"read board {board_id!r}"):
+        async with redis_failures(f"read board {board_id!r}"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hget(keys.meta, "version")
             pipe.hmget(keys.state, names)

@@ -44,7 +44,7 @@ from blackboard.records import (
     Submission,
     new_id,
 )
-from blackboard.store import BoardStore
+from blackboard.store import BoardStore, PreparedCommit, redis_failures
 
 __all__ = ["Supervisor"]
 
@@ -584,8 +584,8 @@ class Supervisor:
             done = await self._commit_routed(sub, ack, batch, report)
             if done is not None:
                 return done
-        elif path == READ:
-            done = await self._commit_read(sub, ack, batch, report, before)
+        elif path == READ and (prepared := await self._prepared(sub)) is not None:
+            done = await self._commit_read(sub, *prepared, ack, batch, report, before)
             before = ()  # sent with the commit, whatever its answer
             if done is not None:
                 return done
@@ -665,7 +665,8 @@ class Supervisor:
         planned = await self._plan_routed(sub, report)
         if planned is None:
             return None
-        replies = await self.router.pipeliner.execute(*planned.commands, *self._wait())
+        async with redis_failures(f"commit to board {sub.board_id!r}"):
+            replies = await self.router.pipeliner.execute(*planned.commands, *self._wait())
         acked = replies[-1] if self.store.settings.wait_replicas else None
         reply = replies[len(planned.commands) - 1]
         return await self._settle_routed(planned, reply, ack, batch, replicas=acked)
@@ -673,32 +674,27 @@ class Supervisor:
     async def _commit_read(
         self,
         sub: Submission,
+        proposal: Proposal,
+        prepared: PreparedCommit,
         ack: tuple[str, str, str] | None,
         batch: list[Command] | None,
         report: str,
         before: Sequence[Command],
     ) -> Outcome | None:
-        """Commit, and read what routing needs of the board it made, in one round trip
-        (after ``before``); then route. None: take the general path (the proposal is
-        invalid, a duplicate, or the commit was refused), which decides and records the
+        """Commit (:meth:`_prepared`), and read what routing needs of the board it
+        made, in one round trip (after ``before``); then route. None: take the general
+        path (a duplicate, or the commit was refused), which decides and records the
         outcome properly. The keys are read for every key written: a superset of those
         the commit changes."""
         board_id = sub.board_id
-        agent_reads = self.app.agent(sub.author).reads if sub.author in self.app.agent_names else []
-        proposal = sub.proposal(agent_reads)
-        try:
-            prepared = await self.store.prepare(board_id, proposal, outcome="policies:none")
-        except ProposalRejected:
-            return None
-        if isinstance(prepared, CommitResult):
-            return None
         reads = reads_for(self.app, [op["path"][1:] for op in sub.patch])
-        replies = await self.router.pipeliner.execute(
-            *before,
-            self.store.commit_command(prepared),
-            *self._wait(),
-            ("hmget", (self.keys.board(board_id).state, reads or ["-"]), {}),
-        )
+        async with redis_failures(f"commit to board {board_id!r}"):
+            replies = await self.router.pipeliner.execute(
+                *before,
+                self.store.commit_command(prepared),
+                *self._wait(),
+                ("hmget", (self.keys.board(board_id).state, reads or ["-"]), {}),
+            )
         reply = replies[len(before)]
         acked = replies[len(before) + 1] if self.store.settings.wait_replicas else None
         try:
@@ -731,9 +727,9 @@ class Supervisor:
             return []
         return [("execute_command", self.store.wait_command(), {})]
 
-    async def _plan_routed(self, sub: Submission, report: str) -> _Planned | None:
-        """Validate a proposal and build its commit-and-route script call; None if it
-        is invalid or already committed (the general path says so)."""
+    async def _prepared(self, sub: Submission) -> tuple[Proposal, PreparedCommit] | None:
+        """A proposal validated and its commit script call built; None if it is
+        invalid or already committed (the general path says so)."""
         agent_reads = self.app.agent(sub.author).reads if sub.author in self.app.agent_names else []
         proposal = sub.proposal(agent_reads)
         try:
@@ -742,6 +738,15 @@ class Supervisor:
             return None
         if isinstance(prepared, CommitResult):
             return None
+        return proposal, prepared
+
+    async def _plan_routed(self, sub: Submission, report: str) -> _Planned | None:
+        """Validate a proposal and build its commit-and-route script call; None if it
+        is invalid or already committed (the general path says so)."""
+        ready = await self._prepared(sub)
+        if ready is None:
+            return None
+        proposal, prepared = ready
         step = Routing(
             routing_id=sub.proposal_id,
             version=0,

@@ -5,6 +5,7 @@ route): what is recorded must be the same."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import pytest
@@ -15,8 +16,9 @@ from blackboard.supervisor import Deployment, Supervisor
 from blackboard.supervisor.process import GENERAL, READ
 from pydantic import BaseModel
 
-from blackboard import App, BoardStore, Key
-from blackboard.records import Submission
+from blackboard import App, BoardStore, Key, connect
+from blackboard.errors import StoreUnavailable
+from blackboard.records import Activation, Submission
 
 BRANCHES = 3
 
@@ -151,3 +153,57 @@ async def test_a_stale_branch_is_rejected_and_rewritten(
     assert await store.read_key("f", "f1") == 10 and await store.version("f") == 1
     [rewrite] = [a for a in await activations(store, "f") if a["reason"] == "rewrite"]
     assert rewrite["agent"] == "f1" and "changed" in rewrite["feedback"]
+
+
+@pytest.mark.parametrize("path", [READ, GENERAL])
+async def test_an_invalid_branch_is_kept_before_it_is_routed(
+    store: BoardStore, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proposal the store refuses before any commit (a value of the wrong type) is
+    still kept with its activation before routing starts: a crash in between resends
+    it rather than running the agent again."""
+    sup = Supervisor(fan_app([]), store)
+    forced(sup, path, monkeypatch)
+    await store.create("f", sup.app.schema)
+    sub = branch_sub(1, "a1").model_copy(
+        update={"activation_id": "a1", "patch": [{"op": "replace", "path": "/f1", "value": "x"}]}
+    )
+    kept: list[Any] = []
+    route = sup._route
+
+    async def routing(*args: Any, **kwargs: Any) -> None:
+        kept.append(await store.redis.hget(sup.keys.board("f").activations, "a1"))
+        await route(*args, **kwargs)
+
+    monkeypatch.setattr(sup, "_route", routing)
+    act = Activation(activation_id="a1", board_id="f", agent="f1", base=0, trace_id="")
+    outcome = await sup.submit_local(sub, act)
+    assert (outcome.status, outcome.reason) == ("rejected", "schema")
+    [record] = kept
+    assert json.loads(record)["submission"]["patch"] == sub.patch
+    assert await store.version("f") == 0
+
+
+@pytest.mark.real_only
+@pytest.mark.parametrize("path", [READ, GENERAL])
+async def test_a_commit_redis_refuses_is_reported_as_the_store_unavailable(
+    redis_servers: Any, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of memory: the consumer backs off and retries (an outage), as on the
+    general path, rather than counting it against the submission."""
+    store = BoardStore(connect(redis_servers().url))
+    sup = Supervisor(fan_app([]), store)
+    forced(sup, path, monkeypatch)
+    await store.create("f", sup.app.schema)
+    await sup.handle(branch_sub(1, "p1"))
+    await store.redis.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(StoreUnavailable, match="maxmemory") as raised:
+            await sup.handle(branch_sub(2, "p2"))
+    finally:
+        await store.redis.config_set("maxmemory", "0")
+    assert "Redis refused to commit to board 'f'" in str(raised.value)
+    assert await store.version("f") == 1
+    outcome = await sup.handle(branch_sub(2, "p2"))  # once Redis takes writes again
+    assert (outcome.status, outcome.version) == ("committed", 2)
+    await store.close()

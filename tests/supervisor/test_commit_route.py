@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 
 from blackboard import App, BoardStore, Key, Settings, connect
+from blackboard.errors import StoreUnavailable
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submit
 from blackboard.records import Handoff, Outcome, Submission
@@ -565,3 +566,23 @@ async def test_a_refused_dispatch_outside_a_batch_is_raised_and_kept_in_the_outb
     await sup.router.dispatch("p", await sup.router.pending("p"))  # as resume does
     assert [f["activation"] for _, f in await store.redis.xrange(queue)] == [aid]
     assert await store.redis.hlen(store.keys("p").outbox) == 0
+
+
+@pytest.mark.real_only
+async def test_a_commit_redis_refuses_is_reported_as_the_store_unavailable(
+    redis_servers: Any,
+) -> None:
+    """Out of memory on the one-script path: an outage (the consumer backs off and
+    retries), as on the general path, and nothing is written."""
+    store = BoardStore(connect(redis_servers().url))
+    sup = Supervisor(APP, store)
+    await store.create("p", APP.schema)
+    await store.redis.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(StoreUnavailable, match="refused to commit to board 'p'"):
+            await sup.handle(blind("p", "p0", 0, 1))
+    finally:
+        await store.redis.config_set("maxmemory", "0")
+    assert await store.version("p") == 0
+    assert (await sup.handle(blind("p", "p0", 0, 1))).version == 1
+    await store.close()
