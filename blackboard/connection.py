@@ -175,29 +175,37 @@ class Pipeliner:
     async def _replies(self, groups: list[list[Command]], again: bool = True) -> list[list[Any]]:
         """Each caller's replies to its commands, all sent in one round trip. A script
         the server lost (restarted, flushed) did not run: it is loaded, and that caller's
-        commands from it on run again, in their order. What a caller sends after a
-        script depends on it or is safe to repeat (a WAIT, a read, a watch), so it must
-        not have run before the script."""
+        commands from it on run again, in their order, except scripts that did run.
+        What a caller sends after a script depends on it or is safe to repeat (a WAIT, a
+        read, a watch), so it must not have run before the script."""
         replies = iter(await self._pipeline([c for group in groups for c in group]))
         grouped = [[next(replies) for _ in group] for group in groups]
-        tails = [
-            (n, lost[0])
-            for n, mine in enumerate(grouped)
-            if (lost := [i for i, r in enumerate(mine) if isinstance(r, NoScriptError)])
-        ]
-        if not tails or not again:
+        again_at: list[tuple[int, list[int]]] = []  # (caller, its commands to run again)
+        for n, mine in enumerate(grouped):
+            first = next((i for i, r in enumerate(mine) if isinstance(r, NoScriptError)), None)
+            if first is not None:
+                redo = [
+                    i
+                    for i in range(first, len(mine))
+                    if groups[n][i][0] != "script" or isinstance(mine[i], NoScriptError)
+                ]
+                again_at.append((n, redo))
+        if not again_at or not again:
             return grouped
         scripts = {
-            command[1][0].sha: command[1][0]
-            for n, first in tails
-            for command, reply in zip(groups[n][first:], grouped[n][first:], strict=True)
-            if isinstance(reply, NoScriptError)
+            groups[n][i][1][0].sha: groups[n][i][1][0]
+            for n, indices in again_at
+            for i in indices
+            if isinstance(grouped[n][i], NoScriptError)
         }
         for script in scripts.values():
             await self.redis.script_load(script.script)
-        rerun = await self._replies([groups[n][first:] for n, first in tails], again=False)
-        for (n, first), mine in zip(tails, rerun, strict=True):
-            grouped[n][first:] = mine
+        rerun = await self._replies(
+            [[groups[n][i] for i in indices] for n, indices in again_at], again=False
+        )
+        for (n, indices), mine in zip(again_at, rerun, strict=True):
+            for i, reply in zip(indices, mine, strict=True):
+                grouped[n][i] = reply
         return grouped
 
     async def _pipeline(self, commands: list[Command]) -> list[Any]:

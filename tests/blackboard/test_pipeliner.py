@@ -98,6 +98,26 @@ async def test_what_follows_a_lost_script_runs_again_after_it(
     assert await redis_client.mget("before", "other", "n") == ["1", "1", "2"]
 
 
+async def test_a_script_that_ran_is_not_run_again_with_a_lost_one(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """The server had lost the first script but not the second: only the first runs
+    again (and the read after both), so the second counts once."""
+    lost = redis_client.register_script("return redis.call('INCR', KEYS[1])")
+    kept = redis_client.register_script("return redis.call('INCRBY', KEYS[1], 10)")
+    await redis_client.script_flush()
+    await redis_client.script_load(kept.script)
+    p = Pipeliner(redis_client)
+    sizes = counting(p)
+    replies = await p.execute(
+        ("script", (lost, ["a"], []), {}),
+        ("script", (kept, ["b"], []), {}),
+        ("mget", (["a", "b"],), {}),
+    )
+    assert replies == [1, 10, ["1", "10"]]
+    assert sizes == [3, 2]
+
+
 @pytest.mark.real_only
 @pytest.mark.parametrize("stuck", ["read", "write"])
 async def test_a_hung_server_times_out_and_the_connection_recovers(
