@@ -980,7 +980,9 @@ class Supervisor:
         need_loops = bool(summarisable) or self._partial_joins
         replies: list[Any] = [[], {}]
         bk = self.keys.board(sub.board_id)
-        if (reads or need_loops) and (read is None or need_loops):
+        # the read path (_shape_path) never has summarisable keys or partial joins
+        assert read is None or not need_loops, "the loop state was not read with the commit"
+        if read is None and (reads or need_loops):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hmget(bk.state, reads or ["-"])
             pipe.hgetall(bk.loops) if need_loops else pipe.exists(bk.loops)
@@ -988,7 +990,6 @@ class Supervisor:
                 pipe.hstrlen(bk.state, key)
                 pipe.hget(bk.khash, key)
             replies = await pipe.execute()
-            read = None
         if read is not None:  # only what routing reads after this commit, as if read now
             board = {k: read[k] for k in reads if k in read}
         else:

@@ -16,7 +16,7 @@ from blackboard.supervisor import Deployment, Supervisor
 from blackboard.supervisor.process import GENERAL, READ
 from pydantic import BaseModel
 
-from blackboard import App, BoardStore, Key, connect
+from blackboard import App, BoardStore, Key, Settings, connect
 from blackboard.errors import StoreUnavailable
 from blackboard.records import Activation, Submission
 
@@ -206,4 +206,31 @@ async def test_a_commit_redis_refuses_is_reported_as_the_store_unavailable(
     assert await store.version("f") == 1
     outcome = await sup.handle(branch_sub(2, "p2"))  # once Redis takes writes again
     assert (outcome.status, outcome.version) == ("committed", 2)
+    await store.close()
+
+
+@pytest.mark.real_only
+async def test_with_wait_replicas_the_wait_follows_the_commit_and_the_read_comes_last(
+    redis_servers: Any,
+) -> None:
+    """WAIT goes right after the commit script on its connection (it counts that
+    connection's writes); the read after it still sees the commit, and with no replica
+    the commit stands and the join is dispatched."""
+    store = BoardStore(connect(redis_servers().url), Settings(wait_replicas=1, wait_timeout_ms=20))
+    sup = Supervisor(fan_app([]), store)
+    await store.create("f", sup.app.schema)
+    sent: list[list[str]] = []
+    execute = sup.router.pipeliner.execute
+
+    async def spied(*commands: Any, **kwargs: Any) -> Any:
+        sent.append([c[1][0] if c[0] == "execute_command" else c[0] for c in commands])
+        return await execute(*commands, **kwargs)
+
+    sup.router.pipeliner.execute = spied  # type: ignore[method-assign]
+    for i in range(1, BRANCHES + 1):
+        outcome = await sup.handle(branch_sub(i, f"p{i}"))
+        assert (outcome.status, outcome.version) == ("committed", i)
+    assert sent[0] == ["script", "WAIT", "hmget"]
+    [(_, entry)] = await store.redis.xrange(sup.keys.queue("join"))
+    assert entry["agent"] == "join"
     await store.close()
