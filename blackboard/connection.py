@@ -11,7 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.utils import HIREDIS_AVAILABLE
 
@@ -222,71 +222,67 @@ class Pipeliner:
 
 
 class _Pinned(Pipeline):
-    """A pipeline that keeps its connection from one execute to the next, where redis-py's
-    takes one from the pool and gives it back each time (through a lock and a task of
-    its own: more than the send costs). A connection that failed, or that the server
-    closed, is reconnected before its next use, as the pool would. :meth:`release` gives
-    it back; closing the client closes it in any case."""
+    """The Pipeliner's pipeline. Commands are queued with redis-py's command methods (its
+    argument encoding, its reply callbacks) and sent on one connection kept from one
+    round trip to the next. redis-py's own ``execute`` takes a connection from the pool
+    and gives it back each time (through a lock and a task of its own), and wraps the
+    round trip in hooks this client does not use (retries, which its pool turns off;
+    observability; HIMPORT field sets): together more than a lone commit's send costs.
+    A connection that failed, or that the server closed, is reconnected before its next
+    use, as the pool would. :meth:`release` gives it back; closing the client closes it
+    in any case."""
 
     _kept: Connection | None = None
-    _deadline: asyncio.Timeout | None = None
-    _limit = 0.0
-
-    async def _execute_pipeline(  # type: ignore[no-untyped-def]
-        self, connection: Connection, commands, raise_on_error: bool
-    ) -> list[Any]:
-        """With a socket timeout, redis-py sets a deadline for every reply it reads (a
-        timer each, most of a reply's cost when a hundred come in one read). One
-        deadline for the round trip instead, moved on as replies arrive
-        (:meth:`parse_response`): it still fires once the server has sent nothing for
-        about the socket timeout, and the connection is dropped as redis-py would."""
-        limit = connection.socket_timeout
-        if not limit:
-            return await super()._execute_pipeline(  # type: ignore[no-any-return]
-                connection, commands, raise_on_error
-            )
-        connection.socket_timeout = None
-        self._limit = limit
-        try:
-            async with asyncio.timeout(limit) as self._deadline:
-                return await super()._execute_pipeline(  # type: ignore[no-any-return]
-                    connection, commands, raise_on_error
-                )
-        except TimeoutError:
-            await connection.disconnect(nowait=True)
-            raise RedisTimeoutError(
-                f"Timeout: Redis took no request and sent no reply for {limit} s "
-                "(socket_timeout); is the server overloaded or stopped?"
-            ) from None
-        finally:
-            connection.socket_timeout = limit
-            self._deadline = None
-
-    async def parse_response(  # type: ignore[no-untyped-def]
-        self, connection: Connection, command_name: str | bytes, **options
-    ) -> Any:
-        reply = await super().parse_response(connection, command_name, **options)
-        deadline = self._deadline
-        if deadline is not None:  # progress: move the deadline on, an eighth at a time
-            due = asyncio.get_running_loop().time() + self._limit
-            if due - (deadline.when() or due) > self._limit / 8:
-                deadline.reschedule(due)
-        return reply
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        if self._kept is not None:  # the pool's check: reconnect one the server closed
-            await self.connection_pool.ensure_connection(self._kept)
-        self.connection, self._kept = self._kept, None  # None: execute takes one
+        """Send the queued commands; their replies, an error reply in place of the
+        command's (raised instead with ``raise_on_error``). A failure of the round trip
+        itself (connection lost, timeout, cancelled) drops the connection, as redis-py
+        does: its next use reconnects."""
+        stack, self.command_stack = self.command_stack, []
+        if not stack:
+            return []
+        connection = self._kept
+        if connection is None:
+            connection = self._kept = await self.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        else:  # the pool's check: reconnect one the server closed
+            await self.connection_pool.ensure_connection(connection)
+        limit = connection.socket_timeout
+        # With a socket timeout, redis-py sets a deadline for every reply it reads (a
+        # timer each, most of a reply's cost when a hundred come in one read). One
+        # deadline for the round trip instead, moved on as replies arrive: it still
+        # fires once the server has sent nothing for about the socket timeout.
+        connection.socket_timeout = None
         try:
-            return await super().execute(raise_on_error)
+            async with asyncio.timeout(limit) as deadline:
+                await connection.send_packed_command(
+                    connection.pack_commands([args for args, _ in stack])
+                )
+                replies: list[Any] = []
+                for args, options in stack:
+                    try:
+                        replies.append(await self.parse_response(connection, args[0], **options))
+                    except ResponseError as exc:
+                        replies.append(exc)
+                    if limit:  # progress: move the deadline on, an eighth at a time
+                        due = asyncio.get_running_loop().time() + limit
+                        if due - (deadline.when() or due) > limit / 8:
+                            deadline.reschedule(due)
+        except BaseException as exc:  # the replies left unread would answer the next call
+            await connection.disconnect(nowait=True)
+            if isinstance(exc, TimeoutError):
+                raise RedisTimeoutError(
+                    f"Timeout: Redis took no request and sent no reply for {limit} s "
+                    "(socket_timeout); is the server overloaded or stopped?"
+                ) from None
+            raise
         finally:
-            if self.connection is not None:  # nothing was sent, so no reset ran
-                self._kept, self.connection = self.connection, None
-
-    async def reset(self) -> None:  # type: ignore[override]
-        kept, self.connection = self.connection, None
-        await super().reset()  # type: ignore[no-untyped-call]  # nothing to release now
-        self._kept = kept
+            connection.socket_timeout = limit
+        if raise_on_error:
+            error = next((r for r in replies if isinstance(r, Exception)), None)
+            if error is not None:
+                raise error
+        return replies
 
     async def release(self) -> None:
         kept, self._kept = self._kept, None

@@ -164,3 +164,25 @@ async def test_a_round_trip_longer_than_the_socket_timeout_succeeds_while_replie
     assert replies == [None] * 12
     assert asyncio.get_running_loop().time() - started > 1.0  # longer than the timeout
     await client.aclose()
+
+
+@pytest.mark.real_only
+async def test_a_caller_cancelled_mid_round_trip_leaves_no_reply_for_the_next(
+    redis_servers: Any,
+) -> None:
+    """A round trip abandoned before its replies were read (its caller cancelled) drops
+    the connection: the next caller gets its own replies, and the abandoned BLPOP,
+    gone with its connection, takes nothing from the list."""
+    server = redis_servers()
+    client = connect(server.url)
+    p = Pipeliner(client)
+    waiting = asyncio.ensure_future(p.execute(("blpop", (["q"], 5), {})))
+    async with asyncio.timeout(10):  # until the BLPOP blocks on the server
+        while int((await client.info("clients"))["blocked_clients"]) == 0:
+            await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await p.execute(("rpush", ("q", "x"), {}), ("lpop", ("q",), {})) == [1, "x"]
+    assert await p.execute(("set", ("k", "v"), {}), ("get", ("k",), {})) == [True, "v"]
+    await client.aclose()

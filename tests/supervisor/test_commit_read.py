@@ -17,6 +17,7 @@ from blackboard.supervisor.process import GENERAL, READ
 from pydantic import BaseModel
 
 from blackboard import App, BoardStore, Key, Settings, connect
+from blackboard.connection import _Pinned
 from blackboard.errors import StoreUnavailable
 from blackboard.records import Activation, Submission
 
@@ -118,6 +119,7 @@ async def test_the_last_branch_takes_one_round_trip_less_than_the_general_path(
         await sup.handle(branch_sub(i, f"p{i}"))
     sent: list[str] = []
     command, pipeline = redis_client.Redis.execute_command, redis_client.Pipeline.execute
+    pinned = _Pinned.execute  # the Pipeliner's pipeline
 
     async def one(self: Any, *args: Any, **options: Any) -> Any:
         sent.append(str(args[0]))
@@ -125,10 +127,11 @@ async def test_the_last_branch_takes_one_round_trip_less_than_the_general_path(
 
     async def many(self: Any, *args: Any, **options: Any) -> Any:
         sent.append("pipeline")
-        return await pipeline(self, *args, **options)
+        return await (pinned if isinstance(self, _Pinned) else pipeline)(self, *args, **options)
 
     monkeypatch.setattr(redis_client.Redis, "execute_command", one)
     monkeypatch.setattr(redis_client.Pipeline, "execute", many)
+    monkeypatch.setattr(_Pinned, "execute", many)
     outcome = await sup.handle(branch_sub(BRANCHES, "last"))
     monkeypatch.undo()
     assert (outcome.status, outcome.version) == ("committed", BRANCHES)
