@@ -62,7 +62,7 @@ def machine() -> str:
     version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
     return (
         f"{platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{version.stdout.split()[2]}"
+        f"{version.stdout.split()[2].removeprefix('v=')}"
     )
 
 
