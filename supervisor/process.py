@@ -71,6 +71,11 @@ LANE_BOARDS = 4
 """Boards a lane needs at least: fewer, and the round trip a lane adds costs more than
 the overlap saves."""
 
+Queued = tuple[Delivery, Submission]
+"""A submission taken from the stream, with its entry (to acknowledge it)."""
+ByBoard = dict[str, deque[Queued]]
+"""A batch's submissions by board, each board's in stream order."""
+
 
 @dataclass
 class _Planned:
@@ -200,7 +205,7 @@ class Supervisor:
         while not stop.is_set():
             try:
                 deliveries = await queue.take(self.name, count=batch, block_ms=200)
-                by_board: dict[str, deque[tuple[Delivery, Submission]]] = {}
+                by_board: ByBoard = {}
                 for d in deliveries:
                     sub = self._parse(d)
                     if sub is None:
@@ -229,11 +234,8 @@ class Supervisor:
                 backoff = min(backoff * 2, 2.0)
 
     async def _lanes(
-        self,
-        queue: WorkQueue,
-        by_board: dict[str, deque[tuple[Delivery, Submission]]],
-        batch: list[Any],
-    ) -> list[list[tuple[Delivery, Submission]]]:
+        self, queue: WorkQueue, by_board: ByBoard, batch: list[Any]
+    ) -> list[list[Queued]]:
         """The batch's boards in :data:`LANES` disjoint lanes, each sending its own
         :meth:`_waves`: while one lane's wave runs in Redis, the next lane's is planned
         here (the Pipeliner sends it as soon as the first is answered), so this process
@@ -242,7 +244,7 @@ class Supervisor:
         count = min(LANES, len(by_board) // LANE_BOARDS)
         if count < 2:
             return await self._waves(queue, by_board, batch)
-        lanes: list[dict[str, deque[tuple[Delivery, Submission]]]] = [{} for _ in range(count)]
+        lanes: list[ByBoard] = [{} for _ in range(count)]
         for i, (board_id, items) in enumerate(by_board.items()):
             lanes[i % count][board_id] = items
         tasks = [asyncio.ensure_future(self._waves(queue, lane, batch)) for lane in lanes]
@@ -256,18 +258,15 @@ class Supervisor:
         return [items for rest in rests for items in rest]
 
     async def _waves(
-        self,
-        queue: WorkQueue,
-        by_board: dict[str, deque[tuple[Delivery, Submission]]],
-        batch: list[Any],
-    ) -> list[list[tuple[Delivery, Submission]]]:
+        self, queue: WorkQueue, by_board: ByBoard, batch: list[Any]
+    ) -> list[list[Queued]]:
         """The common case in bulk: proposals that commit and route in one script go in
         waves, each board's next one, every board's in the same round trip, with no task
         per submission. A board leaves the waves at its first submission that needs the
         general path (or whose commit the script refused: the general path says why);
         that submission and the board's later ones are returned, in order, to be handled
         one by one. ``by_board`` is consumed."""
-        rest: list[list[tuple[Delivery, Submission]]] = []
+        rest: list[list[Queued]] = []
         while by_board:
             wave = await self._next_wave(by_board, rest)
             if not wave:
@@ -311,8 +310,8 @@ class Supervisor:
 
     async def _next_wave(
         self,
-        by_board: dict[str, deque[tuple[Delivery, Submission]]],
-        rest: list[list[tuple[Delivery, Submission]]],
+        by_board: ByBoard,
+        rest: list[list[Queued]],
     ) -> list[tuple[Delivery, _Planned]]:
         """Each board's next submission, planned, its board held; boards whose next one
         needs the general path move from ``by_board`` to ``rest``."""
@@ -383,9 +382,7 @@ class Supervisor:
         if not users[0]:
             del self._locks[board_id]
 
-    async def _board_batch(
-        self, queue: WorkQueue, items: list[tuple[Delivery, Submission]], batch: list[Any]
-    ) -> None:
+    async def _board_batch(self, queue: WorkQueue, items: list[Queued], batch: list[Any]) -> None:
         for delivery, sub in items:  # one board's submissions in order: fewer conflicts
             try:
                 ack = (queue.stream, queue.group, delivery.entry_id)
