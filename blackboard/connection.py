@@ -247,6 +247,9 @@ class _Pinned(Pipeline):
             connection = self._kept = await self.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         else:  # the pool's check: reconnect one the server closed
             await self.connection_pool.ensure_connection(connection)
+        # Packed before anything is sent: an argument that cannot be sent (redis-py's
+        # DataError) fails this call alone, and the connection stays in step.
+        packed = connection.pack_commands([args for args, _ in stack])
         limit = connection.socket_timeout
         # With a socket timeout, redis-py sets a deadline for every reply it reads (a
         # timer each, most of a reply's cost when a hundred come in one read). One
@@ -255,9 +258,7 @@ class _Pinned(Pipeline):
         connection.socket_timeout = None
         try:
             async with asyncio.timeout(limit) as deadline:
-                await connection.send_packed_command(
-                    connection.pack_commands([args for args, _ in stack])
-                )
+                await connection.send_packed_command(packed)
                 replies: list[Any] = []
                 for args, options in stack:
                     try:

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio
 from bbtest import counting
 from fakeredis import FakeAsyncRedis
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blackboard.connection import Pipeliner, connect
@@ -186,3 +186,20 @@ async def test_a_caller_cancelled_mid_round_trip_leaves_no_reply_for_the_next(
     assert await p.execute(("rpush", ("q", "x"), {}), ("lpop", ("q",), {})) == [1, "x"]
     assert await p.execute(("set", ("k", "v"), {}), ("get", ("k",), {})) == [True, "v"]
     await client.aclose()
+
+
+async def test_an_argument_that_cannot_be_sent_fails_its_call_alone(
+    redis_client: redis.asyncio.Redis,
+) -> None:
+    """A command redis-py cannot encode (None as a value) raises its DataError before
+    anything is sent: nothing of that call ran, and the next call, on the same
+    connection, gets its own replies."""
+    p = Pipeliner(redis_client)
+    real = not isinstance(redis_client, FakeAsyncRedis)
+    first = await p.execute(("set", ("k", "v"), {}), *([("client_id", (), {})] if real else []))
+    with pytest.raises(DataError):  # its message is redis-py's, worded per packer
+        await p.execute(("set", ("a", "1"), {}), ("set", ("b", None), {}))
+    assert await redis_client.exists("a") == 0
+    after = await p.execute(("get", ("k",), {}), *([("client_id", (), {})] if real else []))
+    assert after[0] == "v"
+    assert after[1:] == first[1:]  # the same connection: it was not dropped
