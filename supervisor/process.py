@@ -64,9 +64,11 @@ stream holds that many waiting), and then a bigger one goes faster: planning its
 wave, settling its last, reading it and acknowledging it cost this process or Redis
 time the other cannot overlap, once per batch (100 boards: 128 -> 512, +15%). Its
 activations are dispatched together once it is done."""
-LANES = 2
-"""Lanes of waves in flight at once (see :meth:`Supervisor._lanes`): one waits on Redis
-while the other is planned; more would only queue behind them."""
+LANES = 3
+"""Lanes of waves at once (see :meth:`Supervisor._lanes`): while one lane's wave runs in
+Redis, the next lane's is already written behind it and a third is planned here. As many
+as the Pipeliner keeps in flight (:data:`~blackboard.connection.IN_FLIGHT`); more would
+only queue behind them (``python -m bench``: three beat two and four)."""
 LANE_BOARDS = 4
 """Boards a lane needs at least: fewer, and the round trip a lane adds costs more than
 the overlap saves."""
@@ -238,9 +240,9 @@ class Supervisor:
     ) -> list[list[Queued]]:
         """The batch's boards in :data:`LANES` disjoint lanes, each sending its own
         :meth:`_waves`: while one lane's wave runs in Redis, the next lane's is planned
-        here (the Pipeliner sends it as soon as the first is answered), so this process
-        and the server work at the same time instead of taking turns. A board is in one
-        lane only, so its submissions keep their order."""
+        here and written behind it (the Pipeliner keeps several round trips in flight),
+        so this process and the server work at the same time instead of taking turns. A
+        board is in one lane only, so its submissions keep their order."""
         count = min(LANES, len(by_board) // LANE_BOARDS)
         if count < 2:
             return await self._waves(queue, by_board, batch)

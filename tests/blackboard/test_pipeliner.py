@@ -10,10 +10,12 @@ import pytest
 import redis.asyncio
 from bbtest import counting
 from fakeredis import FakeAsyncRedis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from blackboard.connection import Pipeliner, connect
+from blackboard.connection import IN_FLIGHT, Pipeliner, connect
 
 
 async def test_callers_meanwhile_share_one_round_trip(redis_client: redis.asyncio.Redis) -> None:
@@ -23,8 +25,9 @@ async def test_callers_meanwhile_share_one_round_trip(redis_client: redis.asynci
         *(p.execute(("set", (f"k{i}", i), {}), ("incr", (f"k{i}",), {})) for i in range(50))
     )
     assert replies == [[True, i + 1] for i in range(50)]
-    # the first caller's commands went at once; the 49 that came meanwhile, together
-    assert sizes == [2, 98]
+    # the first callers' commands went at once, each in a round trip of its own, as many
+    # as may be in flight; those that came meanwhile, together
+    assert sizes == [2] * IN_FLIGHT + [2 * (50 - IN_FLIGHT)]
 
 
 async def test_a_lone_caller_is_not_delayed_or_batched(redis_client: redis.asyncio.Redis) -> None:
@@ -81,7 +84,7 @@ async def test_what_follows_a_lost_script_runs_again_after_it(
     await redis_client.script_flush()
     p = Pipeliner(redis_client)
     sizes = counting(p)
-    p._busy = True  # both callers wait, then go in one round trip
+    p._flying = IN_FLIGHT  # both callers wait, then go in one round trip
     writer = asyncio.ensure_future(
         p.execute(
             ("incr", ("before",), {}),
@@ -91,6 +94,7 @@ async def test_what_follows_a_lost_script_runs_again_after_it(
     )
     other = asyncio.ensure_future(p.execute(("incr", ("other",), {})))
     await asyncio.sleep(0)
+    p._flying = 0
     p._next()
     assert await writer == [1, 2, "new"]
     assert await other == [1]
@@ -203,3 +207,119 @@ async def test_an_argument_that_cannot_be_sent_fails_its_call_alone(
     after = await p.execute(("get", ("k",), {}), *([("client_id", (), {})] if real else []))
     assert after[0] == "v"
     assert after[1:] == first[1:]  # the same connection: it was not dropped
+
+
+async def incr_behind_a_blpop(
+    client: redis.asyncio.Redis, p: Pipeliner
+) -> tuple[asyncio.Future[list[Any]], asyncio.Future[list[Any]]]:
+    """A BLPOP on ``q`` blocked on the server, and an INCR of ``n`` written behind it on
+    the Pipeliner's connection, both still unanswered."""
+    blocked = asyncio.ensure_future(p.execute(("blpop", (["q"], 5), {})))
+    async with asyncio.timeout(10):
+        while int((await client.info("clients"))["blocked_clients"]) == 0:
+            await asyncio.sleep(0.01)
+    behind = asyncio.ensure_future(p.execute(("incr", ("n",), {})))
+    async with asyncio.timeout(10):  # the INCR reached the server, in the input buffer
+        while not any(
+            c["cmd"] == "blpop" and int(c["qbuf"]) > 0 for c in await client.client_list()
+        ):
+            await asyncio.sleep(0.01)
+    return blocked, behind
+
+
+@pytest.mark.real_only
+async def test_the_next_round_trip_is_written_before_the_first_is_answered(
+    redis_servers: Any,
+) -> None:
+    """Round trips go out without waiting for the earlier ones' replies: while a BLPOP
+    blocks, the next caller's INCR already waits in the server's input buffer for that
+    connection. It runs once the BLPOP is served, and each caller gets its own reply."""
+    server = redis_servers()
+    client = connect(server.url)
+    p = Pipeliner(client)
+    blocked, behind = await incr_behind_a_blpop(client, p)
+    assert await client.get("n") is None and not behind.done()
+    await client.rpush("q", "x")
+    assert await behind == [1]
+    assert await blocked == [("q", "x")]
+    await client.aclose()
+
+
+@pytest.mark.real_only
+async def test_a_round_trip_failing_in_flight_fails_the_one_written_behind_it(
+    redis_servers: Any,
+) -> None:
+    """The caller of a blocked BLPOP is cancelled: the connection is dropped, so the
+    INCR written behind it never runs, and its caller hears redis-py's ConnectionError
+    saying its commands may or may not have run. The next call reconnects."""
+    server = redis_servers()
+    client = connect(server.url)
+    p = Pipeliner(client)
+    blocked, behind = await incr_behind_a_blpop(client, p)
+    blocked.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await blocked
+    with pytest.raises(redis.ConnectionError, match="may or may not have run"):
+        await behind
+    assert await p.execute(("incr", ("n",), {})) == [1]  # the first INCR never ran
+    assert await p.execute(("rpush", ("q", "x"), {}), ("lpop", ("q",), {})) == [1, "x"]
+    assert (p._flying, p._waiting) == (0, [])
+    await client.aclose()
+
+
+@pytest.mark.real_only
+async def test_the_socket_timeout_starts_when_a_round_trips_turn_to_read_comes(
+    redis_servers: Any,
+) -> None:
+    """A round trip written behind one that takes longer than the socket timeout (twelve
+    BLPOPs of 0.1 s, 0.5 s timeout) waits for it without timing out."""
+    server = redis_servers()
+    client = connect(f"{server.url}?socket_timeout=0.5")
+    p = Pipeliner(client)
+    blpops = [("blpop", (["empty"], 0.1), {}) for _ in range(12)]
+    slow = asyncio.ensure_future(p.execute(*blpops))
+    behind = asyncio.ensure_future(p.execute(("set", ("k", "v"), {}), ("get", ("k",), {})))
+    assert await slow == [None] * 12
+    assert await behind == [True, "v"]
+    await client.aclose()
+
+
+callers = st.lists(
+    st.tuples(st.integers(1, 5), st.none() | st.integers(0, 6)), min_size=1, max_size=12
+)
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(calls=callers)
+async def test_no_caller_ever_gets_anothers_replies(
+    redis_client: redis.asyncio.Redis, calls: list[tuple[int, int | None]]
+) -> None:
+    """Concurrent callers, some cancelled after a few turns of the event loop: every
+    caller that returns has exactly its own replies; one that fails was cancelled, or
+    hears that the connection was lost in flight; the Pipeliner then works again."""
+    p = Pipeliner(redis_client)
+
+    async def call(i: int, n: int) -> list[Any]:
+        return await p.execute(*[("echo", (f"{i}.{j}",), {}) for j in range(n)])
+
+    tasks = [asyncio.ensure_future(call(i, n)) for i, (n, _) in enumerate(calls)]
+    for turn in range(7):
+        for task, (_, cancel_at) in zip(tasks, calls, strict=True):
+            if cancel_at == turn:
+                task.cancel()
+        await asyncio.sleep(0)
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, ((n, cancel_at), result) in enumerate(zip(calls, results, strict=True)):
+        if isinstance(result, asyncio.CancelledError):
+            assert cancel_at is not None
+        elif isinstance(result, BaseException):
+            assert isinstance(result, redis.ConnectionError), result
+        else:
+            assert result == [f"{i}.{j}" for j in range(n)]
+    assert await call(99, 2) == ["99.0", "99.1"]
+    assert (p._flying, p._waiting) == (0, [])
+    await p.aclose()
