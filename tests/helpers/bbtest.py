@@ -78,9 +78,7 @@ async def activations(store: BoardStore, board_id: str) -> list[dict[str, Any]]:
     raw = await store.redis.hgetall(store.keys(board_id).activations)
     # In creation order. Several may be created in the same millisecond: the one
     # created at the lower board version came first.
-    return sorted(
-        (json.loads(v) for v in raw.values()), key=lambda a: (a["created_ms"], a["base"])
-    )
+    return sorted((json.loads(v) for v in raw.values()), key=lambda a: (a["created_ms"], a["base"]))
 
 
 def count_into(pipe: Any, sizes: list[int]) -> Any:
