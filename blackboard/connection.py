@@ -253,7 +253,7 @@ class _Pinned(Pipeline):
     _kept: Connection | None = None
     _limit: float | None = None  # the kept connection's socket timeout
     _session = 0  # counts the kept connection's drops: replies of a dropped one are gone
-    _last: asyncio.Future[None] | None = None  # done once the last round trip written is
+    _last: asyncio.Future[None] | None = None  # done once the last one written has read
     _writing: asyncio.Lock | None = None
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
