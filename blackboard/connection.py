@@ -103,7 +103,8 @@ IN_FLIGHT = 3
 """Round trips a :class:`Pipeliner` keeps in flight on its connection at once. With one,
 the server idles from sending a round trip's last reply until the next arrives (this
 process reads the replies, then packs and writes the next); with a few, the next is
-already queued on the socket. Measured with ``python -m bench``: three beat two and four."""
+already queued on the socket. On the supervisor throughput bench (100 boards, 2 cores),
+three beat one, two, four and eight (see :data:`~blackboard.supervisor.process.LANES`)."""
 
 
 class Pipeliner:

@@ -68,7 +68,7 @@ LANES = 3
 """Lanes of waves at once (see :meth:`Supervisor._lanes`): while one lane's wave runs in
 Redis, the next lane's is already written behind it and a third is planned here. As many
 as the Pipeliner keeps in flight (:data:`~blackboard.connection.IN_FLIGHT`); more would
-only queue behind them (``python -m bench``: three beat two and four)."""
+only queue behind them (the throughput bench, 100 boards: three beat two and four)."""
 LANE_BOARDS = 4
 """Boards a lane needs at least: fewer, and the round trip a lane adds costs more than
 the overlap saves."""
@@ -275,8 +275,8 @@ class Supervisor:
                 break
             try:
                 replies = await self._send_wave(wave)
-                # Let another lane's wave, queued in the Pipeliner meanwhile, be sent
-                # before this one is settled and the next planned.
+                # Let the other lanes go on (a reply that came meanwhile, a wave queued
+                # in the Pipeliner) before this one is settled and the next planned.
                 await asyncio.sleep(0)
                 if replies is None:  # no reply to read: each goes the general path
                     for delivery, planned in wave:
