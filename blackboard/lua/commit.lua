@@ -28,7 +28,7 @@ ARGV[15] reason                ARGV[16] outcome
 ARGV[17] board id (event)
 ARGV[18..] W quadruples: key, action ('set' | 'replace' | 'remove'), value JSON ('' if
          remove), hash of the value (computed by the caller: Lua here has no hash function
-         on every backend)
+         on every backend); each key at most once
 then R keys of the read set.
 
 Returns one of
@@ -96,31 +96,35 @@ for i = 0, W - 1 do check(ARGV[FIRST + 4 * i]) end
 for i = 0, R - 1 do check(ARGV[READS + i]) end
 if #conflicts > 1 then return conflicts end
 
--- Every precondition before the first write, so a refusal changes nothing.
+-- Every precondition before the first write, so a refusal changes nothing. The old
+-- values (their lengths, when the undo patch is given) are read here once: a length of
+-- 0 is an unset key, since a stored value is JSON, never empty. Each key is written
+-- once (the caller merges a patch's operations per key), so they stay current below.
+local build_undo = ARGV[12] == ''
+local olds, oldlens = {}, {}
 for i = 0, W - 1 do
   local k, action = ARGV[FIRST + 4 * i], ARGV[FIRST + 4 * i + 1]
-  if action ~= 'set' and redis.call('HEXISTS', state, k) == 0 then
-    return {'missing', k, action}
+  local old, oldlen = false, 0
+  if build_undo then
+    old = redis.call('HGET', state, k)
+    if old then oldlen = #old end
+  else
+    oldlen = redis.call('HSTRLEN', state, k)
   end
+  if action ~= 'set' and oldlen == 0 then return {'missing', k, action} end
+  olds[i], oldlens[i] = old, oldlen
 end
 
 local function tokens(n) return math.floor((n + 3) / 4) end
 
 local new = version + 1
-local build_undo = ARGV[12] == ''
+local newv = tostring(new)  -- formatted once: numbers given to Redis are formatted each time
 local undo = {}
 local changed = {}
 local dbytes, dtokens = 0, 0
 for i = 0, W - 1 do
   local k, action, value = ARGV[FIRST + 4 * i], ARGV[FIRST + 4 * i + 1], ARGV[FIRST + 4 * i + 2]
-  local old = false
-  local oldlen
-  if build_undo then
-    old = redis.call('HGET', state, k)
-    oldlen = old and #old or 0
-  else
-    oldlen = redis.call('HSTRLEN', state, k)
-  end
+  local old, oldlen = olds[i], oldlens[i]
   local newlen = 0
   local did = true
   if action == 'remove' then
@@ -135,7 +139,7 @@ for i = 0, W - 1 do
     newlen = #value
   end
   if did then
-    redis.call('HSET', kver, k, new)
+    redis.call('HSET', kver, k, newv)
     dbytes = dbytes + newlen - oldlen
     dtokens = dtokens + tokens(newlen) - tokens(oldlen)
     changed[#changed + 1] = k
@@ -150,16 +154,16 @@ for i = 0, W - 1 do
 end
 
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = t[1] .. string.sub('00000' .. t[2], -6, -4)  -- ms, built as text
 local undo_json = ARGV[12]
 if build_undo then undo_json = '[' .. table.concat(undo, ',') .. ']' end
 local keys_csv = table.concat(changed, ',')
 
-redis.call('XADD', log, new .. '-0',
+redis.call('XADD', log, newv .. '-0',
   'author', ARGV[8], 'kind', ARGV[10], 'keys', keys_csv, 'patch', ARGV[11],
   'undo', undo_json, 'proposal', pid, 'activation', ARGV[13], 'trace', ARGV[14],
   'ts', now, 'reason', ARGV[15], 'outcome', ARGV[16])
-if pid ~= '' then redis.call('HSET', proposals, pid, new) end
+if pid ~= '' then redis.call('HSET', proposals, pid, newv) end
 
 -- Snapshot when the history written since the last one outweighs the board: storage
 -- then grows with the size of the changes, and any version is one snapshot plus at
@@ -177,12 +181,12 @@ if since >= math.max(size, tonumber(ARGV[4])) then
   snap = 1
 end
 
-redis.call('HSET', meta, 'version', new, 'since_snap', since, 'updated', now,
+redis.call('HSET', meta, 'version', newv, 'since_snap', since, 'updated', now,
   'bytes', size, 'tokens', tonumber(m[5]) + dtokens)
 
 local quoted = {}
 for i = 1, #changed do quoted[i] = '"' .. changed[i] .. '"' end
-redis.call('PUBLISH', ARGV[5], '{"board":"' .. ARGV[17] .. '","version":' .. new ..
+redis.call('PUBLISH', ARGV[5], '{"board":"' .. ARGV[17] .. '","version":' .. newv ..
   ',"kind":"' .. ARGV[10] .. '","author":' .. ARGV[9] ..
   ',"keys":[' .. table.concat(quoted, ',') .. ']}')
 

@@ -221,6 +221,29 @@ async def test_size_accounting_is_incremental(store: BoardStore, board: str) -> 
     assert (info.bytes, info.tokens) == (sizes.bytes, sizes.tokens)
 
 
+async def test_commit_times_are_the_servers_clock_in_ms(store: BoardStore, board: str) -> None:
+    """The script builds the millisecond stamp from TIME's seconds and microseconds as
+    text: checked with a microsecond count of six digits and with one of fewer (the
+    first 90 ms of a second, waited for), where a missing zero would shrink it tenfold."""
+    windows = [(0, 90_000), (100_000, 1_000_000)]
+    version = 0
+    while windows:
+        seconds, micros = await store.redis.time()
+        low, high = windows[0]
+        if not low <= micros < high - 5_000:
+            continue  # polls the server's clock until it is in the window
+        windows.pop(0)
+        await store.commit(
+            board, Proposal.updates("risk", version, {"credit_score": 600 + version})
+        )
+        version += 1
+        later, later_micros = await store.redis.time()
+        entry = (await store.history(board, start=version))[0]
+        assert seconds * 1000 + micros // 1000 <= entry.ts_ms
+        assert entry.ts_ms <= later * 1000 + later_micros // 1000
+        assert (await store.info(board)).updated_ms == entry.ts_ms
+
+
 async def test_archive_keeps_history_but_refuses_commits(store: BoardStore, board: str) -> None:
     await store.commit(board, Proposal.updates("risk", 0, {"risk_rating": "low"}))
     await store.archive(board)
