@@ -71,32 +71,37 @@ class RouteResult:
 _DRIVER = """
 --[[ commit_route: commit.lua then route.lua in one atomic call, for a proposal whose
 routing does not depend on what the commit changed (a handoff at most); or route.lua
-alone (no commit KEYS). Either can read the next agents' context in the same step.
+alone (no commit). Either can read the next agents' context in the same step.
 
-KEYS: commit.lua's KEYS (ARGV[1] of them), then route.lua's, then (if ARGV[3] > 0) the
-board's state hash.
-ARGV[1] number of commit KEYS, ARGV[2] number of commit ARGV, ARGV[3] C: number of
-board keys to read for the next agents' context (0 = none), then those C keys, then
-commit.lua's ARGV, then route.lua's ARGV, in which, with a commit, the version, the
+KEYS: commit.lua's KEYS (NK of them), then route.lua's (with a commit, only its
+KEYS[2..7]: the other three are commit.lua's too), then (if C > 0) the board's state hash.
+ARGV: commit.lua's ARGV (NA of them: the script passes KEYS and ARGV to it as they are,
+which copies nothing), then route.lua's, then C board keys to read for the next agents'
+context, then NK, NA and C. In route.lua's ARGV, with a commit, the version, the
 compliant flag, the outcome and each activation record's "base":-1 are placeholders
 filled from the commit's result.
 Returns {'commit', commit reply} if the commit did not happen (nothing routed), else
 {'both', commit reply or {}, route reply[, {version, values of the C keys, loops}]}:
 the context read in the same atomic step (when C > 0 and the routing went through).
 ]]
-local NK, NA, NC = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local last = (NC > 0) and #KEYS - 1 or #KEYS
-local ck, ca, rk, ra, cx = {}, {}, {}, {}, {}
-for i = 1, NK do ck[i] = KEYS[i] end
-for i = NK + 1, last do rk[#rk + 1] = KEYS[i] end
-for i = 4, NC + 3 do cx[#cx + 1] = ARGV[i] end
-for i = NC + 4, NC + NA + 3 do ca[#ca + 1] = ARGV[i] end
-for i = NC + NA + 4, #ARGV do ra[#ra + 1] = ARGV[i] end
+local n = #ARGV
+local NK, NA, NC = tonumber(ARGV[n - 2]), tonumber(ARGV[n - 1]), tonumber(ARGV[n])
+-- route.lua's ARGV as a table of its own (it counts from its end): unpack copies in C,
+-- several times faster than a loop here, up to the C stack's limit on results
+local ra = {}
+if n - 3 - NC - NA < 4000 then
+  ra = {unpack(ARGV, NA + 1, n - 3 - NC)}
+else
+  for i = NA + 1, n - 3 - NC do ra[i - NA] = ARGV[i] end
+end
+local rk = KEYS
 local c = {}
 if NK > 0 then
-  c = commit(ck, ca)
+  rk = {KEYS[1], KEYS[NK + 1], KEYS[NK + 2], KEYS[NK + 3], KEYS[NK + 4], KEYS[NK + 5],
+    KEYS[NK + 6], KEYS[9], KEYS[8]}  -- meta, results and khash: commit.lua's 1, 9 and 8
+  c = commit(KEYS, ARGV)
   if c[1] ~= 'ok' then return {'commit', c} end
-  local v = c[2]
+  local v = tostring(c[2])  -- formatted once
   local changed = {}
   for i = 4, #c do changed[#changed + 1] = '"' .. c[i] .. '"' end
   ra[15] = v
@@ -113,7 +118,8 @@ end
 local r = route(rk, ra)
 if NC == 0 or r[1] ~= 'ok' then return {'both', c, r} end
 return {'both', c, r, {redis.call('HGET', rk[1], 'version'),
-  redis.call('HMGET', KEYS[#KEYS], unpack(cx)), redis.call('HGETALL', rk[2])}}
+  redis.call('HMGET', KEYS[#KEYS], unpack(ARGV, n - 2 - NC, n - 3)),
+  redis.call('HGETALL', rk[2])}}
 """
 
 
@@ -201,12 +207,14 @@ class Router:
         """:meth:`commit_and_route` as a command, to send with others (a batch of boards
         in one round trip); :meth:`commit_route_reply` reads its reply."""
         keys, args = self._call(board_id, step)
+        if commit_keys:  # the script takes route.lua's meta, results and khash from these
+            keys = keys[1:7]
         if context:
             keys.append(self.keys.board(board_id).state)
         script = (
             self._commit_route,
             [*commit_keys, *keys],
-            [len(commit_keys), len(commit_args), len(context), *context, *commit_args, *args],
+            [*commit_args, *args, *context, len(commit_keys), len(commit_args), len(context)],
         )
         return ("script", script, {})
 
