@@ -1,0 +1,191 @@
+"""Instructions Redis runs per commit: the raw commit script vs the validated path.
+
+Wall time on a shared 2-core VM swings by a third from one run to the next; the count
+of instructions the server executes does not. redis-server runs under valgrind's
+callgrind with counting switched on only around each measured part:
+
+  raw commit script, pipelined across 50 boards (the ceiling of ``python -m bench``)
+  the supervisor's commit-and-route script alone, the same way (the calls it plans)
+  the whole validated path: a supervisor process consumes submissions for 50 boards
+      (the stream, the script, the acknowledgement), everything Redis does for them
+
+The last ratio bounds what the throughput target can reach while Redis is the busier
+side: at 2.0 or more, Redis alone keeps validated commits under half the ceiling.
+Needs valgrind (apt-get install valgrind). Run: python -m bench.instructions
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from blackboard.supervisor import Supervisor
+
+from bench import supervisor as sbench
+from bench._server import machine
+from blackboard import BoardStore, Proposal, Settings
+from blackboard.records import Submission
+
+BOARDS, PER_BOARD = 50, 10
+
+
+@contextmanager
+def counted_server() -> Iterator[tuple[str, Callable[[Callable[[], Awaitable[int]]], Any]]]:
+    """redis-server under callgrind; yields its URL and ``count(fn)``: the instructions
+    the server ran while ``fn`` did, divided by what ``fn`` returns."""
+    workdir = tempfile.mkdtemp(prefix="bb-instr-")
+    sock = os.path.join(workdir, "redis.sock")
+    out = os.path.join(workdir, "callgrind.out")
+    proc = subprocess.Popen(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            "redis-server",
+            *("--port", "0", "--unixsocket", sock, "--save", "", "--dir", workdir),
+            *("--appendonly", "yes", "--appendfsync", "everysec"),
+            *("--auto-aof-rewrite-percentage", "0"),  # no rewrite (a fork) mid-count
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def control(*args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(proc.pid)], check=True, capture_output=True)
+
+    async def count(fn: Callable[[], Awaitable[int]]) -> float:
+        control("--zero")
+        control("--instr=on")
+        n = await fn()
+        control("--instr=off")
+        before = set(glob.glob(out + "*"))
+        control("--dump")
+        deadline = time.monotonic() + 30
+        while not (set(glob.glob(out + "*")) - before) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        (dump,) = set(glob.glob(out + "*")) - before
+        await asyncio.sleep(0.2)  # written in full
+        with open(dump) as f:
+            totals = [line for line in f if line.startswith(("summary:", "totals:"))]
+        return int(totals[-1].split()[1]) / n
+
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("redis-server did not start under valgrind")
+            time.sleep(0.05)
+        yield f"unix://{sock}", count
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def boards(store: BoardStore) -> list[str]:
+    ids = [f"i{uuid.uuid4().hex[:6]}-{b}" for b in range(BOARDS)]
+    for b in ids:
+        await store.create(b, sbench.app.schema)
+    await store.warm(dict.fromkeys(ids))
+    return ids
+
+
+def replay(store: BoardStore, sha: str, calls: list[tuple[list[str], list[Any]]]) -> Any:
+    async def run() -> int:
+        for i in range(0, len(calls), BOARDS):
+            pipe = store.redis.pipeline(transaction=False)
+            for keys, args in calls[i : i + BOARDS]:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            replies = await pipe.execute()
+        assert replies[-1][0] in ("ok", "both"), replies[-1]
+        return len(calls)
+
+    return run
+
+
+async def raw_calls(store: BoardStore) -> list[tuple[list[str], list[Any]]]:
+    """The commit script's calls for BOARDS x PER_BOARD commits, as the library builds
+    them, recorded instead of sent."""
+    ids, script = await boards(store), store._commit_script
+    calls: list[tuple[list[str], list[Any]]] = []
+
+    async def record(keys: list[str], args: list[Any]) -> list[Any]:
+        calls.append((keys, args))
+        return ["ok", 1, 0, "x"]
+
+    store._commit_script = record  # type: ignore[assignment]
+    try:
+        for i in range(PER_BOARD):
+            for b in ids:
+                await store.commit(b, Proposal.updates("a", i, {"x": i + 1}))
+    finally:
+        store._commit_script = script
+    return calls
+
+
+def submission(board: str, i: int) -> Submission:
+    patch = [{"op": "replace", "path": "/x", "value": i + 1}]
+    return Submission(kind="proposal", board_id=board, author="a", base=i, patch=patch)
+
+
+async def routed_calls(store: BoardStore, sup: Supervisor) -> list[tuple[list[str], list[Any]]]:
+    """The commit-and-route calls the supervisor plans for the same commits."""
+    ids, calls = await boards(store), []
+    for i in range(PER_BOARD):
+        for b in ids:
+            planned = await sup._plan_routed(submission(b, i), "")
+            assert planned is not None
+            _, keys, args = planned.commands[-1][1]
+            calls.append((keys, args))
+    return calls
+
+
+async def main() -> None:
+    print(f"bench/instructions.py  {machine()}")
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        print("  skipped: needs valgrind (apt-get install valgrind)")
+        return
+    with counted_server() as (url, count):
+        store = BoardStore.from_url(url, Settings(redis_url=url))
+        sup = Supervisor(sbench.app, store)
+        await sup.publish(replace=True)
+        script = store._commit_script
+        await store.redis.script_load(script.script)
+        raw = await count(replay(store, script.sha, await raw_calls(store)))
+        await store.redis.script_load(sup.router._commit_route.script)
+        routed = await count(
+            replay(store, sup.router._commit_route.sha, await routed_calls(store, sup))
+        )
+        proc = sbench.spawn_supervisor(url)
+        try:
+            await sbench.throughput(store, 5, 2, tag="warm")  # import, join, load
+            whole = await count(lambda: _through(store))
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        await store.close()
+    print(f"  raw commit script, pipelined              {raw:>9,.0f} instructions/commit")
+    print(
+        f"  commit-and-route script, pipelined        {routed:>9,.0f}   ({routed / raw:.2f} x raw)"
+    )
+    print(f"  validated path, all Redis work, 1 process {whole:>9,.0f}   ({whole / raw:.2f} x raw)")
+
+
+async def _through(store: BoardStore) -> int:
+    _, committed = await sbench.throughput(store, BOARDS, PER_BOARD, tag=uuid.uuid4().hex[:6])
+    return committed
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
