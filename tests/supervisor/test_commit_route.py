@@ -12,6 +12,7 @@ import pytest
 from bbtest import counting, outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
+from blackboard.supervisor.loops import Routing
 from blackboard.supervisor.process import ATOMIC, GENERAL
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,6 +23,7 @@ from blackboard.errors import StoreUnavailable
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submit
 from blackboard.records import Handoff, Outcome, Submission
+from blackboard.store import PreparedCommit
 
 
 class Pair(BaseModel):
@@ -106,6 +108,28 @@ async def test_refused_commit_falls_back_and_is_recorded(store: BoardStore) -> N
         json.loads(v) for v in (await store.redis.hgetall(store.keys("p").activations)).values()
     ]
     assert [(x["agent"], x["reason"]) for x in acts] == [("a", "rewrite")]
+
+
+async def test_routing_arguments_past_the_unpack_limit_are_copied_in_a_loop(
+    store: BoardStore,
+) -> None:
+    """The script copies route.lua's arguments with unpack, whose results Lua caps (the
+    embedded fakeredis's below 9,000); a longer list (9,000 handoff pairs here) takes a
+    loop instead, and commits and routes the same."""
+    sup = Supervisor(APP, store)
+    await store.create("p", APP.schema)
+    proposal = blind("p", "p1", 0, 7).proposal([])
+    prepared = await store.prepare("p", proposal)
+    assert isinstance(prepared, PreparedCommit)
+    pairs = [f"a>n{i}" for i in range(9000)]
+    step = Routing(routing_id="p1", version=0, reset_rewrite="a", pairs=pairs, outcome="-")
+    commit, routed, _ = await sup.router.commit_and_route("p", prepared.keys, prepared.args, step)
+    assert routed is not None and (routed.outcome, routed.status) == ("ok", "active")
+    assert commit[:2] == ["ok", 1] and await store.read_key("p", "x") == 7
+    loops = await store.redis.hgetall(store.keys("p").loops)
+    assert sorted(loops) == sorted(pairs)
+    recorded = json.loads(await store.redis.hget(store.keys("p").results, "p1"))
+    assert (recorded["status"], recorded["version"]) == ("committed", 1)
 
 
 # -- a consumer batch in waves --------------------------------------------------------
