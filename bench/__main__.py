@@ -60,25 +60,12 @@ async def raw_pipelined(store: BoardStore, boards: int, per_board: int) -> float
     ids = [f"pipe-{tag}-{b}" for b in range(boards)]
     for b in ids:
         await store.create(b, sbench.app.schema)
+    commits = ((b, Proposal.updates("a", i, {"x": i + 1})) for i in range(per_board) for b in ids)
+    calls = await sbench.recorded_commits(store, commits)
     script = store._commit_script
-    calls: list[tuple[list[str], list[Any]]] = []
-
-    async def record(keys: list[str], args: list[Any]) -> list[Any]:
-        calls.append((keys, args))
-        return ["ok", 1, 0, "x"]
-
-    store._commit_script = record  # type: ignore[assignment]
-    for i in range(per_board):
-        for b in ids:
-            await store.commit(b, Proposal.updates("a", i, {"x": i + 1}))
-    store._commit_script = script
     await store.redis.script_load(script.script)  # EVALSHA in a pipeline does not reload
     started = time.perf_counter()
-    for i in range(0, len(calls), boards):
-        pipe = store.redis.pipeline(transaction=False)
-        for keys, args in calls[i : i + boards]:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        await pipe.execute()
+    await sbench.pipelined(store, script.sha, calls, boards)
     return len(calls) / (time.perf_counter() - started)
 
 

@@ -21,7 +21,6 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -101,37 +100,20 @@ async def boards(store: BoardStore) -> list[str]:
     return ids
 
 
-def replay(store: BoardStore, sha: str, calls: list[tuple[list[str], list[Any]]]) -> Any:
+def replay(store: BoardStore, sha: str, calls: list[sbench.Call]) -> Any:
     async def run() -> int:
-        for i in range(0, len(calls), BOARDS):
-            pipe = store.redis.pipeline(transaction=False)
-            for keys, args in calls[i : i + BOARDS]:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            replies = await pipe.execute()
+        replies = await sbench.pipelined(store, sha, calls, BOARDS)
         assert replies[-1][0] in ("ok", "both"), replies[-1]
         return len(calls)
 
     return run
 
 
-async def raw_calls(store: BoardStore) -> list[tuple[list[str], list[Any]]]:
-    """The commit script's calls for BOARDS x PER_BOARD commits, as the library builds
-    them, recorded instead of sent."""
-    ids, script = await boards(store), store._commit_script
-    calls: list[tuple[list[str], list[Any]]] = []
-
-    async def record(keys: list[str], args: list[Any]) -> list[Any]:
-        calls.append((keys, args))
-        return ["ok", 1, 0, "x"]
-
-    store._commit_script = record  # type: ignore[assignment]
-    try:
-        for i in range(PER_BOARD):
-            for b in ids:
-                await store.commit(b, Proposal.updates("a", i, {"x": i + 1}))
-    finally:
-        store._commit_script = script
-    return calls
+async def raw_calls(store: BoardStore) -> list[sbench.Call]:
+    """The commit script's calls for BOARDS x PER_BOARD commits."""
+    ids = await boards(store)
+    commits = ((b, Proposal.updates("a", i, {"x": i + 1})) for i in range(PER_BOARD) for b in ids)
+    return await sbench.recorded_commits(store, commits)
 
 
 def submission(board: str, i: int) -> Submission:
@@ -139,7 +121,7 @@ def submission(board: str, i: int) -> Submission:
     return Submission(kind="proposal", board_id=board, author="a", base=i, patch=patch)
 
 
-async def routed_calls(store: BoardStore, sup: Supervisor) -> list[tuple[list[str], list[Any]]]:
+async def routed_calls(store: BoardStore, sup: Supervisor) -> list[sbench.Call]:
     """The commit-and-route calls the supervisor plans for the same commits."""
     ids, calls = await boards(store), []
     for i in range(PER_BOARD):
@@ -188,4 +170,4 @@ async def _through(store: BoardStore) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    asyncio.run(main())

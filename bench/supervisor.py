@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,21 +79,54 @@ def spawn_supervisor(url: str) -> subprocess.Popen[bytes]:
     )
 
 
-async def raw_sequential(store: BoardStore, n: int) -> float:
-    await store.create("raw", app.schema)
+Call = tuple[list[str], list[Any]]
+"""A commit script call: its KEYS and ARGV."""
+
+
+async def recorded_commits(
+    store: BoardStore, commits: Iterable[tuple[str, Proposal]]
+) -> list[Call]:
+    """The commit script's calls for ``commits`` (board, proposal), built by the library
+    as for a real commit, recorded instead of sent: what the raw figures replay."""
     script = store._commit_script
-    recorded: list[tuple[list[str], list[Any]]] = []
+    calls: list[Call] = []
+    versions: Counter[str] = Counter()
 
     async def record(keys: list[str], args: list[Any]) -> list[Any]:
-        recorded.append((keys, args))
-        return ["ok", len(recorded), 0, "x"]
+        calls.append((keys, args))
+        return ["ok", versions[keys[0]], 0, "x"]
 
     store._commit_script = record  # type: ignore[assignment]
-    for i in range(n):
-        await store.commit(
-            "raw", Proposal.updates("a", i, {"x": i + 1}, proposal_id=uuid.uuid4().hex)
-        )
-    store._commit_script = script
+    try:
+        for board, proposal in commits:
+            versions[store.keys(board).meta] += 1
+            await store.commit(board, proposal)
+    finally:
+        store._commit_script = script
+    return calls
+
+
+async def pipelined(store: BoardStore, sha: str, calls: list[Call], width: int) -> list[Any]:
+    """Replay ``calls`` of the script ``sha``, ``width`` per pipeline; the last replies."""
+    replies: list[Any] = []
+    for i in range(0, len(calls), width):
+        pipe = store.redis.pipeline(transaction=False)
+        for keys, args in calls[i : i + width]:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        replies = await pipe.execute()
+    return replies
+
+
+async def raw_sequential(store: BoardStore, n: int) -> float:
+    await store.create("raw", app.schema)
+    recorded = await recorded_commits(
+        store,
+        (
+            ("raw", Proposal.updates("a", i, {"x": i + 1}, proposal_id=uuid.uuid4().hex))
+            for i in range(n)
+        ),
+    )
+    script = store._commit_script
     t0 = time.perf_counter()
     for keys, args in recorded:
         await script(keys=keys, args=args)
