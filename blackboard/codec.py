@@ -9,7 +9,15 @@ from typing import Any
 
 from blackboard.errors import ValidationFailed
 
-__all__ = ["approx_tokens", "canonical", "content_hash", "dumps", "fingerprint", "loads"]
+__all__ = [
+    "approx_tokens",
+    "canonical",
+    "content_hash",
+    "dumps",
+    "fingerprint",
+    "loads",
+    "utf8_len",
+]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -27,6 +35,11 @@ def dumps(value: Any) -> str:
             rule="json",
             expected="a JSON value",
         ) from exc
+
+
+def utf8_len(text: str) -> int:
+    """The length of ``text`` in UTF-8 bytes (an ASCII text is not encoded to count it)."""
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def loads(text: str) -> Any:

@@ -442,6 +442,9 @@ async def test_oversized_value_and_patch(redis_client: Redis, loan_schema: Board
     with pytest.raises(ValidationFailed, match="over the 100-byte limit") as err:
         await store.commit("b", Proposal.updates("docs", 0, {"notes": ["x" * 200]}))
     assert (err.value.key, err.value.rule) == ("notes", "max_value_bytes")
+    # Bytes, not characters: 60 characters of 2 bytes each are over the limit.
+    with pytest.raises(ValidationFailed, match="is 124 bytes, over the 100-byte limit"):
+        await store.commit("b", Proposal.updates("docs", 0, {"notes": ["é" * 60]}))
     with pytest.raises(ValidationFailed, match="max_patch_bytes"):
         await store.commit("b", Proposal.updates("docs", 0, {"notes": ["x"] * 100}))
     assert (await store.version("b"), await store.read_key("b", "notes")) == (0, [])
