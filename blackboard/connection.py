@@ -228,9 +228,11 @@ class Pipeliner:
         place)."""
         pipe = self._pipe
         for name, args, kwargs in commands:
-            if name == "script":
+            if name == "script":  # what pipe.evalsha queues, without its three calls
                 script, keys, argv = args
-                pipe.evalsha(script.sha, len(keys), *keys, *argv)
+                pipe.command_stack.append(
+                    (("EVALSHA", script.sha, str(len(keys)), *keys, *argv), {})
+                )
             else:
                 getattr(pipe, name)(*args, **kwargs)
         return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
@@ -326,10 +328,14 @@ class _Pinned(Pipeline):
     async def _read(self, connection: Connection, stack: list[Any]) -> list[Any]:
         limit = self._limit
         replies: list[Any] = []
+        plain = "EVALSHA" not in self.response_callbacks  # a script's reply, as it comes
         async with asyncio.timeout(limit) as deadline:
             for args, options in stack:
                 try:
-                    replies.append(await self.parse_response(connection, args[0], **options))
+                    if plain and args[0] == "EVALSHA":
+                        replies.append(await connection.read_response())
+                    else:
+                        replies.append(await self.parse_response(connection, args[0], **options))
                 except ResponseError as exc:
                     replies.append(exc)
                 if limit:  # progress: move the deadline on, an eighth at a time

@@ -56,6 +56,24 @@ async def test_an_error_reaches_only_its_caller(redis_client: redis.asyncio.Redi
     assert await redis_client.mget("a", "b") == ["1", "2"]
 
 
+async def test_script_replies_come_back_in_place(redis_client: redis.asyncio.Redis) -> None:
+    """A script's reply is read as it comes (nested tables included); a script's error is
+    that command's reply, and the commands around it still get theirs."""
+    nested = redis_client.register_script("return {'ok', ARGV[1], {1, 'x'}}")
+    failing = redis_client.register_script("return redis.error_reply('NOPE refused here')")
+    await nested(args=["warm"])
+    await redis_client.script_load(failing.script)
+    p = Pipeliner(redis_client)
+    replies = await p.execute(
+        ("script", (nested, [], ["a"]), {}),
+        ("script", (failing, [], []), {}),
+        ("incr", ("n",), {}),
+        raise_on_error=False,
+    )
+    assert replies[0] == ["ok", "a", [1, "x"]] and replies[2] == 1
+    assert isinstance(replies[1], ResponseError) and "NOPE refused here" in str(replies[1])
+
+
 @pytest.mark.parametrize("concurrent", [1, 5])
 async def test_scripts_the_server_lost_are_loaded_again(
     redis_client: redis.asyncio.Redis, concurrent: int
