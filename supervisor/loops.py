@@ -77,41 +77,46 @@ KEYS: commit.lua's KEYS (NK of them), then route.lua's (with a commit, only its
 KEYS[2..7]: the other three are commit.lua's too), then (if C > 0) the board's state hash.
 ARGV: commit.lua's ARGV (NA of them: the script passes KEYS and ARGV to it as they are,
 which copies nothing), then route.lua's, then C board keys to read for the next agents'
-context, then NK, NA and C. In route.lua's ARGV, with a commit, the version, the
-compliant flag, the outcome and each activation record's "base":-1 are placeholders
-filled from the commit's result.
+context, then NK, NA and C. With a commit, route.lua's ARGV come without their first two
+(routing id, version) and last two (compliant flag, outcome): filled in here from the
+commit's proposal id and result, as is each activation record's "base":-1 placeholder.
 Returns {'commit', commit reply} if the commit did not happen (nothing routed), else
 {'both', commit reply or {}, route reply[, {version, values of the C keys, loops}]}:
 the context read in the same atomic step (when C > 0 and the routing went through).
 ]]
 local n = #ARGV
 local NK, NA, NC = tonumber(ARGV[n - 2]), tonumber(ARGV[n - 1]), tonumber(ARGV[n])
--- route.lua's ARGV as a table of its own (it counts from its end): unpack copies in C,
--- several times faster than a loop here, up to the C stack's limit on results
-local ra = {}
-if n - 3 - NC - NA < 4000 then
-  ra = {unpack(ARGV, NA + 1, n - 3 - NC)}
-else
-  for i = NA + 1, n - 3 - NC do ra[i - NA] = ARGV[i] end
-end
-local rk = KEYS
-local c = {}
+local last = n - 3 - NC  -- route.lua's last argument
+local rk, c = KEYS, {}
+local v = ''
 if NK > 0 then
   rk = {KEYS[1], KEYS[NK + 1], KEYS[NK + 2], KEYS[NK + 3], KEYS[NK + 4], KEYS[NK + 5],
     KEYS[NK + 6], KEYS[9], KEYS[8]}  -- meta, results and khash: commit.lua's 1, 9 and 8
   c = commit(KEYS, ARGV)
   if c[1] ~= 'ok' then return {'commit', c} end
-  local v = tostring(c[2])  -- formatted once
+  v = tostring(c[2])  -- formatted once
+end
+-- route.lua's ARGV as a table of its own (it counts from its end)
+local ra = {}
+if last - NA >= 4000 then  -- more than unpack can return (the C stack's limit): a loop
+  local first = 0
+  if NK > 0 then ra, first = {ARGV[3], v}, 2 end
+  for i = NA + 1, last do ra[first + i - NA] = ARGV[i] end
+elseif NK > 0 then  -- unpack copies in C, several times faster than a loop here
+  ra = {ARGV[3], v, unpack(ARGV, NA + 1, last)}
+else
+  ra = {unpack(ARGV, NA + 1, last)}
+end
+if NK > 0 then
   local changed = {}
   for i = 4, #c do changed[#changed + 1] = '"' .. c[i] .. '"' end
-  ra[15] = v
-  ra[#ra - 2] = (#changed > 0) and '1' or '0'
-  ra[#ra - 1] = '{"status":"committed","version":' .. v .. ',"keys":[' ..
+  ra[#ra + 1] = (#changed > 0) and '1' or '0'
+  ra[#ra + 1] = '{"status":"committed","version":' .. v .. ',"keys":[' ..
     table.concat(changed, ',') .. '],"audit":"","reason":"","message":""}'
-  local P = tonumber(ra[16])
-  local A = tonumber(ra[17 + P])
+  local P = tonumber(ra[11])
+  local A = tonumber(ra[12 + P])
   for i = 0, A - 1 do
-    local o = 17 + P + 1 + 5 * i + 3
+    local o = 12 + P + 1 + 5 * i + 3
     ra[o] = (string.gsub(ra[o], '"base":%-1,', '"base":' .. v .. ',', 1))
   end
 end
@@ -138,6 +143,16 @@ class Router:
         self.redis = redis
         self.keys = keys
         self.limits = limits
+        self._limits = " ".join(  # route.lua's ARGV[4], the same in every call
+            str(n)
+            for n in (
+                limits.loop_threshold,
+                limits.max_activations,
+                limits.max_rewrites,
+                limits.max_tokens or 0,
+                limits.max_cost or 0,
+            )
+        )
         source = resources.files("blackboard.supervisor").joinpath("lua", "route.lua")
         self._script = redis.register_script(source.read_text())
         self._commit_route = redis.register_script(_combined())
@@ -206,7 +221,12 @@ class Router:
     ) -> Command:
         """:meth:`commit_and_route` as a command, to send with others (a batch of boards
         in one round trip); :meth:`commit_route_reply` reads its reply."""
-        keys, args = self._call(board_id, step)
+        if commit_keys and step.routing_id != commit_args[2]:
+            raise ValueError(
+                f"routing id {step.routing_id!r} is not the committed proposal's id "
+                f"{commit_args[2]!r}: the script routes a commit under its proposal id"
+            )
+        keys, args = self._call(board_id, step, committing=bool(commit_keys))
         if commit_keys:  # the script takes route.lua's meta, results and khash from these
             keys = keys[1:7]
         if context:
@@ -233,25 +253,22 @@ class Router:
             )
         return reply[1], await self._parse(board_id, step, reply[2]), read
 
-    def _call(self, board_id: str, step: Routing) -> tuple[list[str], list[Any]]:
+    def _call(
+        self, board_id: str, step: Routing, *, committing: bool = False
+    ) -> tuple[list[str], list[Any]]:
+        """route.lua's KEYS and ARGV; ``committing``: without the four ARGV the
+        commit_route driver fills in from the commit (see its docstring)."""
         bk = self.keys.board(board_id)
-        lim = self.limits
-        args: list[Any] = [
-            step.routing_id,
+        args: list[Any] = [] if committing else [step.routing_id, step.version]
+        args += [
             int(time.time() * 1000),
-            "",
-            lim.loop_threshold,
-            lim.max_activations,
-            lim.max_rewrites,
+            self._limits,
             step.tokens,
             repr(float(step.cost)),
-            lim.max_tokens or 0,
-            lim.max_cost or 0,
             step.reset_rewrite,
             step.rewrite,
             step.status,
             step.close,
-            step.version,
             len(step.pairs),
             *step.pairs,
             len(step.activations),
@@ -261,10 +278,9 @@ class Router:
                 {"agent": act.agent, "board": board_id, "activation": act.activation_id}
             )
             args += [act.activation_id, act.agent, act.deadline_ms, act.model_dump_json(), entry]
-        args.append(step.escalate)
-        args.append("1" if step.compliant else "0")
-        args.append(step.outcome)
-        args.append(step.report)
+        args += [step.escalate, step.report]
+        if not committing:
+            args += ["1" if step.compliant else "0", step.outcome]
         keys = [
             bk.meta,
             bk.loops,

@@ -753,9 +753,8 @@ class Supervisor:
             cost=sub.cost,
             close=sub.activation_id,
             reset_rewrite=sub.author,
-            outcome="-",
             report=report,
-        )
+        )  # its version, compliant flag and outcome: the script's, from the commit
         wanted = []
         if sub.handoff is not None:
             step.pairs.append(f"{sub.author}>{sub.handoff.to}")

@@ -10,24 +10,26 @@ KEYS[1] meta   KEYS[2] loops   KEYS[3] routed   KEYS[4] acts   KEYS[5] open
 KEYS[6] outbox KEYS[7] incidents  KEYS[8] results  KEYS[9] khash (per-key content hashes)
 
 ARGV[1]  routing id (the submission's proposal id)
-ARGV[2]  now (ms)                ARGV[3]  unused (the fingerprint is built here from khash)
-ARGV[4]  loop threshold          ARGV[5]  max activations
-ARGV[6]  max rewrites            ARGV[7]  tokens used by the submission
-ARGV[8]  cost of the submission  ARGV[9]  max tokens (0 = none)   ARGV[10] max cost (0 = none)
-ARGV[11] agent whose rewrite counter resets ('' = none)
-ARGV[12] agent whose rewrite counter grows ('' = none)
-ARGV[13] status to set if nothing trips ('' = keep)
-ARGV[14] activation id to close ('' = none): no longer open, nor waiting in the outbox
-ARGV[15] board version (for incident records; also the new compliant version if
-         ARGV[17 + P + 5A] is '1')
-ARGV[16] P: number of handoff pairs to count ('from>to' strings follow)
+ARGV[2]  board version (for incident records; also the new compliant version if the
+         compliant flag below is '1')
+ARGV[3]  now (ms)
+ARGV[4]  limits, space-separated: loop threshold, max activations, max rewrites, max
+         tokens (0 = none), max cost (0 = none); the same in every call
+ARGV[5]  tokens used by the submission       ARGV[6]  cost of the submission
+ARGV[7]  agent whose rewrite counter resets ('' = none)
+ARGV[8]  agent whose rewrite counter grows ('' = none)
+ARGV[9]  status to set if nothing trips ('' = keep)
+ARGV[10] activation id to close ('' = none): no longer open, nor waiting in the outbox
+ARGV[11] P: number of handoff pairs to count ('from>to' strings follow)
 then P pairs, then A: number of activations, then A quintuples:
   activation id, agent, deadline (ms), activation record JSON, queue entry JSON
 then an escalation 'kind|detail' to trip if the board is not already stopped ('' = none),
-then '1' if ARGV[15] is now the compliant version, else '0',
+then the closed activation's final record (what its agent reported; '' = keep),
+then '1' if ARGV[2] is now the compliant version, else '0',
 then the submission's outcome JSON to record under the routing id ('' = none): recorded
-with the routing, so a redelivered submission whose routing ran is never re-decided,
-then the closed activation's final record (what its agent reported; '' = keep).
+with the routing, so a redelivered submission whose routing ran is never re-decided.
+(The routing id and version first, the flag and outcome last: with a commit, the
+commit_route driver supplies those four from the commit's result.)
 
 Returns
   {'ok', status, aid1, agent1, entry1, ...}     this step's activations to dispatch (if the
@@ -51,12 +53,16 @@ local function pending_outbox(tag)
   return reply
 end
 
-if redis.call('HSETNX', routed, ARGV[1], ARGV[2]) == 0 then
+local id, version, now = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('HSETNX', routed, id, now) == 0 then
   return pending_outbox('again')
 end
 
-local now, version = ARGV[2], ARGV[15]
-local escalate, compliant = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
+local threshold, max_acts, max_rw, max_tokens, max_cost =
+  string.match(ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
+local reset_rw, rewrite, close = ARGV[7], ARGV[8], ARGV[10]
+local escalate, report = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
+local compliant, outcome = ARGV[#ARGV - 1], ARGV[#ARGV]
 -- Everything this step reads of the board's meta, in one call (only this step writes
 -- these fields while it runs).
 local m = redis.call('HMGET', meta, 'status', 'compliant', 'activations', 'tokens_used',
@@ -65,12 +71,11 @@ local current = m[1]
 -- On a stopped board (a late report from a parallel branch, say) things are counted
 -- but nothing trips again and nothing is activated.
 local stopped = current == 'escalated' or current == 'done' or current == 'failed' 
-local outcome, report = ARGV[#ARGV - 1], ARGV[#ARGV]
-if outcome ~= '' then redis.call('HSET', KEYS[8], ARGV[1], outcome) end
-if ARGV[14] ~= '' then
-  redis.call('ZREM', open, ARGV[14])
-  redis.call('HDEL', outbox, ARGV[14])
-  if report ~= '' then redis.call('HSET', acts, ARGV[14], report) end
+if outcome ~= '' then redis.call('HSET', KEYS[8], id, outcome) end
+if close ~= '' then
+  redis.call('ZREM', open, close)
+  redis.call('HDEL', outbox, close)
+  if report ~= '' then redis.call('HSET', acts, close, report) end
 end
 
 local function trip(kind, detail)
@@ -91,32 +96,32 @@ end
 
 -- budgets summed from activation reports (nothing written when nothing was used)
 local tokens, cost = tonumber(m[4] or '0'), tonumber(m[5] or '0')
-if tonumber(ARGV[7]) ~= 0 then
-  tokens = redis.call('HINCRBY', meta, 'tokens_used', tonumber(ARGV[7]))
+if tonumber(ARGV[5]) ~= 0 then
+  tokens = redis.call('HINCRBY', meta, 'tokens_used', tonumber(ARGV[5]))
 end
-if tonumber(ARGV[8]) ~= 0 then
-  cost = tonumber(redis.call('HINCRBYFLOAT', meta, 'cost_used', ARGV[8]))
+if tonumber(ARGV[6]) ~= 0 then
+  cost = tonumber(redis.call('HINCRBYFLOAT', meta, 'cost_used', ARGV[6]))
 end
-if not stopped and tonumber(ARGV[9]) > 0 and tokens > tonumber(ARGV[9]) then
-  return trip('budget', 'tokens used ' .. tokens .. ' > max_tokens ' .. ARGV[9])
+if not stopped and tonumber(max_tokens) > 0 and tokens > tonumber(max_tokens) then
+  return trip('budget', 'tokens used ' .. tokens .. ' > max_tokens ' .. max_tokens)
 end
-if not stopped and tonumber(ARGV[10]) > 0 and cost > tonumber(ARGV[10]) then
-  return trip('budget', 'cost ' .. cost .. ' > max_cost ' .. ARGV[10])
+if not stopped and tonumber(max_cost) > 0 and cost > tonumber(max_cost) then
+  return trip('budget', 'cost ' .. cost .. ' > max_cost ' .. max_cost)
 end
 
 -- rewrite loops
-if ARGV[11] ~= '' then redis.call('HDEL', loops, 'rw:' .. ARGV[11]) end
-if ARGV[12] ~= '' then
-  local n = redis.call('HINCRBY', loops, 'rw:' .. ARGV[12], 1)
-  if n > tonumber(ARGV[6]) and not stopped then
-    return trip('rewrites', 'agent ' .. ARGV[12] .. ' was rejected ' .. n ..
-      ' times in a row (max_rewrites ' .. ARGV[6] .. ')')
+if reset_rw ~= '' then redis.call('HDEL', loops, 'rw:' .. reset_rw) end
+if rewrite ~= '' then
+  local n = redis.call('HINCRBY', loops, 'rw:' .. rewrite, 1)
+  if n > tonumber(max_rw) and not stopped then
+    return trip('rewrites', 'agent ' .. rewrite .. ' was rejected ' .. n ..
+      ' times in a row (max_rewrites ' .. max_rw .. ')')
   end
 end
 
 -- handoff loops: the same pair repeated with no change to the board's content
-local P = tonumber(ARGV[16])
-local threshold = tonumber(ARGV[4])
+local P = tonumber(ARGV[11])
+threshold = tonumber(threshold)
 local fp = ''
 if P > 0 then  -- the board's content now, as sorted key=hash pairs: O(keys), not O(bytes)
   local flat = redis.call('HGETALL', KEYS[9])
@@ -126,7 +131,7 @@ if P > 0 then  -- the board's content now, as sorted key=hash pairs: O(keys), no
   fp = table.concat(pairs_, ',')
 end
 for i = 1, P do
-  local pair = ARGV[16 + i]
+  local pair = ARGV[11 + i]
   local prev = redis.call('HGET', loops, pair)
   local count, versions = 1, version
   if prev then
@@ -144,14 +149,14 @@ for i = 1, P do
 end
 
 -- activations (none on a stopped board: nothing should act until an operator resumes it)
-local base = 17 + P
+local base = 12 + P
 local A = tonumber(ARGV[base])
 if stopped then A = 0 end
 if A > 0 then
   local used = tonumber(m[3] or '0')
-  if used + A > tonumber(ARGV[5]) then
+  if used + A > tonumber(max_acts) then
     return trip('budget', 'activation budget spent: ' .. used .. ' used, ' .. A ..
-      ' more requested, max_activations ' .. ARGV[5])
+      ' more requested, max_activations ' .. max_acts)
   end
   redis.call('HINCRBY', meta, 'activations', A)
 end
@@ -164,9 +169,9 @@ end
 if compliant == '1' and tonumber(version) > tonumber(m[2] or '0') then
   redis.call('HSET', meta, 'compliant', version)
 end
-if ARGV[13] ~= '' then
-  redis.call('HSET', meta, 'status', ARGV[13], 'updated', now)
-  current = ARGV[13]
+if ARGV[9] ~= '' then
+  redis.call('HSET', meta, 'status', ARGV[9], 'updated', now)
+  current = ARGV[9]
 end
 local reply = {'ok', current}
 for i = 0, A - 1 do

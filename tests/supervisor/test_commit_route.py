@@ -132,6 +132,20 @@ async def test_routing_arguments_past_the_unpack_limit_are_copied_in_a_loop(
     assert (recorded["status"], recorded["version"]) == ("committed", 1)
 
 
+async def test_a_commit_is_routed_only_under_its_own_proposal_id(store: BoardStore) -> None:
+    """The script records a commit's routing under the proposal's id (it takes it from
+    the commit): a step named otherwise is refused before anything is sent."""
+    sup = Supervisor(APP, store)
+    await store.create("p", APP.schema)
+    prepared = await store.prepare("p", blind("p", "p1", 0, 7).proposal([]))
+    assert isinstance(prepared, PreparedCommit)
+    step = Routing(routing_id="other", version=0, reset_rewrite="a")
+    with pytest.raises(ValueError, match="routing id 'other' is not the committed proposal's"):
+        await sup.router.commit_and_route("p", prepared.keys, prepared.args, step)
+    assert await store.version("p") == 0
+    assert await store.redis.hlen(store.keys("p").routed) == 0
+
+
 # -- a consumer batch in waves --------------------------------------------------------
 
 

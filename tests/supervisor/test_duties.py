@@ -263,6 +263,16 @@ async def test_token_budget(store: BoardStore) -> None:
     assert incident["kind"] == "budget" and "tokens used 15 > max_tokens 10" in incident["detail"]
 
 
+async def test_cost_budget(store: BoardStore) -> None:
+    """A fractional budget survives the trip to the script and back (the intake agent
+    reports a cost of 0.01)."""
+    app = build_app(limits=Limits(max_cost=0.005))
+    info = await run(app, store)
+    assert info.status == "escalated"
+    [incident] = await incidents(store, "c1")
+    assert incident["kind"] == "budget" and "cost 0.01 > max_cost 0.005" in incident["detail"]
+
+
 async def test_activation_timeout_escalates(store: BoardStore) -> None:
     @agent("intake")
     async def slow(ctx: Context) -> Output:
