@@ -358,8 +358,8 @@ class Supervisor:
             for reply in [*replies, acked]:
                 if isinstance(reply, Exception):
                     raise reply
-            outcome = await self._settle_routed(planned, replies[-1], ack, batch, replicas=acked)
-            return outcome is not None
+            commit = await self._settle_routed(planned, replies[-1], ack, batch, replicas=acked)
+            return commit is not None
         except OUTAGE:
             raise
         except Exception:
@@ -668,7 +668,10 @@ class Supervisor:
             replies = await self.router.pipeliner.execute(*planned.commands, *self._wait())
         acked = replies[-1] if self.store.settings.wait_replicas else None
         reply = replies[len(planned.commands) - 1]
-        return await self._settle_routed(planned, reply, ack, batch, replicas=acked)
+        commit = await self._settle_routed(planned, reply, ack, batch, replicas=acked)
+        if commit is None:
+            return None
+        return Outcome(status="committed", version=commit.version, keys=commit.keys)
 
     async def _commit_read(
         self,
@@ -787,9 +790,9 @@ class Supervisor:
         batch: list[Command] | None,
         *,
         replicas: int | None = None,
-    ) -> Outcome | None:
-        """The script's reply: record, dispatch and acknowledge; None if the commit was
-        refused (conflict, decided, stopped…): the general path says why. ``replicas``:
+    ) -> CommitResult | None:
+        """The script's reply: record, dispatch and acknowledge; the commit, or None if
+        it was refused (conflict, decided, stopped…): the general path says why. ``replicas``:
         the reply of the WAIT sent after the script (with ``Settings.wait_replicas``)."""
         board_id, step = planned.sub.board_id, planned.step
         commit_reply, routed, read = await self.router.commit_route_reply(
@@ -808,7 +811,7 @@ class Supervisor:
         )
         if routed.status in WAITING:
             await self.redis.zadd(self.keys.escalations, {board_id: planned.now})
-        return Outcome(status="committed", version=commit.version, keys=commit.keys)
+        return commit
 
     async def _deadline(self, board_id: str) -> int:
         """A board's deadline is fixed when it starts (from the app's limits): cached."""
