@@ -8,6 +8,8 @@ callgrind with counting switched on only around each measured part:
   the supervisor's commit-and-route script alone, the same way (the calls it plans)
   the whole validated path: a supervisor process consumes submissions for 50 boards
       (the stream, the script, the acknowledgement), everything Redis does for them
+  the same path for 100 boards, counted in the supervisor process instead (under
+      callgrind itself, against a redis-server that is not)
 
 The last ratio bounds what the throughput target can reach while Redis is the busier
 side: at 2.0 or more, Redis alone keeps validated commits under half the ceiling.
@@ -31,33 +33,26 @@ from typing import Any
 from blackboard.supervisor import Supervisor
 
 from bench import supervisor as sbench
-from bench._server import machine
+from bench._server import machine, redis_server
 from blackboard import BoardStore, Proposal, Settings
 from blackboard.records import Submission
 
 BOARDS, PER_BOARD = 50, 10
 
 
+Count = Callable[[Callable[[], Awaitable[int]]], Awaitable[float]]
+
+
 @contextmanager
-def counted_server() -> Iterator[tuple[str, Callable[[Callable[[], Awaitable[int]]], Any]]]:
-    """redis-server under callgrind; yields its URL and ``count(fn)``: the instructions
-    the server ran while ``fn`` did, divided by what ``fn`` returns."""
-    workdir = tempfile.mkdtemp(prefix="bb-instr-")
-    sock = os.path.join(workdir, "redis.sock")
+def callgrind(
+    workdir: str, start: Callable[[list[str]], subprocess.Popen[bytes]]
+) -> Iterator[tuple[subprocess.Popen[bytes], Count]]:
+    """A process run under callgrind, counting nothing until asked: ``start`` starts it
+    given the command that wraps it. Yields the process and ``count(fn)``: the
+    instructions it ran while ``fn`` did, divided by what ``fn`` returns."""
     out = os.path.join(workdir, "callgrind.out")
-    proc = subprocess.Popen(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            "redis-server",
-            *("--port", "0", "--unixsocket", sock, "--save", "", "--dir", workdir),
-            *("--appendonly", "yes", "--appendfsync", "everysec"),
-            *("--auto-aof-rewrite-percentage", "0"),  # no rewrite (a fork) mid-count
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    proc = start(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     )
 
     def control(*args: str) -> None:
@@ -80,15 +75,37 @@ def counted_server() -> Iterator[tuple[str, Callable[[Callable[[], Awaitable[int
         return int(totals[-1].split()[1]) / n
 
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(sock):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("redis-server did not start under valgrind")
-            time.sleep(0.05)
-        yield f"unix://{sock}", count
+        yield proc, count
     finally:
         proc.terminate()
-        proc.wait(60)
+        proc.wait(120)
+
+
+@contextmanager
+def counted_server() -> Iterator[tuple[str, Count]]:
+    """redis-server under :func:`callgrind`; yields its URL and ``count``."""
+    workdir = tempfile.mkdtemp(prefix="bb-instr-")
+    sock = os.path.join(workdir, "redis.sock")
+    argv = [
+        "redis-server",
+        *("--port", "0", "--unixsocket", sock, "--save", "", "--dir", workdir),
+        *("--appendonly", "yes", "--appendfsync", "everysec"),
+        *("--auto-aof-rewrite-percentage", "0"),  # no rewrite (a fork) mid-count
+    ]
+
+    def start(wrapper: list[str]) -> subprocess.Popen[bytes]:
+        quiet = subprocess.DEVNULL
+        return subprocess.Popen([*wrapper, *argv], stdout=quiet, stderr=quiet)
+
+    try:
+        with callgrind(workdir, start) as (proc, count):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(sock):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("redis-server did not start under valgrind")
+                time.sleep(0.05)
+            yield f"unix://{sock}", count
+    finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -157,11 +174,39 @@ async def main() -> None:
             proc.terminate()
             proc.wait(60)
         await store.close()
+    supervisor = await supervisor_count()
     print(f"  raw commit script, pipelined              {raw:>9,.0f} instructions/commit")
     print(
         f"  commit-and-route script, pipelined        {routed:>9,.0f}   ({routed / raw:.2f} x raw)"
     )
     print(f"  validated path, all Redis work, 1 process {whole:>9,.0f}   ({whole / raw:.2f} x raw)")
+    print(
+        f"  validated path, the supervisor process    {supervisor:>9,.0f}"
+        f"   ({supervisor / raw:.2f} x raw; instructions/proposal, 100 boards)"
+    )
+
+
+async def supervisor_count() -> float:
+    """Instructions the supervisor process runs per validated proposal (under callgrind,
+    against a redis-server of its own that is not)."""
+    workdir = tempfile.mkdtemp(prefix="bb-instr-")
+    try:
+        with redis_server("--appendonly", "yes", "--appendfsync", "everysec") as url:
+            store = BoardStore.from_url(url, Settings(redis_url=url))
+
+            def start(wrapper: list[str]) -> subprocess.Popen[bytes]:
+                return sbench.spawn_supervisor(url, wrapper, stderr=subprocess.DEVNULL)
+
+            async def through() -> int:  # 100 boards, as the throughput ceiling's
+                return (await sbench.throughput(store, 100, 20, tag=uuid.uuid4().hex[:6]))[1]
+
+            with callgrind(workdir, start) as (_, count):
+                await sbench.throughput(store, 5, 2, tag="warm")  # import, join, load
+                counted = await count(through)
+            await store.close()
+        return counted
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def _through(store: BoardStore) -> int:

@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,7 +58,11 @@ app = App(
 BOARDS = 100
 
 
-def spawn_supervisor(url: str) -> subprocess.Popen[bytes]:
+def spawn_supervisor(
+    url: str, wrapper: Sequence[str] = (), stderr: int | None = None
+) -> subprocess.Popen[bytes]:
+    """A supervisor process for :data:`app` on ``url``; ``wrapper``: a command that runs
+    it (valgrind, say)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {
         **os.environ,
@@ -67,6 +71,7 @@ def spawn_supervisor(url: str) -> subprocess.Popen[bytes]:
     }
     return subprocess.Popen(
         [
+            *wrapper,
             sys.executable,
             "-m",
             "blackboard",
@@ -76,6 +81,7 @@ def spawn_supervisor(url: str) -> subprocess.Popen[bytes]:
             "--replace-declaration",
         ],
         env=env,
+        stderr=stderr,
     )
 
 
