@@ -240,11 +240,12 @@ class Pipeliner:
 
 class _Pinned(Pipeline):
     """The Pipeliner's pipeline. Commands are queued with redis-py's command methods (its
-    argument encoding, its reply callbacks) and sent on one connection kept from one
-    round trip to the next. redis-py's own ``execute`` takes a connection from the pool
-    and gives it back each time (through a lock and a task of its own), and wraps the
-    round trip in hooks this client does not use (retries, which its pool turns off;
-    observability; HIMPORT field sets): together more than a lone commit's send costs.
+    argument encoding, its reply callbacks; a script call, which has neither, is queued
+    and read as it is) and sent on one connection kept from one round trip to the next.
+    redis-py's own ``execute`` takes a connection from the pool and gives it back each
+    time (through a lock and a task of its own), and wraps the round trip in hooks this
+    client does not use (retries, which its pool turns off; observability; HIMPORT
+    field sets): together more than a lone commit's send costs.
 
     Several executes may be in flight at once: each is written when called, in order,
     and reads its replies once the one written before it has read its own. A round trip

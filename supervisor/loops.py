@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from blackboard import codec
 from blackboard.app import Limits
 from blackboard.connection import Command, Pipeliner
+from blackboard.errors import ConfigError
 from blackboard.keys import GlobalKeys
 from blackboard.records import Activation, ContextRead
 
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Routing:
-    """Everything one control step needs to know."""
+    """Everything one control step needs to know. Routed with a commit
+    (:meth:`Router.commit_and_route`), its ``routing_id`` must be the proposal's id, and
+    ``version``, ``compliant`` and ``outcome`` are not sent: the script takes them from
+    the commit's result."""
 
     routing_id: str
     version: int
@@ -222,9 +226,10 @@ class Router:
         """:meth:`commit_and_route` as a command, to send with others (a batch of boards
         in one round trip); :meth:`commit_route_reply` reads its reply."""
         if commit_keys and step.routing_id != commit_args[2]:
-            raise ValueError(
+            raise ConfigError(
                 f"routing id {step.routing_id!r} is not the committed proposal's id "
-                f"{commit_args[2]!r}: the script routes a commit under its proposal id"
+                f"{commit_args[2]!r}: the script routes a commit under its proposal id; "
+                "route it with routing_id set to the proposal id."
             )
         keys, args = self._call(board_id, step, committing=bool(commit_keys))
         if commit_keys:  # the script takes route.lua's meta, results and khash from these

@@ -447,6 +447,9 @@ async def test_oversized_value_and_patch(redis_client: Redis, loan_schema: Board
         await store.commit("b", Proposal.updates("docs", 0, {"notes": ["é" * 60]}))
     with pytest.raises(ValidationFailed, match="max_patch_bytes"):
         await store.commit("b", Proposal.updates("docs", 0, {"notes": ["x"] * 100}))
+    patch = Proposal.updates("docs", 0, {"notes": ["é" * 130]})  # 173 characters
+    with pytest.raises(ValidationFailed, match="patch is 303 bytes, over the 300-byte"):
+        await store.commit("b", patch)
     assert (await store.version("b"), await store.read_key("b", "notes")) == (0, [])
 
 

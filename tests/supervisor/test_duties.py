@@ -263,14 +263,16 @@ async def test_token_budget(store: BoardStore) -> None:
     assert incident["kind"] == "budget" and "tokens used 15 > max_tokens 10" in incident["detail"]
 
 
-async def test_cost_budget(store: BoardStore) -> None:
-    """A fractional budget survives the trip to the script and back (the intake agent
-    reports a cost of 0.01)."""
-    app = build_app(limits=Limits(max_cost=0.005))
+@pytest.mark.parametrize("max_cost", [0.005, 1e-05])
+async def test_cost_budget(store: BoardStore, max_cost: float) -> None:
+    """A fractional budget, in either of the forms Python writes floats in, survives the
+    trip to the script and back (the intake agent reports a cost of 0.01)."""
+    app = build_app(limits=Limits(max_cost=max_cost))
     info = await run(app, store)
     assert info.status == "escalated"
     [incident] = await incidents(store, "c1")
-    assert incident["kind"] == "budget" and "cost 0.01 > max_cost 0.005" in incident["detail"]
+    assert incident["kind"] == "budget"
+    assert f"cost 0.01 > max_cost {max_cost}" in incident["detail"]
 
 
 async def test_activation_timeout_escalates(store: BoardStore) -> None:
