@@ -1,7 +1,8 @@
-"""Instructions Redis runs per commit: the raw commit script vs the validated path.
+"""Instructions per commit: the raw commit script vs the validated path, in Redis and
+in the supervisor process.
 
 Wall time on a shared 2-core VM swings by a third from one run to the next; the count
-of instructions the server executes does not. redis-server runs under valgrind's
+of instructions a process executes does not. redis-server runs under valgrind's
 callgrind with counting switched on only around each measured part:
 
   raw commit script, pipelined across 50 boards (the ceiling of ``python -m bench``)
@@ -11,8 +12,9 @@ callgrind with counting switched on only around each measured part:
   the same path for 100 boards, counted in the supervisor process instead (under
       callgrind itself, against a redis-server that is not)
 
-The last ratio bounds what the throughput target can reach while Redis is the busier
-side: at 2.0 or more, Redis alone keeps validated commits under half the ceiling.
+The Redis ratios bound what the throughput target can reach while Redis is the busier
+side: at 2.0 or more, Redis alone keeps validated commits under half the ceiling. The
+supervisor's count is its share of the same two cores.
 Needs valgrind (apt-get install valgrind). Run: python -m bench.instructions
 """
 
@@ -78,7 +80,11 @@ def callgrind(
         yield proc, count
     finally:
         proc.terminate()
-        proc.wait(120)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextmanager
