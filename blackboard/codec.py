@@ -26,7 +26,8 @@ def dumps(value: Any) -> str:
     """Compact JSON. NaN and infinities are refused: they are not JSON."""
     try:
         text = _encoder.encode(value)
-        text.encode()  # a lone surrogate (seen in model output) is not valid UTF-8
+        if not text.isascii():
+            text.encode()  # a lone surrogate (seen in model output) is not valid UTF-8
         return text
     except (TypeError, ValueError) as exc:
         raise ValidationFailed(

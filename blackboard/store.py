@@ -788,9 +788,16 @@ class BoardStore:
     async def _answer(self, board_id: str, proposal: Proposal, reply: list[Any]) -> CommitResult:
         status = reply[0]
         if status == "ok":
-            if log.isEnabledFor(logging.DEBUG):
-                extra = {"board": board_id, "version": reply[1], "author": proposal.author}
-                log.debug("commit", extra={**extra, "trace": proposal.trace_id})
+            if log.isEnabledFor(logging.DEBUG):  # not building the record's fields otherwise
+                log.debug(
+                    "commit",
+                    extra={
+                        "board": board_id,
+                        "version": reply[1],
+                        "author": proposal.author,
+                        "trace": proposal.trace_id,
+                    },
+                )
             return CommitResult(
                 board_id=board_id,
                 version=int(reply[1]),

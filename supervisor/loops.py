@@ -146,7 +146,6 @@ class Router:
     def __init__(self, redis: Redis, keys: GlobalKeys, limits: Limits) -> None:
         self.redis = redis
         self.keys = keys
-        self.limits = limits
         self._limits = " ".join(  # route.lua's ARGV[4], the same in every call
             str(n)
             for n in (

@@ -453,6 +453,16 @@ async def test_oversized_value_and_patch(redis_client: Redis, loan_schema: Board
     assert (await store.version("b"), await store.read_key("b", "notes")) == (0, [])
 
 
+async def test_a_lone_surrogate_is_refused(store: BoardStore, board: str) -> None:
+    """Model output can carry half a UTF-16 pair: it is no valid UTF-8, so it is refused
+    as a value, and nothing is written."""
+    before = await snapshot_of(store, board)
+    with pytest.raises(ValidationFailed, match="not JSON-serialisable") as err:
+        await store.commit(board, Proposal.updates("docs", 0, {"notes": ["half \ud800 pair"]}))
+    assert err.value.rule == "json"
+    assert await snapshot_of(store, board) == before
+
+
 async def test_stale_base_on_overlapping_key_is_a_conflict(store: BoardStore, board: str) -> None:
     await store.commit(board, Proposal.updates("risk", 0, {"credit_score": 700}))
     before = await snapshot_of(store, board)
