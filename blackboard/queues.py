@@ -105,6 +105,26 @@ class WorkQueue:
                 if reclaimed:
                     self._next_reclaim = 0.0  # there may be more
                     return reclaimed
+        except redis_errors.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # the server restarted without persistence
+                self._ready = False
+                return []
+            raise
+        return await self.take_new(consumer, count=count, block_ms=block_ms)
+
+    def reclaim_due(self) -> bool:
+        """Whether :meth:`take` would look for entries to reclaim."""
+        return time.monotonic() >= self._next_reclaim
+
+    async def take_new(
+        self, consumer: str, *, count: int = 10, block_ms: int | None = None
+    ) -> list[Delivery]:
+        """New entries only, none reclaimed (without ``block_ms``, at once: maybe none).
+        A consumer reads its next batch this way while still working on the last one:
+        reclaiming then could hand it an entry it is working on."""
+        if not self._ready:
+            await self.ensure_group()
+        try:
             reply = await self.redis.xreadgroup(
                 self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
             )

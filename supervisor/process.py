@@ -204,36 +204,54 @@ class Supervisor:
 
     async def _consume(self, queue: WorkQueue, stop: asyncio.Event, batch: int) -> None:
         backoff = 0.05
-        while not stop.is_set():
-            try:
-                deliveries = await queue.take(self.name, count=batch, block_ms=200)
-                by_board: ByBoard = {}
-                for d in deliveries:
-                    sub = self._parse(d)
-                    if sub is None:
-                        await queue.dead_letter(d, "not a valid submission")
-                        continue
-                    by_board.setdefault(sub.board_id, deque()).append((d, sub))
-                collected: list[Any] = []
+        ahead: asyncio.Future[list[Delivery]] | None = None  # the next batch, being read
+        try:
+            while not stop.is_set():
                 try:
-                    rest = await self._lanes(queue, by_board, collected)
-                    await asyncio.gather(
-                        *(self._board_batch(queue, items, collected) for items in rest)
-                    )
-                finally:
-                    failed = await self.router.flush(collected)  # dispatches, then acks
-                    if failed:
-                        log.error(
-                            "%d dispatch commands failed; their submissions stay pending "
-                            "and will be redelivered: %s",
-                            len(failed),
-                            failed[0],
-                        )
-                backoff = 0.05
-            except OUTAGE as exc:
-                log.warning("Redis unavailable, retrying: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                    if ahead is not None:
+                        taking, ahead = ahead, None
+                        deliveries = await taking
+                    else:
+                        deliveries = await queue.take(self.name, count=batch, block_ms=200)
+                    if len(deliveries) >= batch and not queue.reclaim_due():
+                        # A backlog: the next batch is read while this one is worked on
+                        # (Redis answers it between this one's waves). Read, not worked
+                        # on: it starts once this one is acknowledged.
+                        ahead = asyncio.ensure_future(queue.take_new(self.name, count=batch))
+                    await self._batch(queue, deliveries)
+                    backoff = 0.05
+                except OUTAGE as exc:
+                    log.warning("Redis unavailable, retrying: %s", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        finally:
+            if ahead is not None:  # its entries stay pending: reclaimed like a crash's
+                ahead.cancel()
+                await asyncio.gather(ahead, return_exceptions=True)
+
+    async def _batch(self, queue: WorkQueue, deliveries: list[Delivery]) -> None:
+        """Work on one batch taken from ``queue``: in waves where it can, one by one
+        where it must; then its dispatches and acknowledgements."""
+        by_board: ByBoard = {}
+        for d in deliveries:
+            sub = self._parse(d)
+            if sub is None:
+                await queue.dead_letter(d, "not a valid submission")
+                continue
+            by_board.setdefault(sub.board_id, deque()).append((d, sub))
+        collected: list[Any] = []
+        try:
+            rest = await self._lanes(queue, by_board, collected)
+            await asyncio.gather(*(self._board_batch(queue, items, collected) for items in rest))
+        finally:
+            failed = await self.router.flush(collected)  # dispatches, then acks
+            if failed:
+                log.error(
+                    "%d dispatch commands failed; their submissions stay pending "
+                    "and will be redelivered: %s",
+                    len(failed),
+                    failed[0],
+                )
 
     async def _lanes(
         self, queue: WorkQueue, by_board: ByBoard, batch: list[Any]

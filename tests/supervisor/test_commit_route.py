@@ -193,6 +193,59 @@ async def test_a_batch_commits_each_boards_next_proposal_in_one_round_trip(
         assert [e.version for e in log] == [1, 2, 3]
 
 
+async def test_a_backlog_s_next_batch_is_read_while_the_last_is_worked_on(
+    store: BoardStore,
+) -> None:
+    """With more waiting than a batch holds, the next batch is read (new entries only)
+    while the last one is worked on, and worked on only once the last is acknowledged:
+    each board's proposals still commit in order, and nothing stays pending."""
+    sup = Supervisor(APP, store)
+    boards = ["p", "q", "r"]
+    for board in boards:
+        await store.create(board, APP.schema)
+    subs = [blind(b, f"{b}{i}", i, 10 * i + n) for i in range(4) for n, b in enumerate(boards)]
+    for s in subs:
+        await submit(sup.redis, sup.keys.prefix, s)
+    events: list[str] = []
+    work, take_new = sup._batch, sup.queues[0].take_new
+
+    async def batch(queue: Any, deliveries: Any) -> None:
+        if deliveries:  # (an empty one: the stream was empty)
+            events.append(f"batch of {len(deliveries)}")
+        await work(queue, deliveries)
+        if deliveries:
+            events.append("done")
+
+    async def read(*a: Any, **k: Any) -> Any:
+        busy = events and events[-1] != "done"
+        events.append("read ahead" if busy else "read")
+        return await take_new(*a, **k)
+
+    sup._batch = batch  # type: ignore[method-assign]
+    sup.queues[0].take_new = read  # type: ignore[method-assign]
+    sup.queues[0]._next_reclaim = float("inf")  # reclaiming is not due in this test
+    stop = asyncio.Event()
+    task = asyncio.create_task(sup.run(stop, batch=4))
+    try:
+        async with asyncio.timeout(10):
+            while not await settled(store, dict.fromkeys(boards, 4)):
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    # each full batch reads the next while it is worked on; the last one read finds
+    # the stream empty
+    assert events[:10] == [
+        "read",
+        *("batch of 4", "read ahead", "done") * 3,
+    ]
+    for n, board in enumerate(boards):
+        assert await store.read_key(board, "x") == 30 + n
+        assert [e.proposal_id for e in await store.history(board)] == [
+            f"{board}{i}" for i in range(4)
+        ]
+
+
 async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore) -> None:
     sup = Supervisor(APP, store)
     boards = [f"b{n}" for n in range(8)]
