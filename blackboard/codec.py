@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from blackboard.errors import ValidationFailed
@@ -25,6 +26,9 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 def dumps(value: Any) -> str:
     """Compact JSON. NaN and infinities are refused: they are not JSON."""
     try:
+        kind = value.__class__
+        if kind is int or (kind is float and math.isfinite(value)):
+            return kind.__repr__(value)  # what the encoder writes, without the encoder
         text = _encoder.encode(value)
         if not text.isascii():
             text.encode()  # a lone surrogate (seen in model output) is not valid UTF-8

@@ -11,6 +11,7 @@ import itertools
 from typing import Any
 
 import jsonpatch
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -134,3 +135,28 @@ def test_fingerprint_is_the_hash_of_the_canonical_text(value: Any) -> None:
     if isinstance(value, dict):  # members in another order: the same fingerprint
         reordered = dict(reversed(list(value.items())))
         assert codec.fingerprint(codec.dumps(reordered)) == codec.fingerprint(text)
+
+
+@given(json_values)
+def test_dumps_writes_what_the_json_module_writes(value: Any) -> None:
+    """Compact JSON, non-ASCII kept: numbers too, which skip the encoder."""
+    import json
+
+    from blackboard import codec
+
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert codec.dumps(value) == expected
+    assert codec.loads(codec.dumps(value)) == json.loads(expected)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), -float("inf"), 10**5000],
+    ids=["nan", "inf", "-inf", "an int of 5001 digits"],
+)
+def test_dumps_refuses_numbers_json_cannot_hold(value: Any) -> None:
+    from blackboard import codec
+    from blackboard.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed, match="not JSON-serialisable"):
+        codec.dumps(value)
