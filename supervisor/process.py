@@ -206,14 +206,14 @@ class Supervisor:
         backoff = 0.05
         ahead: asyncio.Future[list[Delivery]] | None = None  # the next batch, being read
         try:
-            while not stop.is_set():
+            while not stop.is_set() or ahead is not None:  # stopping, what was read is done
                 try:
                     if ahead is not None:
                         taking, ahead = ahead, None
                         deliveries = await taking
                     else:
                         deliveries = await queue.take(self.name, count=batch, block_ms=200)
-                    if len(deliveries) >= batch and not queue.reclaim_due():
+                    if len(deliveries) >= batch and not stop.is_set() and not queue.reclaim_due():
                         # A backlog: the next batch is read while this one is worked on
                         # (Redis answers it between this one's waves). Read, not worked
                         # on: it starts once this one is acknowledged.
@@ -225,7 +225,7 @@ class Supervisor:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
-            if ahead is not None:  # its entries stay pending: reclaimed like a crash's
+            if ahead is not None:  # cancelled: its entries stay pending, reclaimed as a crash's
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
 

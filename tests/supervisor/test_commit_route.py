@@ -246,6 +246,41 @@ async def test_a_backlog_s_next_batch_is_read_while_the_last_is_worked_on(
         ]
 
 
+async def test_a_stop_works_on_the_batch_read_ahead_and_reads_no_more(
+    store: BoardStore,
+) -> None:
+    """Stopped while working on a batch with the next one read, the consumer works on
+    that one too before it returns: nothing it read is left pending (to wait for a
+    reclaim), and what it did not read is left for the next run."""
+    sup = Supervisor(APP, store)
+    boards = ["p", "q", "r", "s"]
+    for board in boards:
+        await store.create(board, APP.schema)
+    subs = [blind(b, f"{b}{i}", i, i + 1) for i in range(3) for b in boards]
+    for s in subs:
+        await submit(sup.redis, sup.keys.prefix, s)
+    stop = asyncio.Event()
+    work = sup._batch
+    sizes: list[int] = []
+
+    async def batch(queue: Any, deliveries: Any) -> None:
+        sizes.append(len(deliveries))
+        stop.set()  # while the first batch is worked on
+        await work(queue, deliveries)
+
+    sup._batch = batch  # type: ignore[method-assign]
+    sup.queues[0]._next_reclaim = float("inf")  # reclaiming is not due in this test
+    async with asyncio.timeout(10):
+        await sup.run(stop, batch=4)
+    assert sizes == [4, 4]  # the first batch and the one read ahead; no third read
+    stream = GlobalKeys(store.settings.key_prefix).proposals(0)
+    assert (await store.redis.xpending(stream, "supervisor"))["pending"] == 0
+    assert [await store.version(b) for b in boards] == [2, 2, 2, 2]
+    sup._batch = work  # type: ignore[method-assign]
+    await consume(sup, [], lambda: settled(store, dict.fromkeys(boards, 3)))
+    assert [await store.version(b) for b in boards] == [3, 3, 3, 3]
+
+
 async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore) -> None:
     sup = Supervisor(APP, store)
     boards = [f"b{n}" for n in range(8)]
