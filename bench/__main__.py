@@ -31,6 +31,7 @@ from typing import Any
 from blackboard.supervisor import Deployment, Supervisor
 from redis.exceptions import ResponseError
 
+from bench import commit as commit_bench
 from bench import supervisor as sbench
 from bench._postgres import postgres_server
 from bench._server import machine, percentile, redis_server, target
@@ -48,6 +49,13 @@ SIZES = {"1 KB": 1 << 10, "100 KB": 100 << 10, "1 MB": 1 << 20, "10 MB": 10 << 2
 rows: list[tuple[str, str]] = []
 
 
+def latency(figures: commit_bench.Row) -> str:
+    """A sequential path's rate and latency, as one table cell."""
+    return (
+        f"{figures['per_s']:,.0f}/s, p50 {figures['p50_us']:.0f} µs, p99 {figures['p99_us']:.0f} µs"
+    )
+
+
 def row(name: str, value: str) -> None:
     rows.append((name, value))
     print(f"  {name:<58} {value}")
@@ -56,8 +64,11 @@ def row(name: str, value: str) -> None:
 # -- 1 and 6: throughput ---------------------------------------------------------------
 
 
-async def raw_pipelined(store: BoardStore, boards: int, per_board: int) -> float:
-    """The commit script, precomputed arguments, pipelined across boards: the ceiling."""
+async def raw_pipelined(
+    store: BoardStore, boards: int, per_board: int, took: list[float] | None = None
+) -> float:
+    """The commit script, precomputed arguments, pipelined across boards: the ceiling.
+    ``took``: each pipeline's round trip is appended to it."""
     tag = uuid.uuid4().hex[:6]
     ids = [f"pipe-{tag}-{b}" for b in range(boards)]
     for b in ids:
@@ -67,7 +78,7 @@ async def raw_pipelined(store: BoardStore, boards: int, per_board: int) -> float
     script = store._commit_script
     await store.redis.script_load(script.script)  # EVALSHA in a pipeline does not reload
     started = time.perf_counter()
-    await sbench.pipelined(store, script.sha, calls, boards)
+    await sbench.pipelined(store, script.sha, calls, boards, took)
     return len(calls) / (time.perf_counter() - started)
 
 
@@ -93,11 +104,12 @@ async def warm_up(store: BoardStore) -> None:
 
 
 async def ceiling_vs_us(
-    url: str, store: BoardStore, rounds: int
+    url: str, store: BoardStore, rounds: int, took: list[float]
 ) -> tuple[float, float, list[float]]:
     """The raw script pipelined and the validated path, on 100 boards each, in
     ``rounds`` interleaved rounds through one supervisor process; the medians of each,
-    and each round's ratio. Interleaved, a round's two figures share the machine's
+    and each round's ratio; the raw pipelines' round trips are appended to ``took``.
+    Interleaved, a round's two figures share the machine's
     state of the moment: on a shared VM, back-to-back runs of either alone swing by a
     third."""
     raws, rates, ratios = [], [], []
@@ -105,7 +117,7 @@ async def ceiling_vs_us(
     try:
         await warm_up(store)
         for _ in range(rounds):
-            raws.append(await raw_pipelined(store, 100, 20))
+            raws.append(await raw_pipelined(store, 100, 20, took))
             rates.append((await sbench.throughput(store, 100, 30, tag=uuid.uuid4().hex[:6]))[0])
             ratios.append(rates[-1] / raws[-1])
     finally:
@@ -278,16 +290,32 @@ async def main() -> None:
         await Supervisor(sbench.app, store).publish(replace=True)
 
         print("1. ceiling vs us (commits/s)")
-        raw_seq = await sbench.raw_sequential(store, 2000)
-        raw_pipe, validated, ratios = await ceiling_vs_us(url, store, CEILING_ROUNDS)
+        raw, library = await commit_bench.raw_vs_library(store, 500 if QUICK else 1000, 4)
+        took: list[float] = []
+        raw_pipe, validated, ratios = await ceiling_vs_us(url, store, CEILING_ROUNDS, took)
         ratio = statistics.median(ratios)
         print(f"  (medians of {CEILING_ROUNDS} interleaved rounds)")
-        row("raw commit script, pipelined across 100 boards", f"{raw_pipe:,.0f}/s")
+        row("raw commit script, sequential", latency(raw))
+        row(
+            "library commit path (validate + script), sequential",
+            f"{latency(library)}; {library['per_s'] / raw['per_s']:.2f} x raw",
+        )
+        row(
+            "raw commit script, pipelined across 100 boards",
+            f"{raw_pipe:,.0f}/s; a pipeline of 100 p50 {percentile(took, 50) * 1000:.1f} ms, "
+            f"p99 {percentile(took, 99) * 1000:.1f} ms",
+        )
         row("validated proposals, one supervisor process, 100 boards", f"{validated:,.0f}/s")
         row("validated / raw pipelined (same 100 boards, same round)", f"{ratio:.2f}")
         row("  each round's", " ".join(f"{r:.2f}" for r in sorted(ratios)))
-        row("validated / raw sequential", f"{validated / raw_seq:.2f}")
+        row("validated / raw sequential", f"{validated / raw['per_s']:.2f}")
         results["validated_ratio"] = ratio
+        results["throughput"] = {
+            "raw commit script,\nsequential": raw["per_s"],
+            "library commit\npath, sequential": library["per_s"],
+            "raw script pipelined,\n100 boards": raw_pipe,
+            "validated, one\nsupervisor, 100 boards": validated,
+        }
 
         print("2. handoff latency, agent process -> supervisor process -> agent")
         proc = sbench.spawn_supervisor(url)
@@ -433,7 +461,21 @@ def plot(results: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (through, left, right) = plt.subplots(
+        1, 3, figsize=(17, 4.5), gridspec_kw={"width_ratios": [1.1, 1, 1]}
+    )
+    rates = results["throughput"]
+    through.bar(range(len(rates)), list(rates.values()), color=["C7", "C7", "C1", "C0"])
+    through.set_xticks(range(len(rates)), list(rates), fontsize=8)
+    goal = rates["raw script pipelined,\n100 boards"] / 2
+    through.axhline(goal, color="C3", linestyle="--", label="target: half the pipelined ceiling")
+    through.set_ylabel("commits/s (validated proposals/s)")
+    through.set_title(
+        f"Ceiling vs us (medians): validated = {results['validated_ratio']:.2f} x ceiling,\n"
+        "the median of the rounds' own ratios",
+        fontsize=10,
+    )
+    through.legend(fontsize=8)
     kinds = ["ours", "memory", "sqlite", "postgres"]
     labels = [
         "this framework\n(Redis, AOF)",

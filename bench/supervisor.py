@@ -114,14 +114,20 @@ async def recorded_commits(
     return calls
 
 
-async def pipelined(store: BoardStore, sha: str, calls: list[Call], width: int) -> list[Any]:
-    """Replay ``calls`` of the script ``sha``, ``width`` per pipeline; the last replies."""
+async def pipelined(
+    store: BoardStore, sha: str, calls: list[Call], width: int, took: list[float] | None = None
+) -> list[Any]:
+    """Replay ``calls`` of the script ``sha``, ``width`` per pipeline; the last replies.
+    ``took``: each pipeline's round trip (seconds) is appended to it."""
     replies: list[Any] = []
     for i in range(0, len(calls), width):
+        started = time.perf_counter()
         pipe = store.redis.pipeline(transaction=False)
         for keys, args in calls[i : i + width]:
             pipe.evalsha(sha, len(keys), *keys, *args)
         replies = await pipe.execute()
+        if took is not None:
+            took.append(time.perf_counter() - started)
     return replies
 
 
