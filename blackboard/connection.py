@@ -315,10 +315,11 @@ class _Pinned(Pipeline):
         packed = connection.pack_commands([args for args, _ in stack])
         session = self._session
         try:
-            async with asyncio.timeout(self._limit):
-                if idle:  # the pool's checks read from the connection: none is in flight
-                    await self.connection_pool.ensure_connection(connection)
-                await connection.send_packed_command(packed, check_health=idle)
+            if self._limit is None:  # no socket timeout: no scope (one costs ~2 us)
+                await self._send(connection, packed, idle=idle)
+            else:
+                async with asyncio.timeout(self._limit):
+                    await self._send(connection, packed, idle=idle)
         except BaseException as exc:
             await self._drop(connection, session)
             if isinstance(exc, TimeoutError):
@@ -326,23 +327,37 @@ class _Pinned(Pipeline):
             raise
         return connection, session
 
+    async def _send(self, connection: Connection, packed: list[bytes], *, idle: bool) -> None:
+        if idle:  # the pool's checks read from the connection: none is in flight
+            await self.connection_pool.ensure_connection(connection)
+        await connection.send_packed_command(packed, check_health=idle)
+
     async def _read(self, connection: Connection, stack: list[Any]) -> list[Any]:
-        limit = self._limit
+        if self._limit is None:  # no socket timeout: no scope (one costs ~2 us)
+            return await self._replies_from(connection, stack, None)
+        async with asyncio.timeout(self._limit) as deadline:
+            return await self._replies_from(connection, stack, deadline)
+
+    async def _replies_from(
+        self, connection: Connection, stack: list[Any], deadline: asyncio.Timeout | None
+    ) -> list[Any]:
+        """``stack``'s replies, read in order; with a ``deadline``, each one read moves
+        it on (a socket timeout bounds the wait for the next reply, not for all)."""
+        limit = self._limit or 0.0
         replies: list[Any] = []
         plain = "EVALSHA" not in self.response_callbacks  # a script's reply, as it comes
-        async with asyncio.timeout(limit) as deadline:
-            for args, options in stack:
-                try:
-                    if plain and args[0] == "EVALSHA":
-                        replies.append(await connection.read_response())
-                    else:
-                        replies.append(await self.parse_response(connection, args[0], **options))
-                except ResponseError as exc:
-                    replies.append(exc)
-                if limit:  # progress: move the deadline on, an eighth at a time
-                    due = asyncio.get_running_loop().time() + limit
-                    if due - (deadline.when() or due) > limit / 8:
-                        deadline.reschedule(due)
+        for args, options in stack:
+            try:
+                if plain and args[0] == "EVALSHA":
+                    replies.append(await connection.read_response())
+                else:
+                    replies.append(await self.parse_response(connection, args[0], **options))
+            except ResponseError as exc:
+                replies.append(exc)
+            if deadline is not None:  # progress: move the deadline on, an eighth at a time
+                due = asyncio.get_running_loop().time() + limit
+                if due - (deadline.when() or due) > limit / 8:
+                    deadline.reschedule(due)
         return replies
 
     async def _drop(self, connection: Connection, session: int) -> None:
