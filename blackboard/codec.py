@@ -26,9 +26,11 @@ _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 def dumps(value: Any) -> str:
     """Compact JSON. NaN and infinities are refused: they are not JSON."""
     try:
-        kind = value.__class__
-        if kind is int or (kind is float and math.isfinite(value)):
-            return kind.__repr__(value)  # what the encoder writes, without the encoder
+        # A plain number is written as the encoder writes it, without building one.
+        if type(value) is int:
+            return int.__repr__(value)
+        if type(value) is float and math.isfinite(value):
+            return float.__repr__(value)
         text = _encoder.encode(value)
         if not text.isascii():
             text.encode()  # a lone surrogate (seen in model output) is not valid UTF-8

@@ -7,6 +7,7 @@ it backwards gives every earlier state, and read-at-V equals the state that exis
 from __future__ import annotations
 
 import copy
+import enum
 import itertools
 from typing import Any
 
@@ -147,6 +148,34 @@ def test_dumps_writes_what_the_json_module_writes(value: Any) -> None:
     expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     assert codec.dumps(value) == expected
     assert codec.loads(codec.dumps(value)) == json.loads(expected)
+
+
+class Shown(float):
+    def __repr__(self) -> str:
+        return "shown"
+
+
+class Counted(int):
+    def __repr__(self) -> str:
+        return "counted"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [True, False, None, Shown(1.5), Counted(7), Level.HIGH, [Shown(2.5), Counted(1)], -0.0],
+    ids=["true", "false", "null", "float subclass", "int subclass", "IntEnum", "in a list", "-0"],
+)
+def test_dumps_writes_what_the_json_module_writes_for_number_like_values(value: Any) -> None:
+    import json
+
+    from blackboard import codec
+
+    expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    assert codec.dumps(value) == expected
 
 
 @pytest.mark.parametrize(
