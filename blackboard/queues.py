@@ -124,9 +124,27 @@ class WorkQueue:
         reclaiming then could hand it an entry it is working on."""
         if not self._ready:
             await self.ensure_group()
+        entries = await self._read(consumer, ">", count, block_ms)
+        return [Delivery(i, f, 1) for i, f in entries if f is not None]
+
+    async def take_own(self, consumer: str, *, after: str = "0", count: int = 10) -> list[Delivery]:
+        """This consumer's own pending entries (read, not acknowledged) after ``after``,
+        oldest first. After an outage in the middle of a batch they come before
+        anything new, so that what was read keeps its order. Each is at least its
+        second delivery. Entries trimmed from the stream meanwhile are acknowledged."""
+        entries = await self._read(consumer, after, count, None)
+        gone = [i for i, f in entries if not f]
+        if gone:
+            await self.redis.xack(self.stream, self.group, *gone)
+        return [Delivery(i, f, 2) for i, f in entries if f]
+
+    async def _read(
+        self, consumer: str, after: str, count: int, block_ms: int | None
+    ) -> list[tuple[str, dict[str, str] | None]]:
+        """XREADGROUP from ``after`` (">": new entries); none if the group is gone."""
         try:
             reply = await self.redis.xreadgroup(
-                self.group, consumer, {self.stream: ">"}, count=count, block=block_ms
+                self.group, consumer, {self.stream: after}, count=count, block=block_ms
             )
         except redis_errors.ResponseError as exc:
             if "NOGROUP" in str(exc):  # the server restarted without persistence
@@ -134,8 +152,7 @@ class WorkQueue:
                 return []
             raise
         rows = cast(Any, reply)
-        entries = cast("list[tuple[str, dict[str, str] | None]]", rows[0][1] if rows else [])
-        return [Delivery(i, f, 1) for i, f in entries if f is not None]
+        return cast("list[tuple[str, dict[str, str] | None]]", rows[0][1] if rows else [])
 
     async def _reclaim(self, consumer: str, count: int) -> list[Delivery]:
         claimed = await self.redis.xautoclaim(

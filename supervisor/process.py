@@ -64,6 +64,9 @@ stream holds that many waiting), and then a bigger one goes faster: planning its
 wave, settling its last, reading it and acknowledging it cost this process or Redis
 time the other cannot overlap, once per batch (100 boards: 128 -> 512, +15%). Its
 activations are dispatched together once it is done."""
+READ_AHEAD_IDLE_MS = 5_000
+"""The shortest reclaim threshold (``claim_idle_ms``) with which a consumer reads its
+next batch ahead: seconds above the time a batch takes (100 boards: about 50 ms)."""
 LANES = 3
 """Lanes of waves at once (see :meth:`Supervisor._lanes`): while one lane's wave runs in
 Redis, the next lane's is already written behind it and a third is planned here. As many
@@ -205,15 +208,19 @@ class Supervisor:
     async def _consume(self, queue: WorkQueue, stop: asyncio.Event, batch: int) -> None:
         backoff = 0.05
         ahead: asyncio.Future[list[Delivery]] | None = None  # the next batch, being read
+        own: str | None = None  # after an outage: re-read what this consumer holds, from here
         try:
             while not stop.is_set() or ahead is not None:  # stopping, what was read is done
                 try:
-                    if ahead is not None:
+                    if own is not None:
+                        deliveries = await queue.take_own(self.name, after=own, count=batch)
+                        own = deliveries[-1].entry_id if len(deliveries) >= batch else None
+                    elif ahead is not None:
                         taking, ahead = ahead, None
                         deliveries = await taking
                     else:
                         deliveries = await queue.take(self.name, count=batch, block_ms=200)
-                    if len(deliveries) >= batch and not stop.is_set() and not queue.reclaim_due():
+                    if own is None and self._read_ahead(queue, deliveries, batch, stop):
                         # A backlog: the next batch is read while this one is worked on
                         # (Redis answers it between this one's waves). Read, not worked
                         # on: it starts once this one is acknowledged.
@@ -222,12 +229,35 @@ class Supervisor:
                     backoff = 0.05
                 except OUTAGE as exc:
                     log.warning("Redis unavailable, retrying: %s", exc)
+                    # What this consumer read and did not acknowledge (the batch the outage
+                    # broke, the one read ahead) goes first, in stream order: a board's
+                    # later submissions must not be worked on before its earlier ones.
+                    own = "0"
+                    if ahead is not None:
+                        ahead.cancel()
+                        await asyncio.gather(ahead, return_exceptions=True)
+                        ahead = None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
-            if ahead is not None:  # cancelled: its entries stay pending, reclaimed as a crash's
+            if ahead is not None:  # cancelled or failed: its entries stay pending
                 ahead.cancel()
                 await asyncio.gather(ahead, return_exceptions=True)
+
+    @staticmethod
+    def _read_ahead(
+        queue: WorkQueue, deliveries: list[Delivery], batch: int, stop: asyncio.Event
+    ) -> bool:
+        """Whether to read the next batch while this one is worked on: only with a
+        backlog (a full batch), not when stopping, nor when reclaiming is due (the next
+        read reclaims first). A batch read ahead waits for the one before it, idle in
+        this consumer's hands: not when another consumer could reclaim it meanwhile."""
+        return (
+            len(deliveries) >= batch
+            and not stop.is_set()
+            and not queue.reclaim_due()
+            and queue.claim_idle_ms >= READ_AHEAD_IDLE_MS
+        )
 
     async def _batch(self, queue: WorkQueue, deliveries: list[Delivery]) -> None:
         """Work on one batch taken from ``queue``: in waves where it can, one by one

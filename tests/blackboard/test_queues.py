@@ -87,3 +87,24 @@ async def test_group_recreated_after_server_lost_it(redis_client: Redis) -> None
     assert await q.take("c", block_ms=10) == []
     await q.put({"n": 1})
     assert len(await q.take("c", block_ms=10)) == 1
+
+
+async def test_a_consumer_re_reads_what_it_holds_in_order_from_an_id(redis_client: Redis) -> None:
+    """take_own pages through this consumer's pending entries, oldest first (not another
+    consumer's, not new ones); one deleted from the stream meanwhile is acknowledged."""
+    q = queue(redis_client, claim_idle_ms=60_000)
+    await q.ensure_group()
+    for n in range(4):
+        await q.put({"n": n})
+    mine = await q.take("c1", count=3, block_ms=10)
+    others = await q.take("c2", count=1, block_ms=10)
+    await q.put({"n": 4})  # new: not read by anyone yet
+    await redis_client.xdel("q", mine[1].entry_id)
+    first = await q.take_own("c1", count=1)
+    rest = await q.take_own("c1", after=first[-1].entry_id, count=10)
+    assert [d.fields["n"] for d in [*first, *rest]] == ["0", "2"]
+    assert rest[0].deliveries >= 2
+    pending = await redis_client.xpending_range("q", "g", min="-", max="+", count=10)
+    assert sorted((p["message_id"], p["consumer"]) for p in pending) == sorted(
+        [(mine[0].entry_id, "c1"), (mine[2].entry_id, "c1"), (others[0].entry_id, "c2")]
+    )

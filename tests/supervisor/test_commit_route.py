@@ -193,19 +193,9 @@ async def test_a_batch_commits_each_boards_next_proposal_in_one_round_trip(
         assert [e.version for e in log] == [1, 2, 3]
 
 
-async def test_a_backlog_s_next_batch_is_read_while_the_last_is_worked_on(
-    store: BoardStore,
-) -> None:
-    """With more waiting than a batch holds, the next batch is read (new entries only)
-    while the last one is worked on, and worked on only once the last is acknowledged:
-    each board's proposals still commit in order, and nothing stays pending."""
-    sup = Supervisor(APP, store)
-    boards = ["p", "q", "r"]
-    for board in boards:
-        await store.create(board, APP.schema)
-    subs = [blind(b, f"{b}{i}", i, 10 * i + n) for i in range(4) for n, b in enumerate(boards)]
-    for s in subs:
-        await submit(sup.redis, sup.keys.prefix, s)
+def trace_batches(sup: Supervisor) -> list[str]:
+    """Record, in order, each batch worked on ("batch of N" .. "done") and each read of
+    new entries: "read", or "read ahead" while a batch is being worked on."""
     events: list[str] = []
     work, take_new = sup._batch, sup.queues[0].take_new
 
@@ -223,27 +213,150 @@ async def test_a_backlog_s_next_batch_is_read_while_the_last_is_worked_on(
 
     sup._batch = batch  # type: ignore[method-assign]
     sup.queues[0].take_new = read  # type: ignore[method-assign]
-    sup.queues[0]._next_reclaim = float("inf")  # reclaiming is not due in this test
+    return events
+
+
+async def run_until(sup: Supervisor, until: Any, batch: int) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(sup.run(stop, batch=4))
+    task = asyncio.create_task(sup.run(stop, batch=batch))
     try:
         async with asyncio.timeout(10):
-            while not await settled(store, dict.fromkeys(boards, 4)):
+            while not await until():
                 await asyncio.sleep(0.01)
     finally:
         stop.set()
         await task
-    # each full batch reads the next while it is worked on; the last one read finds
-    # the stream empty
+
+
+async def test_a_backlog_s_next_batch_is_read_while_the_last_is_worked_on(
+    store: BoardStore,
+) -> None:
+    """With more waiting than a batch holds, the next batch is read (new entries only)
+    while the last one is worked on, and worked on only once the last is acknowledged:
+    each board's proposals still commit in order, and nothing stays pending. A batch
+    that is not full means no backlog: nothing is read ahead of it."""
+    sup = Supervisor(APP, store)
+    boards = ["p", "q", "r"]
+    for board in boards:
+        await store.create(board, APP.schema)
+    subs = [blind(b, f"{b}{i}", i, 10 * i + n) for i in range(4) for n, b in enumerate(boards)]
+    for s in subs:
+        await submit(sup.redis, sup.keys.prefix, s)
+    events = trace_batches(sup)
+    sup.queues[0]._next_reclaim = float("inf")  # reclaiming is not due in this test
+    await run_until(sup, lambda: settled(store, dict.fromkeys(boards, 4)), batch=5)
     assert events[:10] == [
         "read",
-        *("batch of 4", "read ahead", "done") * 3,
+        *("batch of 5", "read ahead", "done") * 2,
+        *("batch of 2", "done"),
+        "read",
     ]
     for n, board in enumerate(boards):
         assert await store.read_key(board, "x") == 30 + n
         assert [e.proposal_id for e in await store.history(board)] == [
             f"{board}{i}" for i in range(4)
         ]
+
+
+@pytest.mark.parametrize("why", ["reclaiming is due", "entries are reclaimed soon"])
+async def test_nothing_is_read_ahead_when_reclaiming_could_interfere(
+    store: BoardStore, why: str
+) -> None:
+    """Reclaiming due: the next read must reclaim first. A short reclaim threshold: a
+    batch waiting behind another could be claimed by another consumer meanwhile."""
+    sup = Supervisor(APP, store)
+    await store.create("p", APP.schema)
+    for i in range(6):
+        await submit(sup.redis, sup.keys.prefix, blind("p", f"p{i}", i, i + 1))
+    events = trace_batches(sup)
+    queue = sup.queues[0]
+    if why == "reclaiming is due":
+        queue.reclaim_due = lambda: True  # type: ignore[method-assign]
+        queue._next_reclaim = float("inf")  # (take itself does not reclaim)
+    else:
+        queue.claim_idle_ms = 1000
+    await run_until(sup, lambda: settled(store, {"p": 6}), batch=2)
+    assert "read ahead" not in events
+    assert events.count("batch of 2") == 3
+    assert [e.proposal_id for e in await store.history("p")] == [f"p{i}" for i in range(6)]
+
+
+async def test_after_an_outage_what_was_read_goes_first_in_stream_order(
+    store: BoardStore,
+) -> None:
+    """An outage breaks a batch with the next one already read ahead: once Redis is
+    back, the consumer works on what it holds (the broken batch, then the one read
+    ahead) before anything new, so every board's proposals commit in order. Working
+    on the batch read ahead first would find each board a version behind and refuse
+    them all."""
+    sup = Supervisor(APP, store)
+    boards = ["p", "q", "r", "s"]
+    for board in boards:
+        await store.create(board, APP.schema)
+    for i in range(3):
+        for b in boards:
+            await submit(sup.redis, sup.keys.prefix, blind(b, f"{b}{i}", i, i + 1))
+    lanes = sup._lanes
+
+    async def first_fails(*a: Any, **k: Any) -> Any:
+        if sup._lanes is first_fails:  # once
+            sup._lanes = lanes  # type: ignore[method-assign]
+            await asyncio.sleep(0.05)  # the batch read ahead comes in meanwhile
+            raise RedisConnectionError("connection lost (injected)")
+        return await lanes(*a, **k)
+
+    sup._lanes = first_fails  # type: ignore[method-assign]
+    sup.queues[0]._next_reclaim = float("inf")
+    await run_until(sup, lambda: settled(store, dict.fromkeys(boards, 3)), batch=4)
+    for board in boards:
+        assert [e.proposal_id for e in await store.history(board)] == [
+            f"{board}{i}" for i in range(3)
+        ]
+        outcomes = await store.redis.hvals(store.keys(board).results)
+        assert {Outcome.model_validate_json(o).status for o in outcomes} == {"committed"}
+
+
+async def test_a_consumer_cancelled_with_a_batch_being_read_ahead_cancels_that_read(
+    store: BoardStore,
+) -> None:
+    sup = Supervisor(APP, store)
+    await store.create("p", APP.schema)
+    for i in range(4):
+        await submit(sup.redis, sup.keys.prefix, blind("p", f"p{i}", i, i + 1))
+    queue = sup.queues[0]
+    queue._next_reclaim = float("inf")
+    take_new = queue.take_new
+    reading, ended = asyncio.Event(), asyncio.Event()
+    done: list[str] = []
+
+    async def slow_ahead(*a: Any, **k: Any) -> Any:
+        if k.get("block_ms") is not None:  # a plain take's read
+            return await take_new(*a, **k)
+        reading.set()
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            ended.set()
+
+    work = sup._batch
+
+    async def batch(q: Any, deliveries: Any) -> None:
+        await work(q, deliveries)
+        done.append(f"batch of {len(deliveries)}")
+        await asyncio.Event().wait()  # the consumer stays in its first batch
+
+    queue.take_new = slow_ahead  # type: ignore[method-assign]
+    sup._batch = batch  # type: ignore[method-assign]
+    task = asyncio.create_task(sup.run(asyncio.Event(), batch=2))
+    async with asyncio.timeout(5):
+        await reading.wait()
+        while not done:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ended.is_set()  # the read ahead was cancelled, not left running
+    assert await store.version("p") == 2  # the first batch; the rest was never read
 
 
 async def test_a_stop_works_on_the_batch_read_ahead_and_reads_no_more(
