@@ -173,8 +173,8 @@ async def throughput(
     store: BoardStore, boards: int, per_board: int, *, tag: str = "t"
 ) -> tuple[float, int]:
     """Validated proposals/s through the running supervisor(s): submissions for
-    ``boards`` boards are appended in one pipeline, then their outcomes awaited.
-    Returns the rate and how many proposals committed."""
+    ``boards`` boards are appended :data:`SENT` per pipeline, then their outcomes
+    awaited. Returns the rate and how many proposals committed."""
     ids = [f"{tag}-{b}" for b in range(boards)]
     for b in ids:
         await store.create(b, app.schema)
