@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +23,7 @@ __all__ = [
     "Outcome",
     "Preview",
     "Proposal",
+    "ProposalFields",
     "Submission",
 ]
 
@@ -62,6 +63,29 @@ class Proposal(BaseModel):
         ``[{"op": "add", "path": "/risk_rating", "value": "low"}]``."""
         patch = [{"op": "add", "path": f"/{k}", "value": v} for k, v in values.items()]
         return cls(author=author, base=base, patch=patch, **fields)
+
+
+class ProposalFields(Protocol):
+    """What a commit reads of a proposal. A :class:`Proposal` has it, and so has a
+    :class:`Submission`, under the same limits: the supervisor commits a submission
+    without copying it into a Proposal first (whose validation would check it again)."""
+
+    @property
+    def author(self) -> str: ...
+    @property
+    def base(self) -> int: ...
+    @property
+    def patch(self) -> list[dict[str, Any]]: ...
+    @property
+    def proposal_id(self) -> str: ...
+    @property
+    def reads(self) -> list[str]: ...
+    @property
+    def activation_id(self) -> str: ...
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
 
 
 class CommitResult(BaseModel):
@@ -165,8 +189,8 @@ class Submission(BaseModel):
     patch: list[dict[str, Any]] = Field(default_factory=list)
     reads: list[str] = Field(default_factory=list)
     handoff: Handoff | None = None
-    activation_id: str = ""
-    trace_id: str = ""
+    activation_id: str = Field(default="", max_length=128)  # the limits of a Proposal's
+    trace_id: str = Field(default="", max_length=128)
     reason: str = Field(default="", max_length=2000)
     error: Literal["", "semantic", "fatal", "timeout", "human"] = ""
     """For failures: how the activation failed."""
@@ -178,8 +202,9 @@ class Submission(BaseModel):
     cost: float = Field(default=0.0, ge=0.0, le=1e9)
 
     def proposal(self, also_reads: Sequence[str] = ()) -> Proposal:
-        """The proposal this submission carries; ``also_reads``: keys it depends on
-        besides those it names (its author's declared reads)."""
+        """The proposal this submission carries, as a model of its own; ``also_reads``:
+        keys it depends on besides those it names (its author's declared reads). To
+        commit it as it is, the submission itself will do (:class:`ProposalFields`)."""
         return Proposal(
             author=self.author,
             base=self.base,

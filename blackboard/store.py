@@ -52,6 +52,7 @@ from blackboard.records import (
     LogEntry,
     Preview,
     Proposal,
+    ProposalFields,
     new_id,
 )
 from blackboard.schema import BoardSchema
@@ -522,7 +523,7 @@ class BoardStore:
     async def prepare(
         self,
         board_id: str,
-        proposal: Proposal,
+        proposal: ProposalFields,
         *,
         kind: CommitKind = "write",
         outcome: str = "",
@@ -582,7 +583,12 @@ class BoardStore:
         )
 
     async def finish(
-        self, board_id: str, proposal: Proposal, reply: list[Any], *, replicas: int | None = None
+        self,
+        board_id: str,
+        proposal: ProposalFields,
+        reply: list[Any],
+        *,
+        replicas: int | None = None,
     ) -> CommitResult:
         """Turn the commit script's reply into a result (or the typed rejection).
 
@@ -660,7 +666,7 @@ class BoardStore:
         )
 
     async def _fetch(
-        self, board_id: str, names: list[str], proposal: Proposal
+        self, board_id: str, names: list[str], proposal: ProposalFields
     ) -> tuple[str, list[str | None], list[str | None], str | None]:
         """One consistent read: version, values and key versions of ``names``, and the
         version this proposal id committed as (if it did)."""
@@ -677,7 +683,7 @@ class BoardStore:
         return version, values, kvers, earlier
 
     async def _apply(
-        self, board_id: str, schema: BoardSchema, proposal: Proposal, plan: patches.PatchPlan
+        self, board_id: str, schema: BoardSchema, proposal: ProposalFields, plan: patches.PatchPlan
     ) -> tuple[list[tuple[str, str, str]], list[str], str] | CommitResult:
         """Apply a non-blind patch to the current values of the keys it touches.
 
@@ -722,7 +728,7 @@ class BoardStore:
         self,
         board_id: str,
         schema: BoardSchema,
-        proposal: Proposal,
+        proposal: ProposalFields,
         kind: CommitKind,
         outcome: str,
         patch_text: str,
@@ -785,7 +791,9 @@ class BoardStore:
             )
         return acked
 
-    async def _answer(self, board_id: str, proposal: Proposal, reply: list[Any]) -> CommitResult:
+    async def _answer(
+        self, board_id: str, proposal: ProposalFields, reply: list[Any]
+    ) -> CommitResult:
         status = reply[0]
         if status == "ok":
             if log.isEnabledFor(logging.DEBUG):  # not building the record's fields otherwise

@@ -40,7 +40,7 @@ from blackboard.records import (
     BoardInfo,
     CommitResult,
     Outcome,
-    Proposal,
+    ProposalFields,
     Submission,
     new_id,
 )
@@ -87,7 +87,7 @@ class _Planned:
     """A proposal's commit and routing as one script call, ready to send."""
 
     sub: Submission
-    proposal: Proposal
+    proposal: ProposalFields
     step: Routing
     commands: list[Command]
     """The watchdog told first (when it activates an agent), then the script."""
@@ -724,7 +724,7 @@ class Supervisor:
     async def _commit_read(
         self,
         sub: Submission,
-        proposal: Proposal,
+        proposal: ProposalFields,
         prepared: PreparedCommit,
         ack: tuple[str, str, str] | None,
         batch: list[Command] | None,
@@ -777,11 +777,12 @@ class Supervisor:
             return []
         return [("execute_command", self.store.wait_command(), {})]
 
-    async def _prepared(self, sub: Submission) -> tuple[Proposal, PreparedCommit] | None:
+    async def _prepared(self, sub: Submission) -> tuple[ProposalFields, PreparedCommit] | None:
         """A proposal validated and its commit script call built; None if it is
         invalid or already committed (the general path says so)."""
         agent_reads = self.app.agent(sub.author).reads if sub.author in self.app.agent_names else []
-        proposal = sub.proposal(agent_reads)
+        # The submission itself, unless its author's reads add to those it names.
+        proposal: ProposalFields = sub.proposal(agent_reads) if agent_reads else sub
         try:
             prepared = await self.store.prepare(sub.board_id, proposal, outcome="policies:none")
         except ProposalRejected:

@@ -823,3 +823,21 @@ async def test_a_commit_redis_refuses_is_reported_as_the_store_unavailable(
     assert await store.version("p") == 0
     assert (await sup.handle(blind("p", "p0", 0, 1))).version == 1
     await store.close()
+
+
+async def test_a_submission_is_committed_under_a_proposal_s_limits(store: BoardStore) -> None:
+    """The supervisor commits a submission without copying it into a Proposal, so a
+    submission holds to a Proposal's limits itself: one with a 129-character trace id
+    is not a valid submission (dead-lettered, nothing committed); at 128 it commits."""
+    sup = Supervisor(APP, store)
+    await store.create("p", APP.schema)
+    long, fits = blind("p", "p0", 0, 1), blind("p", "p1", 0, 2)
+    long.trace_id, fits.trace_id = "t" * 129, "t" * 128
+    for s in (long, fits):
+        await sup.redis.xadd(sup.keys.proposals(0), {"s": s.model_dump_json()})
+    await consume(sup, [], lambda: settled(store, {"p": 1}))
+    [entry] = await store.history("p")
+    assert (entry.proposal_id, entry.trace_id) == ("p1", "t" * 128)
+    [(_, letter)] = await store.redis.xrange(sup.keys.dead_letters)
+    assert letter["dl_reason"] == "not a valid submission"
+    assert '"p0"' in letter["s"]
