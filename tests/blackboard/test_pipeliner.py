@@ -341,3 +341,34 @@ async def test_no_caller_ever_gets_anothers_replies(
     assert await call(99, 2) == ["99.0", "99.1"]
     assert (p._flying, p._waiting) == (0, [])
     await p.aclose()
+
+
+@pytest.mark.real_only
+async def test_a_script_call_s_head_is_packed_once_into_the_bytes_redis_py_packs(
+    redis_servers: Any,
+) -> None:
+    """EVALSHA, the sha and the keys are packed once per script and keys; the bytes
+    sent are those of the whole call packed at once, with or without arguments, and an
+    argument redis-py cannot send is refused as it would be (DataError, nothing sent)."""
+    client = connect(redis_servers().url)
+    try:
+        script = client.register_script("return {KEYS[1], KEYS[2], unpack(ARGV)}")
+        await client.script_load(script.script)
+        p = Pipeliner(client)
+        for argv in (["a", 7], ["b", 1.5]):
+            reply = await p.execute(("script", (script, ["k1", "k2"], argv), {}))
+            assert reply == [["k1", "k2", *map(str, argv)]]
+        assert p._heads is not None and len(p._heads) == 1
+        connection = client.connection_pool.make_connection()
+        whole = ("EVALSHA", script.sha, "2", "k1", "k2")
+        head = p._head(script.sha, ["k1", "k2"])
+        for argv in ([], ["x", 3, 2.5, b"\x00raw", "é"]):
+            sent = connection.pack_commands([("EVALSHA", *head, *argv)])
+            assert b"".join(sent) == b"".join(connection.pack_commands([(*whole, *argv)]))
+        with pytest.raises(DataError):
+            connection.pack_commands([("EVALSHA", *head, None)])
+        with pytest.raises(DataError):
+            await p.execute(("script", (script, ["k1", "k2"], ["a", None]), {}))
+        assert await p.execute(("script", (script, ["k1", "k2"], ["c"]), {})) == [["k1", "k2", "c"]]
+    finally:
+        await client.aclose()
