@@ -21,6 +21,15 @@ __all__ = [
 ]
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# The C encoder behind _encoder, built once: json builds one (and a cycle-marker table)
+# on every call, most of the cost of encoding a small patch. Without the marker table a
+# cyclic value ends in RecursionError instead of json's ValueError (refused alike).
+_make = getattr(json.encoder, "c_make_encoder", None)  # None without json's C speedups
+_c_encode = (
+    _make(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", *[False] * 3)
+    if _make is not None
+    else None
+)
 
 
 def dumps(value: Any) -> str:
@@ -31,11 +40,11 @@ def dumps(value: Any) -> str:
             return int.__repr__(value)
         if type(value) is float and math.isfinite(value):
             return float.__repr__(value)
-        text = _encoder.encode(value)
+        text = "".join(_c_encode(value, 0)) if _c_encode is not None else _encoder.encode(value)
         if not text.isascii():
             text.encode()  # a lone surrogate (seen in model output) is not valid UTF-8
         return text
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationFailed(
             f"value is not JSON-serialisable: {exc}. Send plain JSON values "
             "(objects, arrays, strings, finite numbers, booleans, null).",

@@ -189,3 +189,17 @@ def test_dumps_refuses_numbers_json_cannot_hold(value: Any) -> None:
 
     with pytest.raises(ValidationFailed, match="not JSON-serialisable"):
         codec.dumps(value)
+
+
+def test_dumps_refuses_a_cyclic_or_bottomless_value() -> None:
+    from blackboard import codec
+    from blackboard.errors import ValidationFailed
+
+    cyclic: list[Any] = []
+    cyclic.append(cyclic)
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    for value in (cyclic, {"a": cyclic}, deep):
+        with pytest.raises(ValidationFailed, match="not JSON-serialisable: maximum recursion"):
+            codec.dumps(value)
