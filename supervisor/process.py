@@ -268,7 +268,10 @@ class Supervisor:
             if sub is None:
                 await queue.dead_letter(d, "not a valid submission")
                 continue
-            by_board.setdefault(sub.board_id, deque()).append((d, sub))
+            items = by_board.get(sub.board_id)
+            if items is None:  # (setdefault would build a deque for every submission)
+                items = by_board[sub.board_id] = deque()
+            items.append((d, sub))
         collected: list[Any] = []
         try:
             rest = await self._lanes(queue, by_board, collected)
