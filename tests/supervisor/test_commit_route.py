@@ -13,7 +13,7 @@ from bbtest import counting, outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
 from blackboard.supervisor.loops import Routing
-from blackboard.supervisor.process import ATOMIC, GENERAL
+from blackboard.supervisor.process import ATOMIC, BATCH, GENERAL
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
@@ -147,14 +147,10 @@ async def test_a_commit_is_routed_only_under_its_own_proposal_id(store: BoardSto
 # -- a consumer batch in waves --------------------------------------------------------
 
 
-async def consume(sup: Supervisor, subs: list[Submission], until: Any) -> list[int]:
-    """Put ``subs`` on the stream, run the supervisor until ``until()`` holds, and return
-    the sizes of the pipelines its Pipeliner sent."""
-    for s in subs:
-        await submit(sup.redis, sup.keys.prefix, s)
-    sizes = counting(sup.router.pipeliner)
+async def run_until(sup: Supervisor, until: Any, batch: int = BATCH) -> None:
+    """Run the supervisor until ``until()`` holds, then stop it."""
     stop = asyncio.Event()
-    task = asyncio.create_task(sup.run(stop))
+    task = asyncio.create_task(sup.run(stop, batch=batch))
     try:
         async with asyncio.timeout(10):
             while not await until():
@@ -162,6 +158,15 @@ async def consume(sup: Supervisor, subs: list[Submission], until: Any) -> list[i
     finally:
         stop.set()
         await task
+
+
+async def consume(sup: Supervisor, subs: list[Submission], until: Any) -> list[int]:
+    """Put ``subs`` on the stream, run the supervisor until ``until()`` holds, and return
+    the sizes of the pipelines its Pipeliner sent."""
+    for s in subs:
+        await submit(sup.redis, sup.keys.prefix, s)
+    sizes = counting(sup.router.pipeliner)
+    await run_until(sup, until)
     return sizes
 
 
@@ -214,18 +219,6 @@ def trace_batches(sup: Supervisor) -> list[str]:
     sup._batch = batch  # type: ignore[method-assign]
     sup.queues[0].take_new = read  # type: ignore[method-assign]
     return events
-
-
-async def run_until(sup: Supervisor, until: Any, batch: int) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(sup.run(stop, batch=batch))
-    try:
-        async with asyncio.timeout(10):
-            while not await until():
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await task
 
 
 async def test_a_backlog_s_next_batch_is_read_while_the_last_is_worked_on(
