@@ -834,3 +834,34 @@ async def test_a_submission_is_committed_under_a_proposal_s_limits(store: BoardS
     [(_, letter)] = await store.redis.xrange(sup.keys.dead_letters)
     assert letter["dl_reason"] == "not a valid submission"
     assert '"p0"' in letter["s"]
+
+
+async def test_a_read_ahead_that_fails_in_an_outage_loses_nothing(store: BoardStore) -> None:
+    """The read of the next batch fails (Redis went away meanwhile): the consumer backs
+    off, re-reads what it holds and goes on; every proposal commits once, in order."""
+    sup = Supervisor(APP, store)
+    boards = ["p", "q"]
+    for board in boards:
+        await store.create(board, APP.schema)
+    for i in range(4):
+        for b in boards:
+            await submit(sup.redis, sup.keys.prefix, blind(b, f"{b}{i}", i, i + 1))
+    queue = sup.queues[0]
+    queue._next_reclaim = float("inf")
+    take_new, failed = queue.take_new, []
+
+    async def fails_once_ahead(*a: Any, **k: Any) -> Any:
+        if k.get("block_ms") is None and not failed:  # the read ahead, not a plain take
+            failed.append(True)
+            raise RedisConnectionError("connection lost (injected)")
+        return await take_new(*a, **k)
+
+    queue.take_new = fails_once_ahead  # type: ignore[method-assign]
+    await run_until(sup, lambda: settled(store, dict.fromkeys(boards, 4)), batch=2)
+    assert failed
+    for board in boards:
+        assert [e.proposal_id for e in await store.history(board)] == [
+            f"{board}{i}" for i in range(4)
+        ]
+        outcomes = await store.redis.hvals(store.keys(board).results)
+        assert {Outcome.model_validate_json(o).status for o in outcomes} == {"committed"}
