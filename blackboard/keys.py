@@ -145,6 +145,36 @@ class BoardKeys:
         """List: compensations of successful side-effect calls, oldest first."""
         return self._k("saga")
 
+    @cached_property
+    def commit(self) -> tuple[str, ...]:
+        """The commit script's KEYS, in its order (see ``lua/commit.lua``)."""
+        return (
+            self.meta,
+            self.state,
+            self.kver,
+            self.log,
+            self.proposals,
+            self.snapshots,
+            self.snapshot_index,
+            self.khash,
+            self.results,
+        )
+
+    @cached_property
+    def route(self) -> tuple[str, ...]:
+        """The supervisor's routing script's KEYS, in its order (see its ``route.lua``)."""
+        return (
+            self.meta,
+            self.loops,
+            self.routed,
+            self.activations,
+            self.open,
+            self.outbox,
+            self.incidents,
+            self.results,
+            self.khash,
+        )
+
     def all(self) -> list[str]:
         """Every stored key of the board (for delete)."""
         return [

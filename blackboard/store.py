@@ -764,20 +764,7 @@ class BoardStore:
                 codec.fingerprint(value) if value else "",
             ]
         args.extend(reads)
-        return PreparedCommit(
-            keys=[
-                keys.meta,
-                keys.state,
-                keys.kver,
-                keys.log,
-                keys.proposals,
-                keys.snapshots,
-                keys.snapshot_index,
-                keys.khash,
-                keys.results,
-            ],
-            args=args,
-        )
+        return PreparedCommit(keys=list(keys.commit), args=args)
 
     def _replicated(self, board_id: str, version: int, acked: int) -> int:
         wanted = self.settings.wait_replicas

@@ -285,18 +285,7 @@ class Router:
         args += [step.escalate, step.report]
         if not committing:
             args += ["1" if step.compliant else "0", step.outcome]
-        keys = [
-            bk.meta,
-            bk.loops,
-            bk.routed,
-            bk.activations,
-            bk.open,
-            bk.outbox,
-            bk.incidents,
-            bk.results,
-            bk.khash,
-        ]
-        return keys, args
+        return list(bk.route), args
 
     async def _parse(self, board_id: str, step: Routing, reply: list[Any]) -> RouteResult:
         if reply[0] == "tripped":
