@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import json
 import signal
@@ -40,6 +41,21 @@ def _load(ctx: Ctx, spec: str) -> App:
         sys.exit(2)
 
 
+GC_THRESHOLD = 10_000
+"""Allocations between two collections of the youngest generation in a supervisor
+process (Python's default: 700). A batch of a thousand submissions allocates in bursts;
+collected every 700 allocations, with the app's own objects walked again and again, it
+cost 3% of the process's instructions (``python -m bench.instructions``), and almost
+nothing this way."""
+
+
+def _tune_gc() -> None:
+    """A supervisor process's garbage collector: what it has loaded (the app, its
+    modules) is set aside for good, and collections come further apart."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
 @main.command()
 @click.option("--app", "app_spec", required=True, help="pkg.module:app")
 @click.option("--name", default=None, help="Consumer name of this replica.")
@@ -64,6 +80,7 @@ def supervisor(
         await sup.publish(replace=replace_declaration)
         stop = _stop_on_signals()
         click.echo(f"supervisor {sup.name} running app {app.name}", err=True)
+        _tune_gc()
         await sup.run(stop)
 
     run_async(ctx, go)
