@@ -12,7 +12,7 @@ from bbtest import counting
 from fakeredis import FakeAsyncRedis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis.exceptions import DataError, ResponseError
+from redis.exceptions import BusyLoadingError, DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blackboard.connection import IN_FLIGHT, Pipeliner, connect
@@ -370,5 +370,73 @@ async def test_a_script_call_s_head_is_packed_once_into_the_bytes_redis_py_packs
         with pytest.raises(DataError):
             await p.execute(("script", (script, ["k1", "k2"], ["a", None]), {}))
         assert await p.execute(("script", (script, ["k1", "k2"], ["c"]), {})) == [["k1", "k2", "c"]]
+    finally:
+        await client.aclose()
+
+
+async def test_script_replies_are_read_whole_however_they_arrive(redis_servers: Any) -> None:
+    """A script's reply is read straight from hiredis's reader: one larger than a socket
+    read arrives in pieces and is read whole, and the replies around it stay in place;
+    an error reply is returned in its place. The connection counts as just heard from
+    (its next health check is pushed back, as a reply read by redis-py would)."""
+    client = connect(redis_servers().url)
+    try:
+        big = client.register_script(
+            "local t = {} for i = 1, tonumber(ARGV[2]) do t[i] = i end"
+            " return {string.rep(ARGV[1], tonumber(ARGV[3])), t}"
+        )
+        failing = client.register_script("return redis.error_reply('NOPE refused here')")
+        await client.script_load(big.script)
+        await client.script_load(failing.script)
+        p = Pipeliner(client)
+        await p.execute(("ping", (), {}))
+        connection = p._pipe._kept
+        assert connection is not None and hasattr(connection, "read_reply")
+        loop = asyncio.get_running_loop()
+        connection.next_health_check = loop.time() + 1  # not due: no check before sending
+        replies = await p.execute(
+            ("script", (big, [], ["é", 20_000, 100_000]), {}),
+            ("script", (failing, [], []), {}),
+            ("script", (big, [], ["x", 3, 2]), {}),
+            raise_on_error=False,
+        )
+        assert replies[0] == ["é" * 100_000, list(range(1, 20_001))]
+        assert isinstance(replies[1], ResponseError) and "NOPE refused here" in str(replies[1])
+        assert replies[2] == ["xx", [1, 2, 3]]
+        assert connection.next_health_check > loop.time() + 10  # its interval is 30 s
+        # An error redis-py counts as a connection's (the server still loading) fails
+        # the round trip, as redis-py's own read would; the next one reconnects.
+        loading = client.register_script("return redis.error_reply('LOADING not yet')")
+        await client.script_load(loading.script)
+        with pytest.raises(BusyLoadingError):
+            await p.execute(("script", (loading, [], []), {}), raise_on_error=False)
+        assert await p.execute(("script", (big, [], ["y", 1, 1]), {})) == [["y", [1]]]
+    finally:
+        await client.aclose()
+
+
+async def test_script_replies_are_read_the_same_with_another_parser(redis_servers: Any) -> None:
+    """A connection whose replies redis-py parses in Python (no hiredis reader) reads a
+    script's reply, and returns its error reply, the way redis-py does."""
+    from redis._parsers import _AsyncHiredisParser, _AsyncRESP2Parser
+
+    client = connect(redis_servers().url)
+    try:
+        client.connection_pool.connection_kwargs["parser_class"] = _AsyncRESP2Parser
+        nested = client.register_script("return {'ok', ARGV[1], {1, 'x'}}")
+        failing = client.register_script("return redis.error_reply('NOPE refused here')")
+        await client.script_load(nested.script)
+        await client.script_load(failing.script)
+        p = Pipeliner(client)
+        replies = await p.execute(
+            ("script", (nested, [], ["a"]), {}),
+            ("script", (failing, [], []), {}),
+            ("incr", ("n",), {}),
+            raise_on_error=False,
+        )
+        parser = p._pipe._kept._parser  # type: ignore[union-attr]
+        assert not isinstance(parser, _AsyncHiredisParser)
+        assert replies[0] == ["ok", "a", [1, "x"]] and replies[2] == 1
+        assert isinstance(replies[1], ResponseError) and "NOPE refused here" in str(replies[1])
     finally:
         await client.aclose()
