@@ -98,7 +98,7 @@ if NK > 0 then
     KEYS[NK + 6], KEYS[9], KEYS[8]}  -- meta, results and khash: commit.lua's 1, 9 and 8
   c = commit(KEYS, ARGV)
   if c[1] ~= 'ok' then return {'commit', c} end
-  v = tostring(c[2])  -- formatted once
+  v = c[2]  -- the new version, as text
 end
 -- route.lua's ARGV as a table of its own (it counts from its end)
 local ra = {}

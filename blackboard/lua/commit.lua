@@ -31,7 +31,7 @@ ARGV[18..] W quadruples: key, action ('set' | 'replace' | 'remove'), value JSON 
          on every backend); each key at most once
 then R keys of the read set.
 
-Returns one of
+Returns one of (a version as text: a number formatted here would be formatted twice)
   {'ok', version, snapshot_taken, changed_key...}
   {'dup', version, changed_key...}      proposal id already committed (keys from its log
                                        entry, so a redelivery can finish what follows)
@@ -54,7 +54,7 @@ local pid = ARGV[3]
 if pid ~= '' then
   local prev = redis.call('HGET', proposals, pid)
   if prev then
-    local reply = {'dup', tonumber(prev)}
+    local reply = {'dup', prev}
     local entry = redis.call('XRANGE', log, prev .. '-0', prev .. '-0')
     if entry[1] then
       local fields = entry[1][2]
@@ -190,6 +190,6 @@ redis.call('PUBLISH', ARGV[5], '{"board":"' .. ARGV[17] .. '","version":' .. new
   ',"kind":"' .. ARGV[10] .. '","author":' .. ARGV[9] ..
   ',"keys":[' .. table.concat(quoted, ',') .. ']}')
 
-local reply = {'ok', new, snap}
+local reply = {'ok', newv, snap}
 for i = 1, #changed do reply[#reply + 1] = changed[i] end
 return reply

@@ -125,7 +125,7 @@ async def test_routing_arguments_past_the_unpack_limit_are_copied_in_a_loop(
     step = Routing(routing_id="p1", version=0, reset_rewrite="a", pairs=pairs)
     commit, routed, _ = await sup.router.commit_and_route("p", prepared.keys, prepared.args, step)
     assert routed is not None and (routed.outcome, routed.status) == ("ok", "active")
-    assert commit[:2] == ["ok", 1] and await store.read_key("p", "x") == 7
+    assert commit[:2] == ["ok", "1"] and await store.read_key("p", "x") == 7
     loops = await store.redis.hgetall(store.keys("p").loops)
     assert sorted(loops) == sorted(pairs)
     recorded = json.loads(await store.redis.hget(store.keys("p").results, "p1"))
