@@ -63,10 +63,17 @@ local threshold, max_acts, max_rw, max_tokens, max_cost =
 local reset_rw, rewrite, close = ARGV[7], ARGV[8], ARGV[10]
 local escalate, report = ARGV[#ARGV - 3], ARGV[#ARGV - 2]
 local compliant, outcome = ARGV[#ARGV - 1], ARGV[#ARGV]
--- Everything this step reads of the board's meta, in one call (only this step writes
--- these fields while it runs).
-local m = redis.call('HMGET', meta, 'status', 'compliant', 'activations', 'tokens_used',
-  'cost_used')
+local P = tonumber(ARGV[11])
+local A = tonumber(ARGV[12 + P])
+-- What this step reads of the board's meta, in one call (only this step writes these
+-- fields while it runs); the activation count only when activating: a field the board
+-- does not have yet costs a scan of the whole hash to find missing.
+local m
+if A > 0 then
+  m = redis.call('HMGET', meta, 'status', 'compliant', 'activations')
+else
+  m = redis.call('HMGET', meta, 'status', 'compliant')
+end
 local current = m[1]
 -- On a stopped board (a late report from a parallel branch, say) things are counted
 -- but nothing trips again and nothing is activated.
@@ -94,13 +101,18 @@ if escalate ~= '' then
   return trip(kind, detail)
 end
 
--- budgets summed from activation reports (nothing written when nothing was used)
-local tokens, cost = tonumber(m[4] or '0'), tonumber(m[5] or '0')
+-- budgets summed from activation reports (nothing written when nothing was used; the
+-- sum read only to check it against a budget)
+local tokens, cost = 0, 0
 if tonumber(ARGV[5]) ~= 0 then
   tokens = redis.call('HINCRBY', meta, 'tokens_used', tonumber(ARGV[5]))
+elseif tonumber(max_tokens) > 0 then
+  tokens = tonumber(redis.call('HGET', meta, 'tokens_used') or '0')
 end
 if tonumber(ARGV[6]) ~= 0 then
   cost = tonumber(redis.call('HINCRBYFLOAT', meta, 'cost_used', ARGV[6]))
+elseif tonumber(max_cost) > 0 then
+  cost = tonumber(redis.call('HGET', meta, 'cost_used') or '0')
 end
 if not stopped and tonumber(max_tokens) > 0 and tokens > tonumber(max_tokens) then
   return trip('budget', 'tokens used ' .. tokens .. ' > max_tokens ' .. max_tokens)
@@ -120,7 +132,6 @@ if rewrite ~= '' then
 end
 
 -- handoff loops: the same pair repeated with no change to the board's content
-local P = tonumber(ARGV[11])
 threshold = tonumber(threshold)
 local fp = ''
 if P > 0 then  -- the board's content now, as sorted key=hash pairs: O(keys), not O(bytes)
@@ -150,7 +161,6 @@ end
 
 -- activations (none on a stopped board: nothing should act until an operator resumes it)
 local base = 12 + P
-local A = tonumber(ARGV[base])
 if stopped then A = 0 end
 if A > 0 then
   local used = tonumber(m[3] or '0')

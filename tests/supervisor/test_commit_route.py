@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
 
-from blackboard import App, BoardStore, Key, Settings, connect
+from blackboard import App, BoardStore, Key, Limits, Settings, connect
 from blackboard.errors import ConfigError, StoreUnavailable
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submit
@@ -865,3 +865,27 @@ async def test_a_read_ahead_that_fails_in_an_outage_loses_nothing(store: BoardSt
         ]
         outcomes = await store.redis.hvals(store.keys(board).results)
         assert {Outcome.model_validate_json(o).status for o in outcomes} == {"committed"}
+
+
+@pytest.mark.parametrize(
+    ("limits", "spent", "detail"),
+    [
+        (Limits(max_tokens=100), ("tokens_used", "150"), "tokens used 150 > max_tokens 100"),
+        (Limits(max_cost=0.5), ("cost_used", "0.75"), "cost 0.75 > max_cost 0.5"),
+    ],
+)
+async def test_a_budget_already_spent_trips_a_step_that_spends_nothing(
+    store: BoardStore, limits: Limits, spent: tuple[str, str], detail: str
+) -> None:
+    """A board over a budget it did not trip (an app whose budget was lowered, a board
+    resumed): the next step trips it even if it reports no tokens and no cost; with a
+    budget it is under, nothing trips."""
+    app = App(board=Pair, agents=[a, b], limits=limits)
+    sup = Supervisor(app, store)
+    await store.create("spent", app.schema)
+    await store.redis.hset(store.keys("spent").meta, *spent)
+    routed, _ = await sup.router.route("spent", Routing(routing_id="r1", version=0))
+    assert (routed.outcome, routed.trip_kind, routed.trip_detail) == ("tripped", "budget", detail)
+    await store.create("fresh", app.schema)
+    routed, _ = await sup.router.route("fresh", Routing(routing_id="r1", version=0))
+    assert routed.outcome == "ok" and routed.status == "active"
