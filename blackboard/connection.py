@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from redis._parsers import _AsyncHiredisParser
@@ -72,14 +73,14 @@ def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
             return await _read_reply(self)
 
         def pack_command(self, *args: Any) -> list[bytes]:
-            if len(args) > 1 and args[1].__class__ is _Head:
-                head = args[1]
+            if len(args) == 3 and args[1].__class__ is _Head:  # EVALSHA, head, argv
+                head, argv = args[1], args[2]
                 try:  # the call's own arguments after the head, packed once it is known
-                    rest = hiredis.pack_command(args[2:]) if len(args) > 2 else b"\n"
-                    count = len(args) - 1 + len(head.args)
+                    rest = hiredis.pack_command(argv) if argv else b"\n"
+                    count = 1 + len(head.args) + len(argv)
                     return [b"*%d\r\n" % count, head.packed, rest[rest.index(b"\n") + 1 :]]
                 except TypeError:  # not plain: packed (or refused) whole, as below
-                    args = (args[0], *head.args, *args[2:])
+                    args = (args[0], *head.args, *argv)
             # A one-word command name and plain arguments (str, bytes, numbers: all this
             # package sends) go straight to hiredis; the serializer first splits names
             # like "CONFIG GET" and converts buffers, a pass over every argument.
@@ -142,7 +143,7 @@ class _Head:
 
     __slots__ = ("args", "packed")
 
-    def __init__(self, sha: str, keys: list[str]) -> None:
+    def __init__(self, sha: str, keys: Sequence[str]) -> None:
         import hiredis
 
         self.args: tuple[Any, ...] = (sha, str(len(keys)), *keys)
@@ -290,23 +291,25 @@ class Pipeliner:
         for name, args, kwargs in commands:
             if name == "script":  # what pipe.evalsha queues, without its three calls
                 script, keys, argv = args
-                pipe.command_stack.append((("EVALSHA", *self._head(script.sha, keys), *argv), {}))
+                pipe.command_stack.append((self._evalsha(script.sha, keys, argv), {}))
             else:
                 getattr(pipe, name)(*args, **kwargs)
         return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
-    def _head(self, sha: str, keys: list[str]) -> tuple[Any, ...]:
-        """What follows EVALSHA up to the script's own arguments: packed once per script
-        and keys when the connections take a :class:`_Head`, else as they are."""
+    def _evalsha(self, sha: str, keys: Sequence[str], argv: Sequence[Any]) -> tuple[Any, ...]:
+        """A script call's EVALSHA command. When the connections take a :class:`_Head`:
+        EVALSHA, the head (packed once per script and keys) and the arguments as one
+        tuple, which hiredis packs as it is (a commit carries some thirty-five: no
+        copy of them is made on the way); else the command as redis-py queues it."""
         if self._heads is None:
-            return (sha, str(len(keys)), *keys)
+            return ("EVALSHA", sha, str(len(keys)), *keys, *argv)
         ident = (sha, *keys)
         head = self._heads.get(ident)
         if head is None:
             if len(self._heads) >= 10_000:  # bounded: a long-lived process sees many boards
                 self._heads.clear()
             head = self._heads[ident] = _Head(sha, keys)
-        return (head,)
+        return ("EVALSHA", head, argv if argv.__class__ is tuple else tuple(argv))
 
 
 class _Pinned(Pipeline):

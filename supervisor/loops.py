@@ -238,7 +238,7 @@ class Router:
         script = (
             self._commit_route,
             [*commit_keys, *keys],
-            [*commit_args, *args, *context, len(commit_keys), len(commit_args), len(context)],
+            (*commit_args, *args, *context, len(commit_keys), len(commit_args), len(context)),
         )
         return ("script", script, {})
 

@@ -361,12 +361,11 @@ async def test_a_script_call_s_head_is_packed_once_into_the_bytes_redis_py_packs
         assert p._heads is not None and len(p._heads) == 1
         connection = client.connection_pool.make_connection()
         whole = ("EVALSHA", script.sha, "2", "k1", "k2")
-        head = p._head(script.sha, ["k1", "k2"])
-        for argv in ([], ["x", 3, 2.5, b"\x00raw", "é"]):
-            sent = connection.pack_commands([("EVALSHA", *head, *argv)])
+        for argv in ([], ["x", 3, 2.5, b"\x00raw", "é"], ("y", 4)):
+            sent = connection.pack_commands([p._evalsha(script.sha, ["k1", "k2"], argv)])
             assert b"".join(sent) == b"".join(connection.pack_commands([(*whole, *argv)]))
         with pytest.raises(DataError):
-            connection.pack_commands([("EVALSHA", *head, None)])
+            connection.pack_commands([p._evalsha(script.sha, ["k1", "k2"], [None])])
         with pytest.raises(DataError):
             await p.execute(("script", (script, ["k1", "k2"], ["a", None]), {}))
         assert await p.execute(("script", (script, ["k1", "k2"], ["c"]), {})) == [["k1", "k2", "c"]]
