@@ -42,9 +42,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = "--quick" in sys.argv
 KINDS = ("ours", "memory", "sqlite", "postgres")
 ROUNDS = 5
-CEILING_ROUNDS = 3 if QUICK else 9
+CEILING_ROUNDS = 3 if QUICK else 15
 """Rounds of the ceiling and the validated path: a round's ratio swings by a fifth on a
-shared VM, so the median needs more of them than the workflows' (about 1 s each)."""
+shared VM (0.38 to 0.81 in one run of nine), so the median needs more of them than the
+workflows' (0.3 to 1 s each)."""
 SIZES = {"1 KB": 1 << 10, "100 KB": 100 << 10, "1 MB": 1 << 20, "10 MB": 10 << 20}
 rows: list[tuple[str, str]] = []
 
