@@ -788,7 +788,7 @@ class BoardStore:
                     "commit",
                     extra={
                         "board": board_id,
-                        "version": reply[1],
+                        "version": int(reply[1]),
                         "author": proposal.author,
                         "trace": proposal.trace_id,
                     },
