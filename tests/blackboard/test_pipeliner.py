@@ -13,6 +13,7 @@ from fakeredis import FakeAsyncRedis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.exceptions import BusyLoadingError, DataError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from blackboard.connection import IN_FLIGHT, Pipeliner, connect
@@ -437,5 +438,52 @@ async def test_script_replies_are_read_the_same_with_another_parser(redis_server
         assert not isinstance(parser, _AsyncHiredisParser)
         assert replies[0] == ["ok", "a", [1, "x"]] and replies[2] == 1
         assert isinstance(replies[1], ResponseError) and "NOPE refused here" in str(replies[1])
+    finally:
+        await client.aclose()
+
+
+async def test_a_push_before_a_script_s_reply_does_not_take_its_place(
+    redis_servers: Any,
+) -> None:
+    """On a RESP3 connection the server may push a message between replies (here a
+    client-tracking invalidation caused by the script itself): it is handled as
+    redis-py handles pushes, and each script still gets its own reply."""
+    client = connect(redis_servers().url + "?protocol=3")
+    try:
+        writes = client.register_script("redis.call('SET', KEYS[1], ARGV[1]) return 'wrote'")
+        echo = client.register_script("return {'ok', ARGV[1]}")
+        await client.script_load(writes.script)
+        await client.script_load(echo.script)
+        p = Pipeliner(client)
+        await p.execute(("execute_command", ("CLIENT", "TRACKING", "ON"), {}))
+        await p.execute(("get", ("tracked",), {}))  # now tracked: a write pushes
+        replies = await p.execute(
+            ("script", (writes, ["tracked"], ["v"]), {}), ("script", (echo, [], ["B"]), {})
+        )
+        assert replies == ["wrote", ["ok", "B"]]
+        assert await p.execute(("script", (echo, [], ["C"]), {})) == [["ok", "C"]]
+    finally:
+        await client.aclose()
+
+
+async def test_a_read_that_fails_is_redis_py_s_connection_error(redis_servers: Any) -> None:
+    """A socket error while reading a script's reply fails the round trip with
+    redis-py's ConnectionError, as its own read would; the next one reconnects."""
+    client = connect(redis_servers().url)
+    try:
+        echo = client.register_script("return {'ok', ARGV[1]}")
+        await client.script_load(echo.script)
+        p = Pipeliner(client)
+        await p.execute(("ping", (), {}))
+        connection = p._pipe._kept
+        assert connection is not None
+
+        async def reset(_: int) -> bytes:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        connection._parser._stream.read = reset  # type: ignore[attr-defined]
+        with pytest.raises(RedisConnectionError, match="Connection reset by peer"):
+            await p.execute(("script", (echo, [], ["x"]), {}))
+        assert await p.execute(("script", (echo, [], ["y"]), {})) == [["ok", "y"]]
     finally:
         await client.aclose()
