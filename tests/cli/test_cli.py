@@ -4,6 +4,7 @@ holding the loan example's boards; `watch` in a real terminal (tmux)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -426,3 +427,30 @@ def test_start_on_an_existing_board_fails_cleanly(boards: str) -> None:
     assert result.exit_code == 1
     assert "board 'loan-clean' already exists" in result.output
     assert json.loads(cli(boards, "show", "loan-clean", "--json").output)["version"] == 3
+
+
+def test_the_supervisor_process_freezes_what_it_loaded_and_collects_less_often(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`blackboard supervisor` sets its startup objects aside for the garbage collector
+    and raises the young generation's threshold before it runs (the batch path
+    allocates in bursts); the app is published first."""
+    from blackboard.supervisor import Supervisor
+
+    from blackboard.cli.run import GC_THRESHOLD
+
+    seen: list[tuple[int, int]] = []
+
+    async def run(self: Supervisor, stop: Any = None, **_: Any) -> None:
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(Supervisor, "run", run)
+    try:
+        result = cli(str(redis_server.url), "supervisor", "--app", "examples.loan:app")
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert result.exit_code == 0, result.output
+    [(threshold, frozen)] = seen
+    assert threshold == GC_THRESHOLD and frozen > 0
