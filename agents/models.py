@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
+from blackboard import codec
 from blackboard.errors import SemanticError
 
 __all__ = ["COSTS", "Completion", "Metered", "Model", "OfflineModel", "cost_of"]
@@ -62,7 +63,7 @@ class Model(Protocol):
 
 
 def _tokens(text: str) -> int:
-    return max(1, (len(text.encode()) + 3) // 4)
+    return max(1, codec.approx_tokens(codec.utf8_len(text)))
 
 
 @dataclass
