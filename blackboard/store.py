@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
@@ -849,9 +849,13 @@ class BoardStore:
         reason: str = "",
         trace_id: str = "",
         proposal_id: str | None = None,
+        keep: Sequence[str] = (),
     ) -> CommitResult:
         """Restore the content of version ``to`` as a new ``rollback`` commit. History
         is never rewritten; the log records who rolled back, why, and from where.
+
+        ``keep``: keys left as they are now (a flag keeps what people set, say); every
+        other key gets exactly version ``to``'s content.
 
         A concurrent commit landing meanwhile makes it recompute on fresh state (bounded
         by ``settings.conflict_retries``), never overwrite blindly.
@@ -884,6 +888,8 @@ class BoardStore:
                 target = await self.read(board_id, at=to)
                 ops: list[dict[str, Any]] = []
                 for key in sorted(set(current.data) | set(target.data)):
+                    if key in keep:
+                        continue
                     if key not in target.data:
                         ops.append({"op": "remove", "path": f"/{key}"})
                     elif key not in current.data or codec.dumps(current.data[key]) != codec.dumps(
@@ -894,7 +900,8 @@ class BoardStore:
                 # Keys left alone join the read set: a commit to any of them racing this
                 # rollback is a conflict (and a recomputation), so the result is exactly
                 # version `to`'s content.
-                untouched = [k for k in schema.keys if k not in {o["path"][1:] for o in ops}]
+                written = {o["path"][1:] for o in ops}
+                untouched = [k for k in schema.keys if k not in written and k not in keep]
                 if not ops:  # already identical: still recorded, as a no-op rollback
                     return await self._record_noop(
                         board_id, current.version, author, why, trace_id, proposal_id, untouched

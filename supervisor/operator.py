@@ -10,11 +10,13 @@ supervisor's stream and waits for the outcome) or are called directly in embedde
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from blackboard.supervisor.control import Wanted
 from blackboard.supervisor.loops import Routing
 
+from blackboard import codec
 from blackboard.errors import BlackboardError, ValidationFailed
 from blackboard.records import Outcome, Proposal, Submission
 from blackboard.schema import HUMAN
@@ -43,6 +45,8 @@ class Operator:
             )
         else:
             try:
+                if sub.command in ("pause", "resume"):
+                    await self._not_done(sub)
                 outcome = await getattr(self, sub.command)(sub, sub.args)
             except BlackboardError as exc:
                 outcome = Outcome(status="rejected", reason=type(exc).__name__, message=str(exc))
@@ -173,14 +177,26 @@ class Operator:
             raise ValidationFailed(
                 "rollback needs one of to=V, compliant=True or before_agent=NAME.", rule="usage"
             )
+        why = sub.reason or f"operator rollback to v{to}"
+        undone = await self._undone_authors(sub.board_id, to)
         result = await store.rollback(
-            sub.board_id,
-            to=to,
-            author=sub.author,
-            reason=sub.reason or f"operator rollback to v{to}",
-            proposal_id=f"rb.{sub.proposal_id}",
+            sub.board_id, to=to, author=sub.author, reason=why, proposal_id=f"rb.{sub.proposal_id}"
         )
+        feedback = f"{sub.author} rolled the board back to v{to}: {why}; redo your work"
+        redo = [Wanted(undone[0], "rewrite", {"feedback": feedback})] if undone else []
+        await self._go_on(sub, redo, what=f"rollback to v{to} by {sub.author}", check_done=True)
         return Outcome(status="committed", version=result.version, keys=result.keys)
+
+    async def _undone_authors(self, board_id: str, to: int) -> list[str]:
+        """Agents whose writes after version ``to`` a rollback to it takes back, in the
+        order they wrote."""
+        names = self.sup.app.agent_names
+        authors = [
+            e.author
+            for e in await self.sup.store.history(board_id, start=to + 1)
+            if e.kind == "write" and e.author in names
+        ]
+        return list(dict.fromkeys(authors))
 
     async def before_agent(self, board_id: str, agent: str) -> int:
         for entry in reversed(await self.sup.store.history(board_id)):
@@ -190,20 +206,26 @@ class Operator:
             f"agent {agent!r} has no commit on board {board_id!r}.", rule="usage"
         )
 
-    async def restore_compliant(self, board_id: str, *, by: str, why: str, proposal_id: str) -> int:
-        """Roll back to the compliant version; returns the version restored."""
+    async def restore_compliant(
+        self, board_id: str, *, by: str, why: str, proposal_id: str, keep: Sequence[str] = ()
+    ) -> int:
+        """Roll back to the compliant version (``keep``: keys left as they are); returns
+        the version restored."""
         bk = self.sup.keys.board(board_id)
         to = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
         result = await self.sup.store.rollback(
-            board_id, to=to, author=by, reason=why, proposal_id=proposal_id
+            board_id, to=to, author=by, reason=why, proposal_id=proposal_id, keep=keep
         )
         await self.sup._incident(board_id, "rollback", f"{why} (to v{to})", result.version)
         return to
 
     async def flag(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         """An upheld flag on the current version: the newest agent write is taken back
-        (the board returns to the compliant version before it) and its author redoes
-        the work with the flag as feedback."""
+        and its author redoes the work with the flag as feedback.
+
+        Exactly what it restores: every key as it was just before that write (or at the
+        compliant version, if that is older), except the keys the board gives to
+        ``human``, which keep what a person last set. A done board is reopened."""
         bk = self.sup.keys.board(sub.board_id)
         compliant = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
         culprit = None
@@ -218,18 +240,75 @@ class Operator:
         to = min(compliant, culprit.version - 1)
         why = f"flagged by {sub.author}: {sub.reason or args.get('reason', '')}".strip(": ")
         await self.sup.redis.hset(bk.meta, "compliant", to)
+        people = [k for k, spec in self.sup.app.schema.keys.items() if spec.owner == HUMAN]
         await self.restore_compliant(
-            sub.board_id, by=sub.author, why=why, proposal_id=f"flag.{sub.proposal_id}"
+            sub.board_id, by=sub.author, why=why, proposal_id=f"flag.{sub.proposal_id}", keep=people
         )
         wanted = [Wanted(culprit.author, "rewrite", {"feedback": why})]
-        await self.sup._route(
-            sub.board_id,
-            Routing(routing_id=sub.proposal_id, version=0, rewrite=culprit.author),
-            wanted,
-            parent=sub.proposal_id,
-            trace_id=sub.trace_id,
-        )
+        await self._go_on(sub, wanted, what=f"flag by {sub.author}", rewrite=culprit.author)
         return Outcome(status="committed", message=why)
+
+    async def _go_on(
+        self,
+        sub: Submission,
+        redo: list[Wanted],
+        *,
+        what: str,
+        check_done: bool = False,
+        rewrite: str = "",
+    ) -> None:
+        """Route after an operator changed a board's content (a rollback or flag), so that
+        it is never left active with nothing to do: a done board is reopened; with
+        ``check_done``, a board whose done condition holds is done; otherwise ``redo``
+        is activated; and with nothing to activate, nothing in flight and a done
+        condition that does not hold, the board is escalated with the reason."""
+        board_id = sub.board_id
+        bk = self.sup.keys.board(board_id)
+        redis = self.sup.redis
+        if await redis.hget(bk.meta, "status") == "done":
+            await redis.hset(bk.meta, "status", "active")  # decided again just below
+        step = Routing(routing_id=f"after.{sub.proposal_id}", version=0, rewrite=rewrite)
+        if check_done and await self._done_now(board_id):
+            step.status, redo = "done", []
+        elif (
+            not redo
+            and self.sup.app.done is not None  # without one, an idle board is how it ends
+            and not await redis.zcard(bk.open)
+            and not await redis.hlen(bk.outbox)
+        ):
+            step.escalate = f"stalled|{self._stalled(what)}"
+        elif not redo and not step.status:
+            return  # work in flight: it routes on when it finishes
+        await self.sup._route(
+            board_id, step, redo, parent=f"after.{sub.proposal_id}", trace_id=sub.trace_id
+        )
+
+    def _stalled(self, what: str) -> str:
+        return (
+            f"nothing is left to act after the {what}: the done condition is false and no "
+            "agent has work; write the missing keys (`blackboard set`), roll back, or "
+            "start the agents that should act"
+        )
+
+    async def _done_now(self, board_id: str) -> bool:
+        """The app's done condition on the board as it is now."""
+        app = self.sup.app
+        if app.done is None:
+            return False
+        reads = list(app.done_reads)
+        values = await self.sup.redis.hmget(self.sup.keys.board(board_id).state, reads or ["-"])
+        board = {k: codec.loads(v) for k, v in zip(reads, values, strict=False) if v is not None}
+        return bool(app.done(board))
+
+    async def _not_done(self, sub: Submission) -> None:
+        status = await self.sup.redis.hget(self.sup.keys.board(sub.board_id).meta, "status")
+        if status == "done":
+            raise ValidationFailed(
+                f"board {sub.board_id!r} is done; {sub.command} applies to active, paused or "
+                "escalated boards. To reopen a done board, roll it back (`blackboard "
+                "rollback`) or flag it (`blackboard flag`).",
+                rule="usage",
+            )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -264,6 +343,9 @@ class Operator:
                 "set needs values={key: value, ...} for keys owned by 'human'.", rule="usage"
             )
         bk = self.sup.keys.board(sub.board_id)
+        reopened = await self.sup.redis.hget(bk.meta, "status") == "done"
+        if reopened:  # a person's write reopens a done board; routing decides again
+            await self.sup.redis.hset(bk.meta, "status", "active")
         base = await self.sup.store.version(sub.board_id)
         proposal = Proposal.updates(
             HUMAN,
@@ -274,6 +356,8 @@ class Operator:
         )
         decision = await self.sup.validator.decide(sub.board_id, proposal, gates=False)
         if decision.status != "committed" or decision.commit is None:
+            if reopened:  # nothing changed: done as it was
+                await self.sup.redis.hset(bk.meta, "status", "done")
             return Outcome(status="rejected", reason=decision.reason, message=decision.message)
         if await self.sup.redis.hget(bk.meta, "status") == "awaiting_approval":
             await self.sup.redis.hset(bk.meta, "status", "active")
@@ -285,4 +369,6 @@ class Operator:
             update={"author": HUMAN, "proposal_id": f"set.{sub.proposal_id}", "handoff": None}
         )
         await self.sup._follow_up(human, outcome, None)
+        if await self.sup.redis.hget(bk.meta, "status") == "active":
+            await self._go_on(sub, [], what=f"set by {sub.author}")
         return outcome

@@ -222,9 +222,13 @@ async def test_operator_rollback_before_an_agent(store: BoardStore) -> None:
         await d.settle("c1")
         outcome = await d.command("c1", "rollback", by="human:carol", before_agent="risk")
     assert outcome.status == "committed"
-    assert (await store.read("c1")).data == (await store.read("c1", at=1)).data
-    last = (await store.history("c1"))[-1]
-    assert (last.kind, last.author, last.outcome) == ("rollback", "human:carol", "restored:1")
+    assert (await store.read("c1", at=outcome.version)).data == (await store.read("c1", at=1)).data
+    rollback = (await store.history("c1"))[outcome.version - 1]
+    assert (rollback.kind, rollback.author, rollback.outcome) == (
+        "rollback",
+        "human:carol",
+        "restored:1",
+    )
 
 
 async def test_summarisation_replaces_verbose_content_once(store: BoardStore) -> None:

@@ -1,0 +1,172 @@
+"""Operator actions never leave a board stuck (issue 20, item 11).
+
+After any operator command a board is either settled with its done condition true, or
+active with work queued, or escalated (or awaiting a person) with a reason: never active
+with nothing to do. And a flag restores exactly what README says: the board as it was
+before the newest agent write (or at the compliant version, if older), except the keys
+people own, which keep what a person last set.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from bbtest import activations, build_app
+from blackboard.supervisor import Deployment
+
+from blackboard import App, BoardStore
+
+
+async def assert_not_stuck(store: BoardStore, app: App, board_id: str) -> None:
+    """The invariant: settled with done true, active with work, or stopped with a reason."""
+    bk = store.keys(board_id)
+    pipe = store.redis.pipeline(transaction=True)  # one consistent look: agents run on
+    pipe.hget(bk.meta, "status")
+    pipe.zcard(bk.open)
+    pipe.hlen(bk.outbox)
+    pipe.hgetall(bk.state)
+    status, open_, outbox, state = await pipe.execute()
+    board = {k: json.loads(v) for k, v in state.items()}
+    if status == "done":
+        assert app.done is not None and app.done(board), f"done but the condition is false: {board}"
+    elif status == "active":
+        assert open_ + outbox > 0, f"active with nothing queued: {board}"
+    else:
+        assert status in ("escalated", "awaiting_approval", "failed", "paused"), status
+        if status == "escalated":
+            assert await escalated_reason(store, board_id), "escalated with no reason"
+
+
+async def escalated_reason(store: BoardStore, board_id: str) -> str:
+    return str(await store.redis.hget(store.keys(board_id).meta, "escalated_reason") or "")
+
+
+async def done_board(d: Deployment, store: BoardStore) -> None:
+    await d.start("c1")
+    info = await d.settle("c1")
+    assert (info.status, info.version) == ("done", 3)  # intake, risk, compliance
+
+
+async def test_flag_on_a_done_board_reopens_it_and_the_author_redoes(store: BoardStore) -> None:
+    app = build_app()
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        outcome = await d.command("c1", "flag", by="human:bob", reason="decision looks wrong")
+        assert outcome.status == "committed", outcome
+        await assert_not_stuck(store, app, "c1")
+        info = await d.settle("c1")
+    assert info.status == "done"
+    history = await store.history("c1")
+    assert [(e.kind, e.author) for e in history[3:]] == [
+        ("rollback", "human:bob"),
+        ("write", "compliance"),
+    ]
+    assert await store.read_key("c1", "decision") == "approve"
+    [redo] = [a for a in await activations(store, "c1") if a["reason"] == "rewrite"]
+    assert redo["agent"] == "compliance" and "decision looks wrong" in redo["feedback"]
+
+
+async def test_rollback_before_an_agent_on_a_done_board_redoes_from_there(
+    store: BoardStore,
+) -> None:
+    app = build_app()
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        outcome = await d.command("c1", "rollback", by="human:carol", before_agent="risk")
+        assert outcome.status == "committed", outcome
+        await assert_not_stuck(store, app, "c1")
+        info = await d.settle("c1")
+    assert info.status == "done"
+    authors = [e.author for e in await store.history("c1")]
+    # the rollback took back risk's and compliance's work; risk redid it, then compliance
+    assert authors[3:] == ["human:carol", "risk", "compliance"]
+    assert await store.read_key("c1", "score") == 700
+
+
+async def test_rollback_that_keeps_the_done_condition_true_leaves_the_board_done(
+    store: BoardStore,
+) -> None:
+    app = build_app()
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        outcome = await d.command("c1", "rollback", by="human:carol", to=3)  # a no-op
+        assert outcome.status == "committed", outcome
+        await assert_not_stuck(store, app, "c1")
+        info = await d.settle("c1")
+    assert info.status == "done"
+
+
+async def test_rollback_to_the_start_of_a_done_board_runs_it_again(store: BoardStore) -> None:
+    app = build_app()
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        await d.command("c1", "rollback", by="human:carol", to=0)
+        await assert_not_stuck(store, app, "c1")
+        info = await d.settle("c1")
+    assert info.status == "done"
+    authors = [e.author for e in await store.history("c1")]
+    assert authors[3:] == ["human:carol", "intake", "risk", "compliance"]
+
+
+async def test_set_on_a_done_board_keeps_it_settled(store: BoardStore) -> None:
+    app = build_app()
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        outcome = await d.command("c1", "set", by="human:ann", values={"max_amount": 10.0})
+        assert outcome.status == "committed", outcome
+        await assert_not_stuck(store, app, "c1")
+        info = await d.settle("c1")
+    assert info.status == "done"
+    assert await store.read_key("c1", "max_amount") == 10.0
+
+
+async def test_set_that_leaves_nothing_to_do_escalates_with_a_reason(store: BoardStore) -> None:
+    """A done condition that a person's write makes false, with no agent to act: the
+    board says so (escalated with the reason) rather than sitting active and idle."""
+    app = build_app(
+        done=lambda b: b.get("decision") is not None and b.get("max_amount", 0) > 100,
+        done_reads=["decision", "max_amount"],
+    )
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        await d.command("c1", "set", by="human:ann", values={"max_amount": 10.0})
+        await assert_not_stuck(store, app, "c1")
+        info = await d.settle("c1")
+    assert info.status == "escalated"
+    why = await escalated_reason(store, "c1")
+    assert why.startswith("stalled: ") and "done condition" in why and "set by human:ann" in why
+
+
+async def test_flag_keeps_what_a_person_set_after_the_flagged_write(store: BoardStore) -> None:
+    app = build_app(done=None, done_reads=[])
+    async with Deployment(app, store) as d:
+        await d.start("c1")
+        await d.settle("c1")
+        await d.command("c1", "set", by="human:ann", values={"max_amount": 5.0})  # v4
+        outcome = await d.command("c1", "flag", by="human:bob", reason="wrong decision")
+        assert outcome.status == "committed", outcome
+        info = await d.settle("c1")
+    history = await store.history("c1")
+    rollback = history[4]
+    assert (rollback.kind, rollback.author) == ("rollback", "human:bob")
+    # compliance's decision (v3) is taken back; the person's later set (v4) stays
+    assert await store.read_key("c1", "max_amount") == 5.0
+    after = (await store.read("c1", at=rollback.version)).data
+    assert after["decision"] is None and after["score"] == 700
+    assert history[5].author == "compliance"
+    assert info.status in ("active", "done")
+
+
+@pytest.mark.parametrize("command", ["pause", "resume"])
+async def test_pause_and_resume_refuse_a_done_board(store: BoardStore, command: str) -> None:
+    app = build_app()
+    args: dict[str, Any] = {}
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        outcome = await d.command("c1", command, by="human:ann", **args)
+        assert (outcome.status, outcome.reason) == ("rejected", "ValidationFailed")
+        assert "done" in outcome.message and "rollback" in outcome.message
+        await assert_not_stuck(store, app, "c1")
+    assert (await store.info("c1")).status == "done"
