@@ -137,3 +137,13 @@ async def test_snapshot_content_matches_state(store: BoardStore, board: str) -> 
     for v in await store.redis.zrange(keys.snapshot_index, 0, -1):
         snap = json.loads(await store.redis.hget(keys.snapshots, v))
         assert snap == (await store.read(board, at=int(v))).data
+
+
+async def test_rollback_keeps_the_keys_it_is_told_to_keep(store: BoardStore, board: str) -> None:
+    await store.commit(board, Proposal.updates("docs", 0, {"loan_amount": 1.0}))
+    await store.commit(board, Proposal.updates("risk", 0, {"credit_score": 700}))
+    await store.commit(board, Proposal.updates("docs", 2, {"loan_amount": 2.0}))
+    result = await store.rollback(board, to=1, author="human:x", keep=["loan_amount"])
+    data = (await store.read(board)).data
+    assert (data["loan_amount"], data["credit_score"]) == (2.0, None)  # kept, restored
+    assert result.keys == ["credit_score"]
