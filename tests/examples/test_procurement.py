@@ -43,8 +43,15 @@ async def test_deal_over_budget_is_rejected_then_rewritten(store: BoardStore) ->
         assert (outcome.status, outcome.reason) == ("rejected", "ownership")
         back = await d.command("deal", "rollback", by="human:buyer", before_agent="negotiation")
         assert back.status == "committed"
-    assert await store.read_key("deal", "agreed_price") is None
-    assert (await store.read("deal")).data == (await store.read("deal", at=7)).data
+        assert back.version is not None
+        undone = (await store.read("deal", at=back.version)).data
+        assert undone == (await store.read("deal", at=7)).data
+        assert undone["agreed_price"] is None
+        # The board was done: it is reopened, and the negotiator redoes its work.
+        info = await d.settle("deal")
+    assert info.status == "done"
+    last = (await store.history("deal"))[-1]
+    assert (last.author, last.version) == ("negotiation", back.version + 1)
 
 
 async def test_repeated_exchange_trips_the_breaker(store: BoardStore) -> None:
