@@ -8,12 +8,13 @@ import json
 import math
 from typing import Any
 
-from blackboard.errors import ValidationFailed
+from blackboard.errors import CorruptData, ValidationFailed
 
 __all__ = [
     "approx_tokens",
     "canonical",
     "content_hash",
+    "corrupt",
     "dumps",
     "fingerprint",
     "loads",
@@ -58,8 +59,26 @@ def utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def loads(text: str) -> Any:
-    return json.loads(text)
+def loads(text: str, what: str = "a value") -> Any:
+    """Decode a JSON text read from Redis. ``what``: what it is (``key 'x' of board
+    'b'``), for the message if it does not decode.
+
+    Raises:
+        CorruptData: the text is not JSON, so this package did not write it.
+    """
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise corrupt(what, f"is not valid JSON ({exc})") from exc
+
+
+def corrupt(what: str, problem: str) -> CorruptData:
+    """The error for stored data that is not what this package writes."""
+    return CorruptData(
+        f"{what} stored in Redis {problem}: something other than this package wrote it, "
+        "or it was damaged. Restore it from a backup or delete the board; check that "
+        "nothing else writes under this key prefix."
+    )
 
 
 def approx_tokens(nbytes: int) -> int:
@@ -78,7 +97,7 @@ def content_hash(text: str) -> str:
 
 def canonical(text: str) -> str:
     """The same JSON with object members sorted: equal content, equal text."""
-    return json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def fingerprint(text: str) -> str:
