@@ -85,11 +85,11 @@ async def redis_failures(what: str) -> AsyncIterator[None]:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise StoreUnavailable(
-            f"Redis unreachable while trying to {what}: {exc}. Check that the server is up "
-            "and BLACKBOARD_REDIS_URL points at it."
+            f"Redis unreachable while trying to {what}: {str(exc).rstrip('.')}. Check that "
+            "the server is up and BLACKBOARD_REDIS_URL points at it."
         ) from exc
     except redis_errors.RedisError as exc:
-        raise StoreUnavailable(f"Redis refused to {what}: {exc}.") from exc
+        raise StoreUnavailable(f"Redis refused to {what}: {str(exc).rstrip('.')}.") from exc
 
 
 class BoardStore:
