@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from blackboard.errors import CorruptData, ValidationFailed
 
@@ -17,6 +19,7 @@ __all__ = [
     "corrupt",
     "dumps",
     "fingerprint",
+    "load_model",
     "loads",
     "utf8_len",
 ]
@@ -70,6 +73,24 @@ def loads(text: str, what: str = "a value") -> Any:
         return json.loads(text)
     except (TypeError, ValueError) as exc:
         raise corrupt(what, f"is not valid JSON ({exc})") from exc
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_model(model: type[M], text: str | bytes, what: str) -> M:
+    """Decode a record read from Redis (an outcome, an activation) into its model.
+
+    Raises:
+        CorruptData: ``text`` is not such a record.
+    """
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        problem = f"is not a valid {model.__name__} ({where + ': ' if where else ''}{first['msg']})"
+        raise corrupt(what, problem) from exc
 
 
 def corrupt(what: str, problem: str) -> CorruptData:

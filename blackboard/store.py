@@ -289,18 +289,24 @@ class BoardStore:
         if meta[0] is None or decl is None:
             return None  # index entry of a board whose creation did not finish
         m = cast("dict[str, str]", dict(zip(self._INFO, meta, strict=True)))
-        return BoardInfo(
-            board_id=board_id,
-            schema_name=BoardSchema.from_json(decl, f"the declaration of board {board_id!r}").name,
-            digest=m["decl"],
-            status=m["status"],
-            version=int(m["version"]),
-            compliant=int(m["compliant"]),
-            bytes=int(m["bytes"]),
-            tokens=int(m["tokens"]),
-            created_ms=int(m["created"]),
-            updated_ms=int(m["updated"]),
-        )
+        declaration = codec.loads(decl, f"the declaration of board {board_id!r}")
+        try:
+            return BoardInfo(
+                board_id=board_id,
+                schema_name=declaration["name"],
+                digest=m["decl"],
+                status=m["status"],
+                version=int(m["version"]),
+                compliant=int(m["compliant"]),
+                bytes=int(m["bytes"]),
+                tokens=int(m["tokens"]),
+                created_ms=int(m["created"]),
+                updated_ms=int(m["updated"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:  # ValueError: pydantic's too
+            raise codec.corrupt(
+                f"the metadata of board {board_id!r}", f"is not what this package writes ({exc!r})"
+            ) from exc
 
     async def archive(self, board_id: str) -> None:
         """Freeze a board: readable (content, history), refuses commits, listed apart."""

@@ -4,12 +4,14 @@ decode surfaces as a typed error, never as a raw ``json.JSONDecodeError``."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import pydantic
 import pytest
 from blackboard.agents import agent
 from blackboard.agents.tools import Tool, ToolRegistry
+from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, create_model
@@ -21,10 +23,14 @@ from blackboard import (
     ConfigError,
     CorruptData,
     Key,
+    Outcome,
     Proposal,
     Settings,
     Submission,
+    codec,
+    connect,
 )
+from blackboard.cli import main
 from blackboard.keys import check_board_id
 
 GOOD = st.from_regex(r"[a-z][a-z0-9_]{0,20}", fullmatch=True)
@@ -142,3 +148,38 @@ async def test_corrupt_declaration_is_a_typed_error(store: BoardStore, board: st
         await store.info(board)
     with pytest.raises(CorruptData, match="declaration of board 'loan-1'"):
         await store.declaration(board)
+
+
+async def test_corrupt_metadata_is_a_typed_error(store: BoardStore, board: str) -> None:
+    await store.redis.hset(store.keys(board).meta, "created", "yesterday")
+    with pytest.raises(CorruptData, match="metadata of board 'loan-1'"):
+        await store.info(board)
+
+
+def test_corrupt_record_is_a_typed_error() -> None:
+    with pytest.raises(
+        CorruptData, match=r"the outcome of x stored in Redis is not a valid Outcome \(status"
+    ):
+        codec.load_model(Outcome, '{"status": "maybe"}', "the outcome of x")
+    with pytest.raises(CorruptData, match="the outcome of x stored in Redis is not valid JSON"):
+        codec.loads("{", "the outcome of x")
+
+
+@pytest.mark.real_redis
+def test_cli_reports_corrupt_data_in_one_line(redis_server: Any, loan_schema: Any) -> None:
+    async def corrupt() -> None:
+        store = BoardStore(connect(redis_server.url))
+        await store.redis.flushdb()
+        await store.create("loan-1", loan_schema)
+        await store.redis.hset(store.keys("loan-1").state, "counter", "[1,")
+        await store.close()
+
+    asyncio.run(corrupt())  # the command runs its own event loop
+    result = CliRunner().invoke(main, ["--redis", redis_server.url, "show", "loan-1"])
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        "error: key 'counter' of board 'loan-1' stored in Redis is not valid JSON "
+        "(Expecting value: line 1 column 4 (char 3)): something other than this package "
+        "wrote it, or it was damaged. Restore it from a backup or delete the board; check "
+        "that nothing else writes under this key prefix."
+    ]
