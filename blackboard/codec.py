@@ -75,10 +75,10 @@ def loads(text: str, what: str = "a value") -> Any:
         raise corrupt(what, f"is not valid JSON ({exc})") from exc
 
 
-M = TypeVar("M", bound=BaseModel)
+_M = TypeVar("_M", bound=BaseModel)
 
 
-def load_model(model: type[M], text: str | bytes, what: str) -> M:
+def load_model(model: type[_M], text: str | bytes, what: str) -> _M:
     """Decode a record read from Redis (an outcome, an activation) into its model.
 
     Raises:
