@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from blackboard import codec
 from blackboard.errors import ConfigError, FatalError, SemanticError, TransientError
-from blackboard.keys import GlobalKeys
+from blackboard.keys import GlobalKeys, check_name
 
 __all__ = ["BoundTools", "Tool", "ToolRegistry"]
 
@@ -101,6 +101,7 @@ class ToolRegistry:
 
     def __post_init__(self) -> None:
         for tool in self.tools:
+            check_name("tool", tool.name)
             if tool.name in self._by_name:
                 raise ConfigError(f"two tools are named {tool.name!r}.")
             self._by_name[tool.name] = tool

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from blackboard import codec
 from blackboard.errors import ConfigError
+from blackboard.keys import check_name
 from blackboard.schema import HUMAN, SUPERVISOR, BoardSchema
 
 if TYPE_CHECKING:
@@ -148,6 +149,7 @@ class App:
                 raise ConfigError(
                     "an agent has no name; set `name` on the class or pass it to @agent(...)."
                 )
+            check_name("agent", a.name)
             if a.name in self._agents:
                 raise ConfigError(f"two agents are named {a.name!r}; names must be unique.")
             if a.name in (SUPERVISOR, HUMAN):

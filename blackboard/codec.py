@@ -6,16 +6,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+from typing import Any, TypeVar
 
-from blackboard.errors import ValidationFailed
+from pydantic import BaseModel, ValidationError
+
+from blackboard.errors import CorruptData, ValidationFailed
 
 __all__ = [
     "approx_tokens",
     "canonical",
     "content_hash",
+    "corrupt",
     "dumps",
     "fingerprint",
+    "load_model",
     "loads",
     "utf8_len",
 ]
@@ -58,8 +62,44 @@ def utf8_len(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def loads(text: str) -> Any:
-    return json.loads(text)
+def loads(text: str, what: str = "a value") -> Any:
+    """Decode a JSON text read from Redis. ``what``: what it is (``key 'x' of board
+    'b'``), for the message if it does not decode.
+
+    Raises:
+        CorruptData: the text is not JSON, so this package did not write it.
+    """
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise corrupt(what, f"is not valid JSON ({exc})") from exc
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def load_model(model: type[_M], text: str | bytes, what: str) -> _M:
+    """Decode a record read from Redis (an outcome, an activation) into its model.
+
+    Raises:
+        CorruptData: ``text`` is not such a record.
+    """
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        problem = f"is not a valid {model.__name__} ({where + ': ' if where else ''}{first['msg']})"
+        raise corrupt(what, problem) from exc
+
+
+def corrupt(what: str, problem: str) -> CorruptData:
+    """The error for stored data that is not what this package writes."""
+    return CorruptData(
+        f"{what} stored in Redis {problem}: something other than this package wrote it, "
+        "or it was damaged. Restore it from a backup or delete the board; check that "
+        "nothing else writes under this key prefix."
+    )
 
 
 def approx_tokens(nbytes: int) -> int:
@@ -78,7 +118,7 @@ def content_hash(text: str) -> str:
 
 def canonical(text: str) -> str:
     """The same JSON with object members sorted: equal content, equal text."""
-    return json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(loads(text), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def fingerprint(text: str) -> str:

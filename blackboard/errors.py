@@ -19,7 +19,8 @@
     │   └── NeedsHuman         the board waits for a person's answer
     ├── LoopDetected           a handoff cycle tripped the circuit breaker
     ├── BudgetExceeded         an activation, token, cost or time budget is spent
-    └── StoreUnavailable       Redis could not be reached (wraps the redis error)
+    ├── StoreUnavailable       Redis could not be reached (wraps the redis error)
+    └── CorruptData            a value stored in Redis does not decode (not written by us)
 
 Every message says what happened and what to do about it. A rejection never changes
 state: the commit script either applies a whole proposal or nothing.
@@ -39,6 +40,7 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "ConflictError",
+    "CorruptData",
     "FatalError",
     "LoopDetected",
     "NeedsHuman",
@@ -191,3 +193,8 @@ class BudgetExceeded(BlackboardError):
 
 class StoreUnavailable(BlackboardError):
     """Redis could not be reached or answered with an error; see ``__cause__``."""
+
+
+class CorruptData(BlackboardError):
+    """A value stored in Redis does not decode as what this package writes there (it
+    was written by something else, or damaged). Not an outage: retrying cannot help."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import jsonpatch
+from jsonpatch import JsonPatchException
+from jsonpointer import JsonPointerException
 
 from blackboard import codec
 from blackboard.records import LogEntry
@@ -16,22 +18,31 @@ from blackboard.records import LogEntry
 __all__ = ["entry_from_stream", "replay", "state_from_reply"]
 
 
-def entry_from_stream(entry_id: str, fields: dict[str, str]) -> LogEntry:
+def entry_from_stream(entry_id: str, fields: dict[str, str], where: str = "a log") -> LogEntry:
+    """A log entry from its stream entry; ``where``: the log's name, for the message.
+
+    Raises:
+        CorruptData: the entry is not one the commit script wrote.
+    """
+    what = f"entry {entry_id} of {where}"
     keys = fields.get("keys", "")
-    return LogEntry(
-        version=int(entry_id.split("-", 1)[0]),
-        author=fields["author"],
-        kind=fields["kind"],  # type: ignore[arg-type]
-        keys=keys.split(",") if keys else [],
-        patch=codec.loads(fields["patch"]),
-        undo=codec.loads(fields["undo"]),
-        proposal_id=fields.get("proposal", ""),
-        activation_id=fields.get("activation", ""),
-        trace_id=fields.get("trace", ""),
-        ts_ms=int(fields["ts"]),
-        reason=fields.get("reason", ""),
-        outcome=fields.get("outcome", ""),
-    )
+    try:
+        return LogEntry(
+            version=int(entry_id.split("-", 1)[0]),
+            author=fields["author"],
+            kind=fields["kind"],  # type: ignore[arg-type]
+            keys=keys.split(",") if keys else [],
+            patch=codec.loads(fields["patch"], what),
+            undo=codec.loads(fields["undo"], what),
+            proposal_id=fields.get("proposal", ""),
+            activation_id=fields.get("activation", ""),
+            trace_id=fields.get("trace", ""),
+            ts_ms=int(fields["ts"]),
+            reason=fields.get("reason", ""),
+            outcome=fields.get("outcome", ""),
+        )
+    except (KeyError, ValueError) as exc:  # a missing field, a bad number or shape
+        raise codec.corrupt(what, f"is not a log entry ({exc!r})") from exc
 
 
 def replay(state: dict[str, Any], patches: list[list[dict[str, Any]]]) -> dict[str, Any]:
@@ -59,7 +70,22 @@ def _whole_key(op: dict[str, Any]) -> bool:
     return op.get("op") in ("add", "replace", "remove") and path.count("/") == 1 and "~" not in path
 
 
-def state_from_reply(reply: list[Any]) -> dict[str, Any]:
-    """The board rebuilt from ``read_at.lua``'s answer: a snapshot plus patches."""
-    state: dict[str, Any] = codec.loads(reply[2])
-    return replay(state, codec.loads(reply[3]))
+def state_from_reply(reply: list[Any], what: str = "a board") -> dict[str, Any]:
+    """The board rebuilt from ``read_at.lua``'s answer: a snapshot plus patches.
+
+    Raises:
+        CorruptData: the snapshot or a patch is not what the commit script wrote.
+    """
+    state: dict[str, Any] = codec.loads(reply[2], f"the snapshot of {what}")
+    patches = codec.loads(reply[3], f"a logged patch of {what}")
+    try:
+        return replay(state, patches)
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        JsonPatchException,
+        JsonPointerException,
+    ) as exc:
+        raise codec.corrupt(f"the log of {what}", f"does not replay ({exc!r})") from exc

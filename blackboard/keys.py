@@ -13,19 +13,43 @@ from functools import cached_property
 
 from blackboard.errors import ConfigError
 
-__all__ = ["BOARD_ID_PATTERN", "BoardKeys", "GlobalKeys", "check_board_id"]
+__all__ = [
+    "BOARD_ID",
+    "BOARD_ID_PATTERN",
+    "NAME_PATTERN",
+    "BoardKeys",
+    "GlobalKeys",
+    "check_board_id",
+    "check_name",
+]
 
-BOARD_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+BOARD_ID = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
+"""What a board id may be. Always matched whole (``fullmatch``): ``$`` also matches
+before a final newline, and the scripts write ids and names into JSON unescaped."""
+BOARD_ID_PATTERN = re.compile(BOARD_ID)
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+"""What an agent, owner or tool name may be (matched whole): names become parts of
+Redis keys and consumer names."""
 
 
 def check_board_id(board_id: str) -> str:
     """Board ids become part of key names and hash tags: keep them plain."""
-    if not isinstance(board_id, str) or not BOARD_ID_PATTERN.match(board_id):
+    if not isinstance(board_id, str) or not BOARD_ID_PATTERN.fullmatch(board_id):
         raise ConfigError(
             f"invalid board id {board_id!r}: use 1-128 characters from letters, digits "
             "and _ . : - (starting with a letter or digit)."
         )
     return board_id
+
+
+def check_name(kind: str, name: str) -> str:
+    """Agent and tool names become parts of Redis keys: keep them plain."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"invalid {kind} name {name!r}: use 1-64 characters from letters, digits and "
+            "_ . - (starting with a letter or _)."
+        )
+    return name
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from blackboard.keys import BOARD_ID
+
 __all__ = [
     "Activation",
     "BoardInfo",
@@ -29,7 +31,11 @@ __all__ = [
 
 CommitKind = Literal["write", "rollback", "summary", "approval", "system"]
 
+# pydantic matches a pattern with Rust's regex engine, whose `$` is the end of the text
+# (Python's `re.match` would also take "id\n"): these patterns match whole.
 _ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+_ACTIVATION_ID = r"^[A-Za-z0-9_.:-]{0,128}$"  # '' when there is none
+_BOARD_ID = f"^{BOARD_ID}$"
 
 
 def new_id() -> str:
@@ -53,7 +59,7 @@ class Proposal(BaseModel):
     reads: list[str] = Field(default_factory=list)
     """Keys the decision depended on besides those written: a change to any of them after
     ``base`` makes this proposal a conflict (no write skew)."""
-    activation_id: str = Field(default="", max_length=128)
+    activation_id: str = Field(default="", pattern=_ACTIVATION_ID)
     trace_id: str = Field(default="", max_length=128)
     reason: str = Field(default="", max_length=2000)
 
@@ -182,14 +188,14 @@ class Submission(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: SubmissionKind
-    board_id: str
+    board_id: str = Field(pattern=_BOARD_ID)
     proposal_id: str = Field(default_factory=new_id, pattern=_ID)
     author: str = Field(min_length=1, max_length=64)
     base: int = Field(default=0, ge=0)
     patch: list[dict[str, Any]] = Field(default_factory=list)
     reads: list[str] = Field(default_factory=list)
     handoff: Handoff | None = None
-    activation_id: str = Field(default="", max_length=128)  # the limits of a Proposal's
+    activation_id: str = Field(default="", pattern=_ACTIVATION_ID)  # a Proposal's limits
     trace_id: str = Field(default="", max_length=128)
     reason: str = Field(default="", max_length=2000)
     error: Literal["", "semantic", "fatal", "timeout", "human"] = ""

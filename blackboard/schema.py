@@ -26,6 +26,7 @@ from pydantic_core import PydanticUndefined
 
 from blackboard import codec
 from blackboard.errors import ConfigError, ValidationFailed
+from blackboard.keys import NAME_PATTERN
 
 __all__ = ["HUMAN", "SUPERVISOR", "BoardSchema", "Key", "KeySpec"]
 
@@ -34,8 +35,8 @@ SUPERVISOR = "supervisor"
 HUMAN = "human"
 """Owner name for keys only a person writes (through the CLI or a gate)."""
 
-_KEY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-_OWNER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+# Matched whole (fullmatch): the scripts write key names into JSON unescaped.
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class BoardSchema:
         if not model.model_fields:
             raise ConfigError(f"board model {board_name} declares no keys; add fields.")
         for key_name, info in model.model_fields.items():
-            if not _KEY_NAME.match(key_name):
+            if not _KEY_NAME.fullmatch(key_name):
                 raise ConfigError(
                     f"key {key_name!r} of {board_name}: key names must be plain "
                     "identifiers of at most 64 characters."
@@ -125,7 +126,7 @@ class BoardSchema:
                     f"Key('agent_name')] = None`."
                 )
             marker = markers[0]
-            if not _OWNER_NAME.match(marker.owner):
+            if not NAME_PATTERN.fullmatch(marker.owner):
                 raise ConfigError(
                     f"owner {marker.owner!r} of key {key_name!r} is not a valid "
                     "name: use letters, digits, _ . - (start with a letter)."
@@ -165,22 +166,29 @@ class BoardSchema:
             ) from exc
 
     @classmethod
-    def from_json(cls, text: str) -> BoardSchema:
-        """A declaration read back from Redis: describes a board, cannot validate writes."""
-        data = codec.loads(text)
-        specs = {
-            k: KeySpec(
-                name=k,
-                owner=v["owner"],
-                summarisable=v["summarisable"],
-                summary_bytes=v["summary_bytes"],
-                summary_tokens=v["summary_tokens"],
-                json_schema=v["schema"],
-                default=v["default"],
-            )
-            for k, v in data["keys"].items()
-        }
-        return cls(data["name"], specs, data["digest"])
+    def from_json(cls, text: str, what: str = "a board declaration") -> BoardSchema:
+        """A declaration read back from Redis: describes a board, cannot validate writes.
+
+        Raises:
+            CorruptData: ``text`` is not a declaration this package wrote.
+        """
+        data = codec.loads(text, what)
+        try:
+            specs = {
+                k: KeySpec(
+                    name=k,
+                    owner=v["owner"],
+                    summarisable=v["summarisable"],
+                    summary_bytes=v["summary_bytes"],
+                    summary_tokens=v["summary_tokens"],
+                    json_schema=v["schema"],
+                    default=v["default"],
+                )
+                for k, v in data["keys"].items()
+            }
+            return cls(data["name"], specs, data["digest"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise codec.corrupt(what, f"lacks a declaration's fields ({exc!r})") from exc
 
     def to_json(self) -> str:
         return codec.dumps(

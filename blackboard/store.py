@@ -62,6 +62,7 @@ __all__ = ["BoardStore", "PreparedCommit", "redis_failures"]
 log = logging.getLogger(__name__)
 
 _COMMIT_KINDS: tuple[str, ...] = get_args(CommitKind)
+_COMMITTED = "a value of the board being committed to"  # (no message built per commit)
 
 
 def _lua(name: str) -> str:
@@ -84,11 +85,11 @@ async def redis_failures(what: str) -> AsyncIterator[None]:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         raise StoreUnavailable(
-            f"Redis unreachable while trying to {what}: {exc}. Check that the server is up "
-            "and BLACKBOARD_REDIS_URL points at it."
+            f"Redis unreachable while trying to {what}: {str(exc).rstrip('.')}. Check that "
+            "the server is up and BLACKBOARD_REDIS_URL points at it."
         ) from exc
     except redis_errors.RedisError as exc:
-        raise StoreUnavailable(f"Redis refused to {what}: {exc}.") from exc
+        raise StoreUnavailable(f"Redis refused to {what}: {str(exc).rstrip('.')}.") from exc
 
 
 class BoardStore:
@@ -186,7 +187,7 @@ class BoardStore:
             text = cast("str | None", await self.redis.get(self.keys(board_id).declaration))
         if text is None:
             raise await self._not_found(board_id)
-        return BoardSchema.from_json(text)
+        return BoardSchema.from_json(text, f"the declaration of board {board_id!r}")
 
     async def _schema_for(self, board_id: str) -> BoardSchema:
         digest = self._board_digest.get(board_id)
@@ -288,18 +289,24 @@ class BoardStore:
         if meta[0] is None or decl is None:
             return None  # index entry of a board whose creation did not finish
         m = cast("dict[str, str]", dict(zip(self._INFO, meta, strict=True)))
-        return BoardInfo(
-            board_id=board_id,
-            schema_name=codec.loads(decl)["name"],
-            digest=m["decl"],
-            status=m["status"],
-            version=int(m["version"]),
-            compliant=int(m["compliant"]),
-            bytes=int(m["bytes"]),
-            tokens=int(m["tokens"]),
-            created_ms=int(m["created"]),
-            updated_ms=int(m["updated"]),
-        )
+        declaration = codec.loads(decl, f"the declaration of board {board_id!r}")
+        try:
+            return BoardInfo(
+                board_id=board_id,
+                schema_name=declaration["name"],
+                digest=m["decl"],
+                status=m["status"],
+                version=int(m["version"]),
+                compliant=int(m["compliant"]),
+                bytes=int(m["bytes"]),
+                tokens=int(m["tokens"]),
+                created_ms=int(m["created"]),
+                updated_ms=int(m["updated"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:  # ValueError: pydantic's too
+            raise codec.corrupt(
+                f"the metadata of board {board_id!r}", f"is not what this package writes ({exc!r})"
+            ) from exc
 
     async def archive(self, board_id: str) -> None:
         """Freeze a board: readable (content, history), refuses commits, listed apart."""
@@ -347,7 +354,11 @@ class BoardStore:
                 raise await self._not_found(board_id)
             if reply[0] == "range":
                 self._check_version(board_id, at, int(reply[1]))
-            return BoardState(board_id=board_id, version=at, data=history.state_from_reply(reply))
+            return BoardState(
+                board_id=board_id,
+                version=at,
+                data=history.state_from_reply(reply, f"board {board_id!r} at version {at}"),
+            )
         async with redis_failures(f"read board {board_id!r}"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.hget(keys.meta, "version")
@@ -355,7 +366,7 @@ class BoardStore:
             version, raw = await pipe.execute()
             if version is None:
                 raise await self._not_found(board_id)
-        data = {k: codec.loads(v) for k, v in raw.items()}
+        data = {k: codec.loads(v, f"key {k!r} of board {board_id!r}") for k, v in raw.items()}
         return BoardState(board_id=board_id, version=int(version), data=data)
 
     async def read_key(self, board_id: str, key: str, *, at: int | None = None) -> Any:
@@ -374,7 +385,7 @@ class BoardStore:
             schema = self._schemas.get(digest) or await self.declaration(board_id)
             schema.check_key(key)
             return None
-        return codec.loads(raw)
+        return codec.loads(raw, f"key {key!r} of board {board_id!r}")
 
     async def sizes(self, board_id: str) -> BoardSize:
         """Bytes and approximate tokens per board and per key, from the commit's
@@ -426,7 +437,8 @@ class BoardStore:
                 "list[tuple[str, dict[str, str]]]",
                 await self.redis.xrange(keys.log, f"{max(start, 1)}-0", hi, count=limit),
             )
-        return [history.entry_from_stream(i, f) for i, f in rows]
+        where = f"the log of board {board_id!r}"
+        return [history.entry_from_stream(i, f, where) for i, f in rows]
 
     async def diff(self, board_id: str, v1: int, v2: int) -> list[dict[str, Any]]:
         """RFC 6902 patch taking the board at ``v1`` to the board at ``v2``."""
@@ -645,7 +657,11 @@ class BoardStore:
         for key in wanted:
             schema.check_key(key)
         version, values, kvers, earlier = await self._fetch(board_id, wanted, proposal)
-        before = {k: codec.loads(v) for k, v in zip(wanted, values, strict=True) if v is not None}
+        before = {
+            k: codec.loads(v, _COMMITTED)
+            for k, v in zip(wanted, values, strict=True)
+            if v is not None
+        }
         touched = {k: before[k] for k in [*plan.writes, *plan.reads] if k in before}
         after = patches.apply_to(plan.ops, touched)
         view = {k: v for k, v in before.items() if k not in plan.writes}
@@ -700,7 +716,11 @@ class BoardStore:
         }
         if changed:
             raise ConflictError(board_id, proposal.base, changed)
-        before = {k: codec.loads(v) for k, v in zip(touched, values, strict=False) if v is not None}
+        before = {
+            k: codec.loads(v, _COMMITTED)
+            for k, v in zip(touched, values, strict=False)
+            if v is not None
+        }
         after = patches.apply_to(plan.ops, before)
         writes: list[tuple[str, str, str]] = []
         unchanged: list[str] = []

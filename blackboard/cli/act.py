@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import click
 
+from blackboard import codec
 from blackboard.cli.base import Ctx, main, run_async
 from blackboard.errors import ConfigError
 from blackboard.keys import GlobalKeys
@@ -55,7 +56,7 @@ def _command(
             while time.monotonic() < deadline:
                 raw = await store.redis.hget(results, sub.proposal_id)
                 if raw is not None:
-                    return Outcome.model_validate_json(raw)
+                    return codec.load_model(Outcome, raw, f"the outcome of {command} {board}")
                 await asyncio.sleep(0.05)
         return None
 

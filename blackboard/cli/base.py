@@ -6,20 +6,28 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
+from redis import exceptions as redis_errors
 from rich.console import Console
 
 from blackboard.config import Settings
 from blackboard.errors import BlackboardError, ConfigError, StoreUnavailable
 from blackboard.store import BoardStore
 
-__all__ = ["Ctx", "emit", "main", "run_async"]
+__all__ = ["Ctx", "emit", "main", "run_async", "wait_for_redis", "wait_option"]
 
 T = TypeVar("T")
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+_UNREACHABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, TimeoutError)
+"""What a connection attempt raises while the server is not (yet) there."""
+_REFUSED = (redis_errors.AuthenticationError, redis_errors.AuthorizationError)
+"""Connection errors that waiting cannot cure (subclasses of ConnectionError)."""
 
 
 class Ctx:
@@ -32,6 +40,17 @@ class Ctx:
         # Tables fit an 80-column terminal; a wider terminal gets its own width.
         self.console = Console(width=None if sys.stdout.isatty() else 80, highlight=False)
         self.progress = Console(stderr=True)
+
+    @property
+    def shown_url(self) -> str:
+        """The Redis URL for messages, its password masked."""
+        if self.redis is None:
+            return "(embedded)"
+        parts = urlsplit(self.redis)
+        if parts.password is None:
+            return self.redis
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
 
     def store(self, *, embedded_ok: bool = False) -> BoardStore:
         if self.redis is None and not embedded_ok:
@@ -71,8 +90,83 @@ def run_async(ctx: Ctx, fn: Callable[[], Awaitable[T]]) -> T:
             code = EXIT_USAGE
         click.echo(f"error: {exc}", err=True)
         sys.exit(code)
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+        # A command reading Redis directly (not through the store's wrapped calls).
+        if ctx.debug:
+            raise
+        click.echo(
+            f"error: Redis unreachable at {ctx.shown_url}: {_reason(exc)}. Check that the "
+            "server is up and --redis / BLACKBOARD_REDIS_URL points at it.",
+            err=True,
+        )
+        sys.exit(EXIT_UNREACHABLE)
+    except redis_errors.RedisError as exc:
+        if ctx.debug:
+            raise
+        click.echo(f"error: Redis at {ctx.shown_url} refused: {_reason(exc)}.", err=True)
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).rstrip(".")
+
+
+wait_option = click.option(
+    "--wait-for-redis",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    envvar="BLACKBOARD_WAIT_FOR_REDIS",
+    help="Seconds to wait for Redis to answer at start (0: fail at once); then exit 3.",
+)
+"""The option of every long-running command: how long to wait for Redis at start."""
+
+WAIT_STEP_MAX = 2.0
+"""The longest pause between two connection attempts while waiting (backoff doubles)."""
+
+
+async def wait_for_redis(ctx: Ctx, store: BoardStore, seconds: float) -> None:
+    """Wait until Redis answers, ``seconds`` at most: a deployment may start its
+    processes before its server. One line says it waits; attempts back off from 0.1 s
+    to :data:`WAIT_STEP_MAX`. Once connected, later outages are each process's to
+    survive (they do); this is only the start.
+
+    Raises:
+        StoreUnavailable: no answer in time, or the server refused the credentials.
+    """
+    url, deadline, step, told = ctx.shown_url, time.monotonic() + seconds, 0.1, False
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            # A connection attempt to a host that drops packets would hang for minutes.
+            async with asyncio.timeout(min(max(left, 2.0), 10.0)):
+                await store.redis.ping()
+            return
+        except _REFUSED as exc:
+            raise StoreUnavailable(
+                f"Redis at {url} refused the connection: {_reason(exc)}. Fix the user or "
+                "password in --redis / BLACKBOARD_REDIS_URL."
+            ) from exc
+        except _UNREACHABLE as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                waited = f" after {seconds:g} s" if seconds else ""
+                longer = "longer " if seconds else ""
+                raise StoreUnavailable(
+                    f"Redis unreachable at {url}{waited}: {_reason(exc)}. Start the server "
+                    "or point --redis / BLACKBOARD_REDIS_URL at it (--wait-for-redis "
+                    f"SECONDS waits {longer}for it)."
+                ) from exc
+            if not told:
+                click.echo(
+                    f"waiting up to {seconds:g} s for Redis at {url}: {_reason(exc)}", err=True
+                )
+                told = True
+            await asyncio.sleep(min(step, left))
+            step = min(step * 2, WAIT_STEP_MAX)
 
 
 def emit(ctx: Ctx, data: Any, as_json: bool, render: Callable[[], None]) -> None:

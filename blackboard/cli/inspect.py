@@ -180,7 +180,7 @@ def watch(ctx: Ctx, board: str, until_done: bool, timeout: float) -> None:
             while deadline is None or time.monotonic() < deadline:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                 if message is not None:
-                    event = json.loads(message["data"])
+                    event = codec.loads(message["data"], f"an event of board {board!r}")
                     ctx.console.print(
                         f"{_when(int(time.time() * 1000))} v{event['version']:<4} "
                         f"{event['kind']:<9} {event['author']:<20} "

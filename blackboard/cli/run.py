@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from blackboard.app import App, load_app
-from blackboard.cli.base import Ctx, main, run_async
+from blackboard.cli.base import Ctx, main, run_async, wait_for_redis, wait_option
 from blackboard.errors import ConfigError
 
 __all__: list[str] = []
@@ -65,9 +65,15 @@ def _tune_gc() -> None:
     is_flag=True,
     help="Take over from a different app version published in Redis.",
 )
+@wait_option
 @click.pass_obj
 def supervisor(
-    ctx: Ctx, app_spec: str, name: str | None, shards: int, replace_declaration: bool
+    ctx: Ctx,
+    app_spec: str,
+    name: str | None,
+    shards: int,
+    replace_declaration: bool,
+    wait_s: float,
 ) -> None:
     """Run a supervisor replica (any number may run against one Redis)."""
     from blackboard.supervisor import Supervisor
@@ -76,6 +82,7 @@ def supervisor(
 
     async def go() -> None:
         store = ctx.store()
+        await wait_for_redis(ctx, store, wait_s)
         sup = Supervisor(app, store, name=name, shards=shards)
         await sup.publish(replace=replace_declaration)
         stop = _stop_on_signals()
@@ -91,8 +98,11 @@ def supervisor(
 @click.option("--app", "app_spec", required=True, help="pkg.module:app")
 @click.option("--name", default=None, help="Consumer name of this instance.")
 @click.option("--shards", default=1, show_default=True, help="The supervisor's --shards.")
+@wait_option
 @click.pass_obj
-def agent(ctx: Ctx, agent_name: str, app_spec: str, name: str | None, shards: int) -> None:
+def agent(
+    ctx: Ctx, agent_name: str, app_spec: str, name: str | None, shards: int, wait_s: float
+) -> None:
     """Run one instance of an agent (instances of one agent share its queue)."""
     from blackboard.agents import AgentWorker
 
@@ -100,6 +110,7 @@ def agent(ctx: Ctx, agent_name: str, app_spec: str, name: str | None, shards: in
 
     async def go() -> None:
         store = ctx.store()
+        await wait_for_redis(ctx, store, wait_s)
         worker = AgentWorker(app, agent_name, store, name=name, shards=shards)
         stop = _stop_on_signals()
         click.echo(f"agent {worker.name} running", err=True)
@@ -120,9 +131,16 @@ def agent(ctx: Ctx, agent_name: str, app_spec: str, name: str | None, shards: in
 @click.option("--board", "board_id", default=None, help="Board id (default: generated).")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait.")
 @click.option("--json", "as_json", is_flag=True)
+@wait_option
 @click.pass_obj
 def run_app(
-    ctx: Ctx, app_spec: str, input_file: Any, board_id: str | None, timeout: float, as_json: bool
+    ctx: Ctx,
+    app_spec: str,
+    input_file: Any,
+    board_id: str | None,
+    timeout: float,
+    as_json: bool,
+    wait_s: float,
 ) -> None:
     """Run an app's supervisor and all its agents in this process, on one board, until it
     settles (embedded store unless --redis). Exit 0 if the board is done."""
@@ -134,6 +152,8 @@ def run_app(
 
     async def go() -> str:
         store = ctx.store(embedded_ok=True)
+        if ctx.redis is not None:
+            await wait_for_redis(ctx, store, wait_s)
         async with Deployment(app, store) as d:
             await d.start(board, initial)
             with ctx.progress.status(f"running {app.name} on board {board}..."):

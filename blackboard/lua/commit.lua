@@ -42,6 +42,10 @@ Returns one of (a version as text: a number formatted here would be formatted tw
                                        failed board (operators' kinds still pass)
   {'notfound'} {'archived'} {'decl', stored_digest} {'ahead', version}
 Nothing is written unless the answer is 'ok'.
+
+Key names, the board id and the kind are written into JSON here unescaped: the Python
+side admits only names and ids that need no escaping (matched whole, blackboard.keys and
+blackboard.schema), so no quote, backslash or control character reaches this script.
 ]]
 local meta, state, kver, log, proposals, snaps, snapidx, khash =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]

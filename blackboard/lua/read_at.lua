@@ -11,6 +11,9 @@ Returns one of
       the client parses one string, not one reply element per stream field
   {'notfound'}
   {'range', current version}      V is not in 0..current
+
+Key names are written into JSON unescaped: the declaration admits only plain identifiers
+(matched whole, blackboard.schema), which need no escaping.
 ]]
 local current = redis.call('HGET', KEYS[1], 'version')
 if not current then return {'notfound'} end
