@@ -1015,10 +1015,10 @@ class Supervisor:
                 step.escalate = f"timeout|{sub.reason}"
         elif sub.error == "human":
             step.status = "awaiting_approval"
-            await self._incident(sub.board_id, "human_input", sub.reason, 0)
+            await self._incident(sub.board_id, "human_input", sub.reason)
         elif sub.error == "fatal":
             step.status = "failed"
-            await self._incident(sub.board_id, "fatal", f"{sub.author}: {sub.reason}", 0)
+            await self._incident(sub.board_id, "fatal", f"{sub.author}: {sub.reason}")
             await self._compensate(sub.board_id)
         return wanted
 
@@ -1172,13 +1172,18 @@ class Supervisor:
         try:
             undone = await self.app.tools.compensate(self.redis, self.keys.prefix, board_id)
         except Exception as exc:  # a compensation that fails needs a human
-            await self._incident(board_id, "compensation_failed", f"{type(exc).__name__}: {exc}", 0)
+            await self._incident(board_id, "compensation_failed", f"{type(exc).__name__}: {exc}")
             return
         if undone:
-            await self._incident(board_id, "compensated", ", ".join(undone), 0)
+            await self._incident(board_id, "compensated", ", ".join(undone))
 
-    async def _incident(self, board_id: str, kind: str, detail: str, version: int) -> None:
+    async def _incident(
+        self, board_id: str, kind: str, detail: str, version: int | None = None
+    ) -> None:
+        """Record an incident at ``version``, or (None) at the version the board is at."""
         bk = self.keys.board(board_id)
+        if version is None:
+            version = int(await self.redis.hget(bk.meta, "version") or 0)
         await self.redis.xadd(
             bk.incidents,
             {"kind": kind, "detail": detail, "version": version, "ts": int(time.time() * 1000)},
