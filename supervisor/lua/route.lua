@@ -169,12 +169,13 @@ if P > 0 then
   for entry in string.gmatch(redis.call('HGET', loops, 'recent') or '', '%S+') do
     recent[#recent + 1] = entry
   end
+  local before = #recent  -- this step's pairs are compared with earlier steps' only
   local tripped
   for i = 1, P do
     local pair = ARGV[11 + i]
     local mine = pair .. '=' .. fp .. '@'
     local seen, first, last = {}, 0, 0  -- versions of this pair's meetings with fp
-    for j = 1, #recent do
+    for j = 1, before do
       local e = recent[j]
       if string.sub(e, 1, #mine) == mine then
         seen[#seen + 1] = string.sub(e, #mine + 1)
@@ -188,7 +189,7 @@ if P > 0 then
       -- the cycle: the handoffs from this pair's last meeting with this content to now;
       -- 'no change' if the content stayed the same since the first meeting
       local cycle, agents, known, same = {}, {}, {}, true
-      for j = first, #recent - 1 do
+      for j = first, before do
         local p, h, v = string.match(recent[j], '^(.-)=(%x+)@(%d+)$')
         if h ~= fp then same = false end
         if j >= last then
