@@ -145,60 +145,66 @@ end
 -- handoff loops: a pair (from>to) that meets board content it met before, within the
 -- board's recent handoffs: the same content again (no change), or content the board went
 -- back to (a cycle of states, A->B->A->B with the board flipping). The window is the
--- loops hash's 'recent' field: the last 8 x threshold handoffs, each 'from>to=hash@version'
+-- loops hash's 'recent' field: the last 8 x threshold handoffs, each ' from>to=hash@version'
 -- (a 12-hex-digit hash of the content's fingerprint), so a step costs O(window) and a
 -- board keeps at most a few KB, and a cycle of up to 8 handoffs is seen at any threshold.
 threshold = tonumber(threshold)
 if P > 0 then
-  -- the board's content now, as sorted key=hash pairs: O(keys), not O(bytes)
+  -- the board's content now, from each key's content hash (16 hex digits): O(keys), not
+  -- O(bytes). Two 24-bit polynomial hashes over the sorted keys' names and hashes (exact
+  -- in Lua's doubles; redis.sha1hex is not in every backend's EVAL): 12 hex digits.
   local flat = redis.call('HGETALL', KEYS[9])
-  local pairs_ = {}
-  for i = 1, #flat, 2 do pairs_[#pairs_ + 1] = flat[i] .. '=' .. flat[i + 1] end
-  table.sort(pairs_)
-  -- two 24-bit polynomial hashes of it (exact in Lua's doubles; redis.sha1hex is not
-  -- in every backend's EVAL): 12 hex digits
-  local text, h1, h2 = table.concat(pairs_, ','), 0, 0
-  for i = 1, #text do
-    local b = string.byte(text, i)
-    h1 = (h1 * 31 + b) % 16777213
-    h2 = (h2 * 131 + b) % 16777199
+  local names, hashes = {}, {}
+  for i = 1, #flat, 2 do
+    names[#names + 1] = flat[i]
+    hashes[flat[i]] = flat[i + 1]
+  end
+  table.sort(names)
+  local h1, h2 = 0, 0
+  for _, name in ipairs(names) do
+    local v = hashes[name]
+    local hi, lo = tonumber(string.sub(v, 1, 8), 16), tonumber(string.sub(v, 9, 16), 16)
+    local text = name .. '='
+    if not (hi and lo and #v == 16) then text, hi, lo = text .. v, 0, 0 end
+    for i = 1, #text do
+      local b = string.byte(text, i)
+      h1 = (h1 * 31 + b) % 16777213
+      h2 = (h2 * 131 + b) % 16777199
+    end
+    h1 = (h1 * 65599 + hi) % 16777213
+    h2 = (h2 * 65587 + lo) % 16777199
   end
   local fp = string.format('%06x%06x', h1, h2)
   local window = 8 * threshold
-  local recent = {}
-  for entry in string.gmatch(redis.call('HGET', loops, 'recent') or '', '%S+') do
-    recent[#recent + 1] = entry
-  end
-  local before = #recent  -- this step's pairs are compared with earlier steps' only
-  local tripped
+  -- ' pair=hash@version' per handoff, oldest first: searched as text (C speed)
+  local recent = redis.call('HGET', loops, 'recent') or ''
+  local added, tripped = {}, nil  -- this step's pairs are compared with earlier steps'
   for i = 1, P do
     local pair = ARGV[11 + i]
-    local mine = pair .. '=' .. fp .. '@'
-    local seen, first, last = {}, 0, 0  -- versions of this pair's meetings with fp
-    for j = 1, before do
-      local e = recent[j]
-      if string.sub(e, 1, #mine) == mine then
-        seen[#seen + 1] = string.sub(e, #mine + 1)
-        if first == 0 then first = j end
-        last = j
-      end
+    local mine = ' ' .. pair .. '=' .. fp .. '@'
+    local seen, first, last = {}, nil, nil  -- versions of this pair's meetings with fp
+    local at = string.find(recent, mine, 1, true)
+    while at do
+      seen[#seen + 1] = string.match(recent, '^%d+', at + #mine)
+      first, last = first or at, at
+      at = string.find(recent, mine, at + #mine, true)
     end
     seen[#seen + 1] = version
-    recent[#recent + 1] = mine .. version
+    added[#added + 1] = mine .. version
     if #seen >= threshold and not stopped and not tripped then
       -- the cycle: the handoffs from this pair's last meeting with this content to now;
       -- 'no change' if the content stayed the same since the first meeting
-      local cycle, agents, known, same = {}, {}, {}, true
-      for j = first, before do
-        local p, h, v = string.match(recent[j], '^(.-)=(%x+)@(%d+)$')
+      local same = true
+      for h in string.gmatch(string.sub(recent, first), '=(%x+)@') do
         if h ~= fp then same = false end
-        if j >= last then
-          cycle[#cycle + 1] = p .. '@' .. v
-          for _, name in ipairs({string.match(p, '^([^>]+)>([^:]+)')}) do
-            if not known[name] then
-              known[name] = true
-              agents[#agents + 1] = name
-            end
+      end
+      local cycle, agents, known = {}, {}, {}
+      for p, v in string.gmatch(string.sub(recent, last), ' ([^ =]+)=%x+@(%d+)') do
+        cycle[#cycle + 1] = p .. '@' .. v
+        for _, name in ipairs({string.match(p, '^([^>]+)>([^:]+)')}) do
+          if not known[name] then
+            known[name] = true
+            agents[#agents + 1] = name
           end
         end
       end
@@ -210,8 +216,11 @@ if P > 0 then
         ', agents ' .. table.concat(agents, ', ') .. ')', table.concat(cycle, ' ')}
     end
   end
-  local from = math.max(1, #recent - window + 1)
-  redis.call('HSET', loops, 'recent', table.concat(recent, ' ', from, #recent))
+  recent = recent .. table.concat(added)
+  local _, n = string.gsub(recent, ' ', ' ')
+  local cut = 1  -- keep the last `window` entries
+  for _ = 1, n - window do cut = string.find(recent, ' ', cut + 1, true) end
+  redis.call('HSET', loops, 'recent', string.sub(recent, cut))
   if tripped then return trip('loop', tripped[1], tripped[2]) end
 end
 

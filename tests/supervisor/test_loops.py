@@ -111,6 +111,10 @@ async def test_content_that_keeps_changing_is_progress_not_a_loop(store: BoardSt
     assert info.status == "done"
     assert await store.read_key("c1", "n") == 30
     assert await incidents(store, "c1") == []
+    # 58 handoffs, of which the board keeps the last 8 x loop_threshold: bounded
+    recent = await store.redis.hget(store.keys("c1").loops, "recent")
+    assert len(recent.split()) == 16
+    assert recent.split()[-1].startswith("pong>ping=")
 
 
 async def test_loop_tripped_on_a_step_with_no_commit_records_the_boards_version(
