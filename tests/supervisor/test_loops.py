@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from bbtest import activations, build_app, incidents, outcomes
 from blackboard.agents import Context, Handoff, Output, agent
-from blackboard.supervisor import Deployment
+from blackboard.supervisor import Deployment, Supervisor
 from pydantic import BaseModel
 
 from blackboard import App, BoardStore, FatalError, Key, Limits
@@ -192,3 +192,32 @@ async def test_board_deadline_is_a_deadline_not_an_activation_timeout(store: Boa
     [failed] = [o for o in await outcomes(store, "c1") if o["status"] == "failed"]
     assert "cut by the board deadline" in failed["message"], failed
     assert "timed out after 60 s" not in failed["message"]
+
+
+async def test_watchdog_reports_a_board_deadline_as_a_deadline(store: BoardStore) -> None:
+    # No agent runs: only the supervisor's watchdog sees the activation expire, and the
+    # board's deadline with it.
+    app = build_app(limits=Limits(deadline_s=0.2))
+    sup = Supervisor(app, store)
+    await sup.start("c1")
+    stop = asyncio.Event()
+    task = asyncio.create_task(sup.run(stop))
+
+    async def reported() -> bool:
+        return any(o["status"] == "failed" for o in await outcomes(store, "c1"))
+
+    try:
+        async with asyncio.timeout(10):
+            while not await reported():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    assert (await store.info("c1")).status == "escalated"
+    [incident] = await incidents(store, "c1")
+    assert incident["kind"] == "deadline", incident
+    assert incident["detail"].startswith("board deadline passed: ")
+    assert "deadline_s 0.2 s" in incident["detail"]
+    [failed] = [o for o in await outcomes(store, "c1") if o["status"] == "failed"]
+    assert failed["reason"] == "timeout"
+    assert "'intake' was cut by the board deadline" in failed["message"], failed
