@@ -81,8 +81,9 @@ class Limits(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     loop_threshold: int = Field(default=3, ge=2)
-    """The same handoff (or rewrite) repeated this many times with no change to the
-    board's content trips the circuit breaker."""
+    """The same handoff (or rewrite) meeting the same board content this many times
+    among the board's last ``8 x loop_threshold`` handoffs (no change, or a cycle of
+    states back to it) trips the circuit breaker."""
     max_rewrites: int = Field(default=2, ge=0)
     """Consecutive rejections of one agent's proposals before the board escalates."""
     max_activations: int = Field(default=100, ge=1)

@@ -279,7 +279,18 @@ class Activation(BaseModel):
 
     def timed_out(self, timeout_s: float) -> str:
         """What is recorded when it outlives its deadline, whoever notices first (its
-        agent or the supervisor's watchdog): the same words either way."""
+        agent or the supervisor's watchdog): the same words either way. A deadline
+        earlier than its own timeout (``timeout_s``) was the board's deadline."""
+        if (
+            self.deadline_ms
+            and self.created_ms
+            and self.deadline_ms < self.created_ms + timeout_s * 1000
+        ):
+            ran = max(0, self.deadline_ms - self.created_ms) / 1000
+            return (
+                f"activation {self.activation_id} of {self.agent!r} was cut by the board "
+                f"deadline {ran:g} s after it was created (before its own {timeout_s:g} s timeout)"
+            )
         return f"activation {self.activation_id} of {self.agent!r} timed out after {timeout_s:g} s"
 
 

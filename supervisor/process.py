@@ -992,7 +992,7 @@ class Supervisor:
         elif outcome.status == "held":
             step.status = "awaiting_approval"
         else:
-            wanted = await self._after_failure(sub, step)
+            wanted = await self._after_failure(sub, step, activation, deadline)
         parent = sub.activation_id or sub.proposal_id
         await self._route(
             board_id,
@@ -1005,20 +1005,31 @@ class Supervisor:
             batch=batch,
         )
 
-    async def _after_failure(self, sub: Submission, step: Routing) -> list[Wanted]:
-        """An activation that failed other than semantically: time out, ask a human, or
-        fail the board (and compensate its side effects)."""
+    async def _after_failure(
+        self,
+        sub: Submission,
+        step: Routing,
+        activation: Activation | None = None,
+        deadline: int | None = None,
+    ) -> list[Wanted]:
+        """An activation that failed other than semantically: time out (or reach the
+        board's deadline), ask a human, or fail the board (and compensate its side
+        effects)."""
         wanted: list[Wanted] = []
-        if sub.error == "timeout":
+        if deadline is None and sub.error == "timeout":
+            deadline = await self._deadline(sub.board_id)
+        if sub.error == "timeout" and deadline and self._cut_by_deadline(sub, activation, deadline):
+            step.escalate = f"deadline|{self._deadline_passed(deadline)}"
+        elif sub.error == "timeout":
             wanted, escalate = await self._after_timeout(sub)
             if escalate:
                 step.escalate = f"timeout|{sub.reason}"
         elif sub.error == "human":
             step.status = "awaiting_approval"
-            await self._incident(sub.board_id, "human_input", sub.reason, 0)
+            await self._incident(sub.board_id, "human_input", sub.reason)
         elif sub.error == "fatal":
             step.status = "failed"
-            await self._incident(sub.board_id, "fatal", f"{sub.author}: {sub.reason}", 0)
+            await self._incident(sub.board_id, "fatal", f"{sub.author}: {sub.reason}")
             await self._compensate(sub.board_id)
         return wanted
 
@@ -1172,13 +1183,18 @@ class Supervisor:
         try:
             undone = await self.app.tools.compensate(self.redis, self.keys.prefix, board_id)
         except Exception as exc:  # a compensation that fails needs a human
-            await self._incident(board_id, "compensation_failed", f"{type(exc).__name__}: {exc}", 0)
+            await self._incident(board_id, "compensation_failed", f"{type(exc).__name__}: {exc}")
             return
         if undone:
-            await self._incident(board_id, "compensated", ", ".join(undone), 0)
+            await self._incident(board_id, "compensated", ", ".join(undone))
 
-    async def _incident(self, board_id: str, kind: str, detail: str, version: int) -> None:
+    async def _incident(
+        self, board_id: str, kind: str, detail: str, version: int | None = None
+    ) -> None:
+        """Record an incident at ``version``, or (None) at the version the board is at."""
         bk = self.keys.board(board_id)
+        if version is None:
+            version = int(await self.redis.hget(bk.meta, "version") or 0)
         await self.redis.xadd(
             bk.incidents,
             {"kind": kind, "detail": detail, "version": version, "ts": int(time.time() * 1000)},
@@ -1194,6 +1210,30 @@ class Supervisor:
                 log.warning("watchdog: Redis unavailable: %s", exc)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
+
+    def _cut_by_deadline(
+        self, sub: Submission, activation: Activation | None, deadline: int
+    ) -> bool:
+        """Whether a timed-out activation was stopped by the board's deadline (which is
+        then what escalates), not by its own timeout. Either the deadline has passed, or
+        the activation reports the expiry of a deadline that was the board's (the
+        agent's clock may be a little ahead of this one)."""
+        if time.time() * 1000 >= deadline:
+            return True
+        timeout_s = self.app.limits.activation_timeout_s
+        return (
+            activation is not None
+            and activation.deadline_ms >= deadline
+            and sub.reason == activation.timed_out(timeout_s)
+        )
+
+    def _deadline_passed(self, deadline: int) -> str:
+        """The detail of a board-deadline escalation, in the same words whoever notices
+        first (the watchdog, or the report of an activation the deadline cut)."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(deadline / 1000))
+        length = self.app.limits.deadline_s
+        budget = f"deadline_s {length:g} s after it started" if length is not None else "deadline"
+        return f"board deadline passed: the board had {budget}, due at {when}"
 
     async def check_deadlines(self) -> int:
         """Report timed-out activations (as failure submissions) and escalate boards past
@@ -1233,7 +1273,7 @@ class Supervisor:
                     Routing(
                         routing_id=f"deadline.{board_id}",
                         version=0,
-                        escalate="deadline|board deadline passed",
+                        escalate=f"deadline|{self._deadline_passed(int(meta[0]))}",
                     ),
                 )
             nxt = await self.redis.zrangebyscore(

@@ -10,8 +10,9 @@ KEYS[1] meta   KEYS[2] loops   KEYS[3] routed   KEYS[4] acts   KEYS[5] open
 KEYS[6] outbox KEYS[7] incidents  KEYS[8] results  KEYS[9] khash (per-key content hashes)
 
 ARGV[1]  routing id (the submission's proposal id)
-ARGV[2]  board version (for incident records; also the new compliant version if the
-         compliant flag below is '1')
+ARGV[2]  board version (for incident records and loop counting; also the new compliant
+         version if the compliant flag below is '1'); 0 on a step with no commit: the
+         board's own version is read
 ARGV[3]  now (ms)
 ARGV[4]  limits, space-separated: loop threshold, max activations, max rewrites, max
          tokens (0 = none), max cost (0 = none); the same in every call
@@ -57,6 +58,9 @@ local id, version, now = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HSETNX', routed, id, now) == 0 then
   return pending_outbox('again')
 end
+-- a step with no commit (a rejection, a failure, a handoff with nothing written):
+-- incidents and loop counts record the version the board is at, not 0
+if version == '0' then version = redis.call('HGET', meta, 'version') or '0' end
 
 local threshold, max_acts, max_rw, max_tokens, max_cost =
   string.match(ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+)$')
@@ -85,11 +89,18 @@ if close ~= '' then
   if report ~= '' then redis.call('HSET', acts, close, report) end
 end
 
-local function trip(kind, detail)
+-- cycle: for a loop, the handoffs that went round ('from>to@version ...'), recorded
+-- with the incident
+local function trip(kind, detail, cycle)
   redis.call('HSET', meta, 'status', 'escalated', 'escalated_reason', kind .. ': ' .. detail,
     'updated', now)
-  redis.call('XADD', incidents, '*', 'kind', kind, 'detail', detail, 'version', version,
-    'ts', now)
+  if cycle then
+    redis.call('XADD', incidents, '*', 'kind', kind, 'detail', detail, 'version', version,
+      'cycle', cycle, 'ts', now)
+  else
+    redis.call('XADD', incidents, '*', 'kind', kind, 'detail', detail, 'version', version,
+      'ts', now)
+  end
   return {'tripped', kind, detail}
 end
 
@@ -131,32 +142,86 @@ if rewrite ~= '' then
   end
 end
 
--- handoff loops: the same pair repeated with no change to the board's content
+-- handoff loops: a pair (from>to) that meets board content it met before, within the
+-- board's recent handoffs: the same content again (no change), or content the board went
+-- back to (a cycle of states, A->B->A->B with the board flipping). The window is the
+-- loops hash's 'recent' field: the last 8 x threshold handoffs, each ' from>to=hash@version'
+-- (a 12-hex-digit hash of the content's fingerprint), so a step costs O(window) and a
+-- board keeps at most a few KB, and a cycle of up to 8 handoffs is seen at any threshold.
 threshold = tonumber(threshold)
-local fp = ''
-if P > 0 then  -- the board's content now, as sorted key=hash pairs: O(keys), not O(bytes)
+if P > 0 then
+  -- the board's content now, from each key's content hash (16 hex digits): O(keys), not
+  -- O(bytes). Two 24-bit polynomial hashes over the sorted keys' names and hashes (exact
+  -- in Lua's doubles; redis.sha1hex is not in every backend's EVAL): 12 hex digits.
   local flat = redis.call('HGETALL', KEYS[9])
-  local pairs_ = {}
-  for i = 1, #flat, 2 do pairs_[#pairs_ + 1] = flat[i] .. '=' .. flat[i + 1] end
-  table.sort(pairs_)
-  fp = table.concat(pairs_, ',')
-end
-for i = 1, P do
-  local pair = ARGV[11 + i]
-  local prev = redis.call('HGET', loops, pair)
-  local count, versions = 1, version
-  if prev then
-    local pfp, pcount, pversions = string.match(prev, '^([^|]*)|(%d+)|(.*)$')
-    if pfp == fp then
-      count = tonumber(pcount) + 1
-      versions = pversions .. ',' .. version
+  local names, hashes = {}, {}
+  for i = 1, #flat, 2 do
+    names[#names + 1] = flat[i]
+    hashes[flat[i]] = flat[i + 1]
+  end
+  table.sort(names)
+  local h1, h2 = 0, 0
+  for _, name in ipairs(names) do
+    local v = hashes[name]
+    local hi, lo = tonumber(string.sub(v, 1, 8), 16), tonumber(string.sub(v, 9, 16), 16)
+    local text = name .. '='
+    if not (hi and lo and #v == 16) then text, hi, lo = text .. v, 0, 0 end
+    for i = 1, #text do
+      local b = string.byte(text, i)
+      h1 = (h1 * 31 + b) % 16777213
+      h2 = (h2 * 131 + b) % 16777199
+    end
+    h1 = (h1 * 65599 + hi) % 16777213
+    h2 = (h2 * 65587 + lo) % 16777199
+  end
+  local fp = string.format('%06x%06x', h1, h2)
+  local window = 8 * threshold
+  -- ' pair=hash@version' per handoff, oldest first: searched as text (C speed)
+  local recent = redis.call('HGET', loops, 'recent') or ''
+  local added, tripped = {}, nil  -- this step's pairs are compared with earlier steps'
+  for i = 1, P do
+    local pair = ARGV[11 + i]
+    local mine = ' ' .. pair .. '=' .. fp .. '@'
+    local seen, first, last = {}, nil, nil  -- versions of this pair's meetings with fp
+    local at = string.find(recent, mine, 1, true)
+    while at do
+      seen[#seen + 1] = string.match(recent, '^%d+', at + #mine)
+      first, last = first or at, at
+      at = string.find(recent, mine, at + #mine, true)
+    end
+    seen[#seen + 1] = version
+    added[#added + 1] = mine .. version
+    if #seen >= threshold and not stopped and not tripped then
+      -- the cycle: the handoffs from this pair's last meeting with this content to now;
+      -- 'no change' if the content stayed the same since the first meeting
+      local same = true
+      for h in string.gmatch(string.sub(recent, first), '=(%x+)@') do
+        if h ~= fp then same = false end
+      end
+      local cycle, agents, known = {}, {}, {}
+      for p, v in string.gmatch(string.sub(recent, last), ' ([^ =]+)=%x+@(%d+)') do
+        cycle[#cycle + 1] = p .. '@' .. v
+        for _, name in ipairs({string.match(p, '^([^>]+)>([^:]+)')}) do
+          if not known[name] then
+            known[name] = true
+            agents[#agents + 1] = name
+          end
+        end
+      end
+      table.sort(agents)
+      local how = 'with no change to the board'
+      if not same then how = 'on a cycle: the board came back to content it had before' end
+      tripped = {'handoff ' .. pair .. ' repeated ' .. #seen .. ' times ' .. how ..
+        ' (versions ' .. table.concat(seen, ',') .. '; cycle ' .. table.concat(cycle, ' ') ..
+        ', agents ' .. table.concat(agents, ', ') .. ')', table.concat(cycle, ' ')}
     end
   end
-  redis.call('HSET', loops, pair, fp .. '|' .. count .. '|' .. versions)
-  if count >= threshold and not stopped then
-    return trip('loop', 'handoff ' .. pair .. ' repeated ' .. count ..
-      ' times with no change to the board (versions ' .. versions .. ')')
-  end
+  recent = recent .. table.concat(added)
+  local _, n = string.gsub(recent, ' ', ' ')
+  local cut = 1  -- keep the last `window` entries
+  for _ = 1, n - window do cut = string.find(recent, ' ', cut + 1, true) end
+  redis.call('HSET', loops, 'recent', string.sub(recent, cut))
+  if tripped then return trip('loop', tripped[1], tripped[2]) end
 end
 
 -- activations (none on a stopped board: nothing should act until an operator resumes it)
