@@ -21,6 +21,9 @@ class Wanted:
     agent: str
     reason: str
     payload: dict[str, Any] = field(default_factory=dict)
+    feedback: str = ""
+    """For a rewrite (or a summarisation redone): what to fix. Apart from the payload,
+    which a rewrite keeps as its activation was given it."""
 
 
 @dataclass

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from blackboard.supervisor.summarisation import check_summary, on_top
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
 from blackboard.app import App, verdict
@@ -60,6 +61,7 @@ class Validator:
         kind: CommitKind = "write",
         gates: bool = True,
         depends_on: list[str] | None = None,
+        summarises: str | None = None,
     ) -> Decision:
         """Validate and commit, or reject, or hold.
 
@@ -68,6 +70,10 @@ class Validator:
         conflict and the agent recomputes. Otherwise it is rebased on the current
         version, policies re-run on fresh state, and committed with every key involved in
         the read set; a commit that races another is retried from the top (bounded).
+
+        ``summarises``: with ``kind="summary"``, the summarisable key the summary was
+        activated for, the only key it may write; a summary is moved on top of what was
+        appended to that key after its base (:func:`on_top`), its races retried.
         """
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Raced),
@@ -75,8 +81,12 @@ class Validator:
             reraise=True,
         )
         try:
+            if summarises is not None:
+                check_summary(self.app, proposal, summarises)
             async for attempt in retrying:
                 with attempt:
+                    if summarises is not None:
+                        proposal = await on_top(self.store, board_id, proposal, summarises)
                     return await self._once(board_id, proposal, kind, gates, depends_on or [])
         except _Raced as raced:
             return _rejected(raced.conflict)
@@ -96,12 +106,17 @@ class Validator:
             # Nothing to evaluate on the resulting board: the commit script itself checks
             # that nothing written or depended on changed after the base (stale = conflict).
             reads = [*dict.fromkeys([*proposal.reads, *depends_on])]
-            commit = await self.store.commit(
-                board_id,
-                proposal.model_copy(update={"reads": reads}),
-                kind=kind,
-                outcome="policies:none",
-            )
+            try:
+                commit = await self.store.commit(
+                    board_id,
+                    proposal.model_copy(update={"reads": reads}),
+                    kind=kind,
+                    outcome="policies:none",
+                )
+            except ConflictError as exc:
+                if kind == "summary":  # moved on top of the key as it is now, again
+                    raise _Raced(exc) from exc
+                raise
             return Decision("committed", commit=commit)
         extra = [*self._policy_reads, *(self._gate_reads if gates else []), *depends_on]
         preview = await self.store.preview(board_id, proposal, extra=extra, kind=kind)
@@ -118,7 +133,10 @@ class Validator:
         ]
         stale = {k: preview.kvers[k] for k in dependencies if preview.kvers[k] > proposal.base}
         if stale:
-            raise ConflictError(board_id, proposal.base, stale)
+            conflict = ConflictError(board_id, proposal.base, stale)
+            if kind == "summary":  # moved on top of the key as it is now, again
+                raise _Raced(conflict)
+            raise conflict
         self._check_policies(preview.view)
         if gates:
             held = self._gate(preview.view, preview.writes)

@@ -1,0 +1,368 @@
+"""Summarisation as a supervisor duty (issue 20, items 3 and 4), embedded, on both
+backends: one summarisation per threshold crossing, rewrites that keep what their
+activation was given, summaries that write only the key they were asked to condense,
+and the raw content readable in the log however long the board runs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+import pytest
+from bbtest import activations, incidents, outcome_of
+from blackboard.agents import Agent, Context, Handoff, Output, Summariser, agent
+from blackboard.supervisor import Deployment, Supervisor
+from blackboard.supervisor.summarisation import STARTING_MS, check_summary
+from pydantic import BaseModel
+
+from blackboard import (
+    App,
+    BoardStore,
+    Key,
+    Limits,
+    OwnershipError,
+    Policy,
+    Proposal,
+    SemanticError,
+    codec,
+)
+from blackboard.records import Activation
+
+THRESHOLD = 400
+
+
+class Notes(BaseModel):
+    notes: Annotated[list[str], Key("writer", summarisable=True, summary_bytes=THRESHOLD)] = []
+    count: Annotated[int, Key("writer")] = 0
+    verdict: Annotated[str, Key("judge")] = ""
+
+
+def note(n: int) -> str:
+    return f"note {n}: checked source {n}, found nothing new."
+
+
+def writer_until(total: int) -> Agent:
+    """Appends one note per activation and hands off to itself until ``total``."""
+
+    @agent("writer", reads=("notes", "count"), handoffs=("writer",))
+    async def writer(ctx: Context) -> Output:
+        n = ctx.board.get("count", 0)
+        more = Handoff(to="writer", reason="more to check") if n + 1 < total else None
+        return Output(
+            updates={"notes": [*ctx.board.get("notes", []), note(n)], "count": n + 1},
+            handoff=more,
+        )
+
+    return writer
+
+
+@agent("judge")
+async def judge(ctx: Context) -> Output:
+    return Output()
+
+
+def notes_app(total: int, summariser: Agent | None = None, **kwargs: Any) -> App:
+    return App(
+        board=Notes,
+        agents=[writer_until(total), judge, summariser or Summariser()],
+        start=["writer"],
+        summariser="summariser",
+        **kwargs,
+    )
+
+
+async def run(app: App, store: BoardStore, board: str = "n1", **initial: Any) -> Any:
+    async with Deployment(app, store) as d:
+        await d.start(board, initial or None)
+        return await d.settle(board, timeout=60)
+
+
+def size(value: Any) -> int:
+    return codec.utf8_len(codec.dumps(value))
+
+
+async def notes_by_version(store: BoardStore, board: str) -> list[tuple[int, str, list[str]]]:
+    """(version, kind, notes after it) for every commit that changed ``notes``."""
+    seen = []
+    for entry in await store.history(board):
+        for op in entry.patch:
+            if op["path"] == "/notes":
+                seen.append((entry.version, entry.kind, op["value"]))
+    return seen
+
+
+def crossings(sizes: list[int]) -> int:
+    """How many times a sequence of sizes goes from at most the threshold to over it."""
+    over, count = False, 0
+    for n in sizes:
+        if n > THRESHOLD and not over:
+            count += 1
+        over = n > THRESHOLD
+    return count
+
+
+async def test_a_writer_handing_off_to_itself_is_summarised_not_escalated(
+    store: BoardStore,
+) -> None:
+    info = await run(notes_app(12), store)
+    assert info.status == "active"  # settled with nothing left to do: not escalated
+    assert await incidents(store, "n1") == []
+    changes = await notes_by_version(store, "n1")
+    summaries = [(v, notes) for v, kind, notes in changes if kind == "summary"]
+    assert summaries, "the key crossed its threshold and was never summarised"
+    acts = await activations(store, "n1")
+    summarising = [a for a in acts if a["reason"] == "summarise"]
+    assert all(a["payload"] == {"key": "notes"} for a in summarising)
+    # one summarisation per crossing, each committed at its first attempt
+    assert len(summarising) == len(summaries) == crossings([size(n) for _, _, n in changes])
+    assert all(size(notes) <= THRESHOLD for _, notes in summaries)
+    final = await store.read_key("n1", "notes")
+    assert final[-1] == note(11)  # the newest note, verbatim
+    assert await store.read_key("n1", "count") == 12
+
+
+async def test_a_long_run_stays_bounded_and_keeps_the_raw_notes_in_the_log(
+    store: BoardStore,
+) -> None:
+    total = 240
+    info = await run(notes_app(total, limits=Limits(max_activations=1_000)), store)
+    assert info.status == "active" and await incidents(store, "n1") == []
+    assert await store.read_key("n1", "count") == total
+    changes = await notes_by_version(store, "n1")
+    sizes = [size(notes) for _, _, notes in changes]
+    # bounded: a summary brings the key back under its threshold, and while one is being
+    # made the writer adds a note or two
+    assert max(sizes) <= THRESHOLD + 3 * size([note(total)])
+    summaries = [v for v, kind, _ in changes if kind == "summary"]
+    summarising = [a for a in await activations(store, "n1") if a["reason"] == "summarise"]
+    assert len(summaries) == len(summarising) == crossings(sizes) >= total // 10
+    # Every raw note is readable in the log: each one a summary condensed was on the
+    # board just before that summary, and the others are on it now.
+    readable = set(await store.read_key("n1", "notes"))
+    for version in summaries:
+        readable.update((await store.read("n1", at=version - 1)).data["notes"])
+    assert {note(n) for n in range(total)} <= readable
+
+
+async def test_one_summarisation_per_crossing_rearmed_under_the_threshold(
+    store: BoardStore,
+) -> None:
+    """A summariser whose summary leaves the key over its threshold is not activated
+    again on every commit: only once the key falls back under and crosses again."""
+
+    class DropOne(Agent):
+        name = "summariser"
+
+        async def run(self, ctx: Context) -> Output:
+            key = ctx.payload["key"]
+            return Output(updates={key: ctx.board[key][1:]})
+
+    @agent("writer", reads=("notes", "count"), handoffs=("writer",))
+    async def writer(ctx: Context) -> Output:
+        n = ctx.board.get("count", 0)
+        notes = [] if n == 14 else [*ctx.board.get("notes", []), note(n)]  # falls under
+        more = Handoff(to="writer", reason="more") if n + 1 < 24 else None
+        return Output(updates={"notes": notes, "count": n + 1}, handoff=more)
+
+    app = App(
+        board=Notes,
+        agents=[writer, judge, DropOne()],
+        start=["writer"],
+        summariser="summariser",
+    )
+    info = await run(app, store)
+    assert info.status == "active" and await incidents(store, "n1") == []
+    changes = await notes_by_version(store, "n1")
+    assert crossings([size(n) for _, _, n in changes]) == 2
+    summarising = [a for a in await activations(store, "n1") if a["reason"] == "summarise"]
+    assert len(summarising) == 2  # not one per commit while over the threshold
+    assert [kind for _, kind, _ in changes].count("summary") == 2
+
+
+async def test_a_rewrite_keeps_the_payload_of_the_activation_it_redoes(store: BoardStore) -> None:
+    class Topic(BaseModel):
+        ask: Annotated[str, Key("lead")] = ""
+        answer: Annotated[str, Key("expert")] = ""
+
+    @agent("lead", handoffs=("expert",))
+    async def lead(ctx: Context) -> Output:
+        return Output(
+            updates={"ask": "pricing"},
+            handoff=Handoff(to="expert", payload={"topic": "pricing", "feedback": "be brief"}),
+        )
+
+    @agent("expert")
+    async def expert(ctx: Context) -> Output:
+        topic = ctx.payload.get("topic", "?")
+        return Output(updates={"answer": f"{topic}: " + ("short" if ctx.feedback else "long")})
+
+    app = App(
+        board=Topic,
+        agents=[lead, expert],
+        start=["lead"],
+        policies=[
+            Policy(
+                "brief",
+                ("answer",),
+                lambda b: not b.get("answer", "").endswith("long"),
+                message="answer too long",
+            )
+        ],
+    )
+    info = await run(app, store, "t1")
+    assert info.status == "active" and await incidents(store, "t1") == []
+    assert await store.read_key("t1", "answer") == "pricing: short"
+    [first, rewrite] = [a for a in await activations(store, "t1") if a["agent"] == "expert"]
+    assert first["payload"] == {"topic": "pricing", "feedback": "be brief"}
+    assert (rewrite["reason"], rewrite["payload"]) == ("rewrite", first["payload"])
+    assert "answer too long" in rewrite["feedback"]
+
+
+async def test_a_summarisation_redone_after_a_rejection_commits_as_a_summary(
+    store: BoardStore,
+) -> None:
+    class SecondTime(Summariser):
+        async def run(self, ctx: Context) -> Output:
+            if not ctx.feedback:
+                raise SemanticError("the notes were unreadable")
+            return await super().run(ctx)
+
+    info = await run(notes_app(12, SecondTime()), store)
+    assert info.status == "active" and await incidents(store, "n1") == []
+    summarising = [a for a in await activations(store, "n1") if a["agent"] == "summariser"]
+    retries = [a for a in summarising if a["feedback"]]
+    assert retries and all(
+        (a["reason"], a["payload"]) == ("summarise", {"key": "notes"}) for a in summarising
+    )
+    assert all("the notes were unreadable" in a["feedback"] for a in retries)
+    summaries = [e for e in await store.history("n1") if e.kind == "summary"]
+    assert summaries and all((e.author, e.keys) == ("summariser", ["notes"]) for e in summaries)
+
+
+async def test_a_summary_writes_only_the_key_it_was_activated_for(store: BoardStore) -> None:
+    """A custom summariser's extra keys are refused with a typed rejection, which goes
+    back to it as a rewrite; the other agents' keys stay theirs."""
+
+    @agent("summ")
+    async def summ(ctx: Context) -> Output:
+        key = ctx.payload["key"]
+        condensed = [f"[summary] {len(ctx.board[key])} notes"]
+        if ctx.feedback:
+            return Output(updates={key: condensed})
+        return Output(updates={key: condensed, "verdict": "reject"})  # not its key
+
+    app = App(
+        board=Notes,
+        agents=[writer_until(9), judge, summ],  # the 9th note crosses: the writer is done
+        start=["writer"],
+        summariser="summ",
+    )
+    info = await run(app, store, verdict="approve")
+    assert info.status == "active" and await incidents(store, "n1") == []
+    state = (await store.read("n1")).data
+    assert (state["count"], state["verdict"]) == (9, "approve")
+    summs = [a for a in await activations(store, "n1") if a["agent"] == "summ"]
+    rejected = [await outcome_of(store, "n1", a["activation_id"]) for a in summs[::2]]
+    assert [o["status"] for o in rejected] == ["rejected"] * len(rejected)
+    assert all(o["reason"] == "ownership" for o in rejected)
+    redone = [await outcome_of(store, "n1", a["activation_id"]) for a in summs[1::2]]
+    assert len(redone) == len(rejected) and all(o["status"] == "committed" for o in redone)
+    assert all(a["feedback"] == o["message"] for a, o in zip(summs[1::2], rejected, strict=True))
+    assert "may write only 'notes'" in rejected[0]["message"]
+    assert "also writes 'verdict' (owned by 'judge')" in rejected[0]["message"]
+    history = await store.history("n1")
+    summaries = [e for e in history if e.kind == "summary"]
+    assert summaries and all(e.keys == ["notes"] for e in summaries)
+    assert all(e.author == "writer" for e in history if "count" in e.keys)
+
+
+def test_a_summary_names_every_key_it_may_not_write() -> None:
+    app = notes_app(1)
+    proposal = Proposal.updates(
+        "summariser", 3, {"notes": ["[summary]"], "count": 0, "verdict": "reject"}
+    )
+    with pytest.raises(OwnershipError) as caught:
+        check_summary(app, proposal, "notes")
+    assert str(caught.value) == (
+        "a summary by 'summariser' may write only 'notes', the summarisable key it was "
+        "activated for; it also writes 'count' (owned by 'writer'), 'verdict' (owned by "
+        "'judge'). Propose the condensed 'notes' alone."
+    )
+    assert (caught.value.author, caught.value.key) == ("summariser", "count")
+    with pytest.raises(OwnershipError, match="'count', which is not a summarisable key"):
+        check_summary(app, Proposal.updates("summariser", 3, {"count": 0}), "count")
+    check_summary(app, Proposal.updates("summariser", 3, {"notes": []}), "notes")
+
+
+async def test_the_crossing_marker_decides_once_per_crossing(store: BoardStore) -> None:
+    """summarise.lua's states: armed, pending while a summarisation of the key is open,
+    done when its summary left the key over, re-armed under the threshold or when the
+    summarisation died; two replicas deciding at once start one."""
+    app = notes_app(1)
+    replicas = [Supervisor(app, store, name=f"sup-{i}") for i in range(2)]
+    await store.create("m1", app.schema)
+    bk = replicas[0].keys.board("m1")
+    long, short = [note(n) for n in range(10)], [note(0)]
+    version = 0
+
+    async def write(notes: list[str]) -> None:
+        nonlocal version
+        version = (
+            await store.commit("m1", Proposal.updates("writer", version, {"notes": notes}))
+        ).version
+
+    async def due(
+        author: str = "writer", replica: int = 0, routing: str = ""
+    ) -> tuple[list[str], str | None]:
+        pipe = store.redis.pipeline(transaction=True)
+        routing = routing or f"p{version}"  # the commit's submission
+        assert await replicas[replica].crossings.queue(pipe, bk, ["notes"], author, routing)
+        [keys] = await pipe.execute()
+        marker = await store.redis.hget(bk.loops, "sum:notes")
+        return keys, marker and marker.split("|")[0]
+
+    async def summarising(aid: str) -> None:  # what routing records for the activation
+        act = Activation(
+            activation_id=aid,
+            board_id="m1",
+            agent="summariser",
+            base=version,
+            trace_id="t",
+            reason="summarise",
+            payload={"key": "notes"},
+        )
+        await store.redis.hset(bk.activations, aid, act.model_dump_json())
+        await store.redis.zadd(bk.open, {aid: 0})
+
+    await write(short)
+    assert await due() == ([], None)  # under the threshold
+    await write(long)
+    both = await asyncio.gather(due(replica=0), due(replica=1, routing="other"))
+    assert sorted(keys for keys, _ in both) == [[], ["notes"]]  # one replica starts it
+    armed_by = (await store.redis.hget(bk.loops, "sum:notes")).split("|")[1]
+    assert armed_by == ("p2" if both[0][0] else "other")
+    await write([*long, note(10)])
+    assert await due() == ([], "pending")  # not open yet: being created
+    assert await due(routing=armed_by) == (["notes"], "pending")  # a redelivery: again
+    await summarising("a1")
+    await write([*long, note(11)])
+    assert await due() == ([], "pending")  # running: not again
+    assert await due("summariser") == ([], "done")  # its summary is still over
+    await store.redis.zrem(bk.open, "a1")
+    await write([*long, note(12)])
+    assert await due() == ([], "done")  # its own output is not summarised again
+    await write(short)
+    assert await due() == ([], None)  # under: re-armed
+    await write(long)
+    assert await due() == (["notes"], "pending")  # the next crossing
+    await write([*long, note(13)])
+    assert await due() == ([], "pending")
+    # a summarisation that died (timed out, say) and was never redone: re-armed once
+    # its activation is overdue, so a resumed board does not grow for ever
+    marker = await store.redis.hget(bk.loops, "sum:notes")
+    overdue = int(time.time() * 1000) - STARTING_MS - 1
+    await store.redis.hset(bk.loops, "sum:notes", marker.rsplit("|", 1)[0] + f"|{overdue}")
+    await write([*long, note(14)])
+    assert await due() == (["notes"], "pending")
+    assert await due(routing="later") == ([], "pending")  # and once
