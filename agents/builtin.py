@@ -25,7 +25,8 @@ __all__ = ["HumanAgent", "RATIO", "Rule", "RuleRouter", "Summariser", "condense"
 
 RATIO = 0.5
 """What a list is condensed to, at most: this fraction of its JSON's bytes (the measure
-the summary threshold uses), unless the lines kept verbatim take more by themselves."""
+the summary threshold uses), or of the key's threshold if that is smaller, unless the
+lines kept verbatim take more by themselves."""
 
 FACT = re.compile(r"^\s*(FACT|DECISION|ID)\s*:", re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -68,15 +69,24 @@ class _Split:
     def header(self) -> str:
         return f"[summary of {self.count} earlier entries]"
 
-    def budget(self, items: list[str], ratio: float) -> int:
-        """Bytes left for the digest within ``ratio`` of the input."""
-        fixed = _size([*self.facts, self.header, *self.recent]) + 1  # its space
-        return int(ratio * _size(items)) - fixed
+    def target(self, items: list[str], ratio: float, threshold: int | None) -> int:
+        """The most the result may take: ``ratio`` of the input or of the threshold."""
+        return int(ratio * min(_size(items), threshold or _size(items)))
 
-    def assemble(self, items: list[str], digest: str, ratio: float) -> list[str]:
+    def budget(self, items: list[str], ratio: float, threshold: int | None = None) -> int:
+        """Bytes left for the digest within the target."""
+        fixed = _size([*self.facts, self.header, *self.recent]) + 1  # its space
+        return self.target(items, ratio, threshold) - fixed
+
+    def assemble(
+        self, items: list[str], digest: str, ratio: float, threshold: int | None = None
+    ) -> list[str]:
         """The condensed list, its digest cut until the whole fits; ``items`` as they
         are if nothing smaller can be made (the count alone is longer than the rest)."""
-        target = max(int(ratio * _size(items)), _size([*self.facts, self.header, *self.recent]))
+        target = max(
+            self.target(items, ratio, threshold),
+            _size([*self.facts, self.header, *self.recent]),
+        )
         while True:
             line = f"{self.header} {digest}" if digest else self.header
             out = [*self.facts, line, *self.recent]
@@ -108,18 +118,33 @@ def _split(items: list[str], keep_recent: int) -> _Split | None:
 def offline_digest(texts: Sequence[str], budget: int, width: int = 60) -> str:
     """The first sentence of each text, each cut to an equal share of ``budget``
     characters (at most ``width``); with too many texts for a useful share each, the
-    first ones, cut where the budget ends. Deterministic, no model."""
+    first ones that fit, and an ellipsis for the rest. Deterministic, no model."""
     if budget <= 0 or not texts:
         return ""
     share = min(width, budget // len(texts) - 2)  # each with its "; "
     firsts = [_first_sentence(t, max(share, _SHARE)) for t in texts]
-    # sentences follow one another; fragments are set apart
-    joined = "".join(f + (" " if f.endswith((".", "!", "?")) else "; ") for f in firsts)
-    return _cut(joined.rstrip("; "), budget)
+    digest = ""
+    for i, first in enumerate(firsts):
+        # sentences follow one another; fragments are set apart
+        joined = f"{digest}{_separator(digest)}{first}" if digest else first
+        room = budget - (2 if i < len(firsts) - 1 else 0)  # for " …" if some are left
+        if len(joined) > room:
+            return f"{digest} …" if digest else _cut(first, budget)
+        digest = joined
+    return digest
+
+
+def _separator(text: str) -> str:
+    return " " if text.endswith((".", "!", "?")) else "; "
 
 
 def condense(
-    items: list[str], *, keep_recent: int, width: int = 60, ratio: float = RATIO
+    items: list[str],
+    *,
+    keep_recent: int,
+    width: int = 60,
+    ratio: float = RATIO,
+    threshold: int | None = None,
 ) -> list[str]:
     """Condense a list of notes to at most ``ratio`` (half) of its JSON's bytes.
 
@@ -127,22 +152,26 @@ def condense(
     newest stay verbatim (facts first, the newest last); the older rest becomes one line,
     ``[summary of N earlier entries]`` and their first sentences, cut to fit (an earlier
     summary line counts for the entries it stood for). The result's JSON is at most
-    ``ratio`` of the input's bytes, unless the verbatim lines and that count alone take
-    more: then the count is all that stays of the rest. Never larger than the input:
-    when nothing smaller can be made, the items come back as they are.
+    ``ratio`` of the input's bytes, and of ``threshold`` (the key's summary threshold)
+    if that is smaller, so that the key has room to grow before its next summary; unless
+    the verbatim lines and that count alone take more: then the count is all that stays
+    of the rest. Never larger than the input: when nothing smaller can be made, the
+    items come back as they are.
     """
     split = _split(items, keep_recent)
     if split is None:
         return list(items)
-    digest = offline_digest(split.rest, split.budget(items, ratio), width)
-    return split.assemble(items, digest, ratio)
+    digest = offline_digest(split.rest, split.budget(items, ratio, threshold), width)
+    return split.assemble(items, digest, ratio, threshold)
 
 
 class Summariser(Agent):
     """Condenses one key named by the supervisor (``ctx.payload["key"]``).
 
     A list of strings keeps its newest ``keep_recent`` items and fact lines verbatim
-    and shrinks to at most ``ratio`` of its JSON's bytes (see :func:`condense`); a long
+    and shrinks to at most ``ratio`` of its JSON's bytes, or of the key's threshold (the
+    supervisor names it: ``ctx.payload["threshold"]``) if smaller (see
+    :func:`condense`); a long
     string keeps its first and last paragraphs. The condensed part comes from
     :meth:`digest`: written by ``model`` if given (any :class:`~blackboard.agents.Model`;
     its tokens and cost are reported), else by the app's model if it has one, else
@@ -215,8 +244,11 @@ class Summariser(Agent):
         split = _split(items, self.keep_recent)
         if split is None:
             return list(items)
-        budget = split.budget(items, self.ratio)
-        return split.assemble(items, await self.digest(ctx, split.rest, budget), self.ratio)
+        threshold = ctx.payload.get("threshold")
+        threshold = threshold if isinstance(threshold, int) and threshold > 0 else None
+        budget = split.budget(items, self.ratio, threshold)
+        digest = await self.digest(ctx, split.rest, budget)
+        return split.assemble(items, digest, self.ratio, threshold)
 
     async def _text(self, ctx: Context, text: str) -> str:
         paragraphs = [p for p in text.split("\n\n") if p.strip()]

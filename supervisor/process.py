@@ -1061,7 +1061,9 @@ class Supervisor:
             pipe.hmget(bk.state, reads or ["-"])
             pipe.hgetall(bk.loops) if need_loops else pipe.exists(bk.loops)
             # which keys are due, decided with the read: once per threshold crossing
-            await self.crossings.queue(pipe, bk, summarisable, sub.author, sub.proposal_id)
+            await self.crossings.queue(
+                pipe, bk, summarisable, sub.author, sub.proposal_id, sub.patch
+            )
             replies = [*await pipe.execute(), []]  # (no keys due if none was queued)
         if read is not None:  # only what routing reads after this commit, as if read now
             board = {k: read[k] for k in reads if k in read}

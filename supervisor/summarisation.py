@@ -7,7 +7,7 @@ since, rather than as a conflict the summariser would lose to a busy writer for 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -22,7 +22,7 @@ from blackboard.patch import plan
 from blackboard.records import Proposal
 from blackboard.store import BoardStore, redis_failures
 
-__all__ = ["STARTING_MS", "Crossings", "check_summary", "on_top"]
+__all__ = ["STARTING_MS", "Crossings", "OnTop", "check_summary"]
 
 STARTING_MS = 10_000
 """How long a started summarisation may take to be among the board's open activations
@@ -42,21 +42,38 @@ class Crossings:
         self._script = redis.register_script(source.read_text())
 
     async def queue(
-        self, pipe: Pipeline, bk: BoardKeys, keys: Sequence[str], author: str, routing: str
+        self,
+        pipe: Pipeline,
+        bk: BoardKeys,
+        keys: Sequence[str],
+        author: str,
+        routing: str,
+        patch: Sequence[Mapping[str, Any]] = (),
     ) -> bool:
         """Queue the decision for ``keys`` (summarisable keys a commit by ``author``
-        changed, routed as ``routing``: the same routing id gets the same answer) on
-        ``pipe``, whose reply for it is the list of keys due. False if nothing was
-        queued (the app has no summariser, or no key changed)."""
+        changed, routed as ``routing``: the same routing id gets the same answer;
+        ``patch``: what the author proposed) on ``pipe``, whose reply for it is the
+        list of keys due. False if nothing was queued (the app has no summariser, or
+        no key changed)."""
         summariser = self.app.summariser
         if summariser is None or not keys:
             return False
         now = int(time.time() * 1000)
-        args: list[Any] = [summariser, "0" if author == summariser else "1", routing]
-        args += [now, STARTING_MS]
+        own = author == summariser
+        args: list[Any] = [summariser, "0" if own else "1", routing, now, STARTING_MS]
+        # The summariser's commit is judged by its summary, not by what was appended to
+        # the key while it was made (OnTop): that is for the next crossing.
+        proposed = {
+            op.get("path"): op.get("value")
+            for op in patch
+            if own and op.get("op") in ("add", "replace")
+        }
         for key in keys:
             limit_bytes, limit_tokens = self.app.summary_threshold(key)
-            args += [key, limit_bytes, limit_tokens or 0]
+            size = ""
+            if f"/{key}" in proposed:
+                size = str(codec.utf8_len(codec.dumps(proposed[f"/{key}"])))
+            args += [key, limit_bytes, limit_tokens or 0, size]
         await self._script(
             keys=[bk.state, bk.loops, bk.open, bk.activations], args=args, client=pipe
         )
@@ -93,39 +110,60 @@ def check_summary(app: App, proposal: Proposal, key: str) -> None:
         )
 
 
-async def on_top(store: BoardStore, board_id: str, proposal: Proposal, key: str) -> Proposal:
-    """The summary moved onto the key as it is now, if the key only grew at its end
-    after the summary's base (a list appended to, a string extended): the summary
-    replaces what it condensed and what was appended since follows it, verbatim.
-    Otherwise (the key was rewritten, or the summary is not one whole value) the
-    proposal is returned as it is, and a changed key is a conflict as for any write.
-    """
-    ops = proposal.patch
-    if (
-        len(ops) != 1
-        or ops[0].get("op") not in ("add", "replace")
-        or ops[0].get("path") != (f"/{key}")
-    ):
-        return proposal
-    bk = store.keys(board_id)
-    async with redis_failures(f"read board {board_id!r}"):
-        pipe = store.redis.pipeline(transaction=True)
-        pipe.hget(bk.meta, "version")
-        pipe.hget(bk.state, key)
-        pipe.hget(bk.kver, key)
-        version, raw, changed_at = await pipe.execute()
-    if version is None or raw is None or int(changed_at or 0) <= proposal.base:
-        return proposal  # gone (the commit says so), or unchanged since the base
-    before = await store.read_key(board_id, key, at=proposal.base)
-    now, summary = codec.loads(raw), ops[0]["value"]
-    if isinstance(before, list) and isinstance(now, list) and isinstance(summary, list):
-        if now[: len(before)] != before:
-            return proposal
-        value: Any = [*summary, *now[len(before) :]]
-    elif isinstance(before, str) and isinstance(now, str) and isinstance(summary, str):
-        if not now.startswith(before):
-            return proposal
-        value = summary + now[len(before) :]
-    else:
-        return proposal
-    return proposal.model_copy(update={"base": int(version), "patch": [{**ops[0], "value": value}]})
+class OnTop:
+    """A summary moved onto its key as it is now, if the key only grew at its end after
+    the summary's base (a list appended to, a string extended): the summary replaces
+    what it condensed and what was appended since follows it, verbatim. Otherwise (the
+    key was rewritten, or the summary is not one whole value) the proposal stays as it
+    is, and a changed key is a conflict as for any write.
+
+    One per summary, for all its attempts: what the summariser condensed (the key at
+    the base) is read once; each attempt then costs one round trip before its commit,
+    short enough to win against a writer that commits as fast as it can."""
+
+    def __init__(self, store: BoardStore, board_id: str, proposal: Proposal, key: str) -> None:
+        self.store = store
+        self.board_id = board_id
+        self.original = proposal
+        self.key = key
+        self._condensed: list[Any] = []  # the key at the base, once read
+        self.rewritten = False
+        """The key changed other than by growing at its end: retrying cannot help."""
+
+    async def proposal(self) -> Proposal:
+        """The proposal to commit now (see the class)."""
+        original, key = self.original, self.key
+        ops = original.patch
+        if len(ops) != 1 or ops[0].get("op") not in ("add", "replace"):
+            return original
+        if ops[0].get("path") != f"/{key}":
+            return original
+        bk = self.store.keys(self.board_id)
+        async with redis_failures(f"read board {self.board_id!r}"):
+            pipe = self.store.redis.pipeline(transaction=True)
+            pipe.hget(bk.meta, "version")
+            pipe.hget(bk.state, key)
+            pipe.hget(bk.kver, key)
+            version, raw, changed_at = await pipe.execute()
+        if version is None or raw is None or int(changed_at or 0) <= original.base:
+            return original  # gone (the commit says so), or unchanged since the base
+        if not self._condensed:
+            at_base = await self.store.read_key(self.board_id, key, at=original.base)
+            self._condensed.append(at_base)
+        before, now, summary = self._condensed[0], codec.loads(raw), ops[0]["value"]
+        if isinstance(before, list) and isinstance(now, list) and isinstance(summary, list):
+            if now[: len(before)] != before:
+                self.rewritten = True
+                return original
+            value: Any = [*summary, *now[len(before) :]]
+        elif isinstance(before, str) and isinstance(now, str) and isinstance(summary, str):
+            if not now.startswith(before):
+                self.rewritten = True
+                return original
+            value = summary + now[len(before) :]
+        else:
+            self.rewritten = True
+            return original
+        return original.model_copy(
+            update={"base": int(version), "patch": [{**ops[0], "value": value}]}
+        )

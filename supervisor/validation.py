@@ -10,8 +10,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from blackboard.supervisor.summarisation import check_summary, on_top
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from blackboard.supervisor.summarisation import OnTop, check_summary
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 
 from blackboard.app import App, verdict
 from blackboard.errors import ConflictError, ProposalRejected, ValidationFailed
@@ -46,10 +51,13 @@ class Decision:
 class Validator:
     """Validates and commits proposals for one app."""
 
-    def __init__(self, app: App, store: BoardStore, *, attempts: int = 5) -> None:
+    def __init__(
+        self, app: App, store: BoardStore, *, attempts: int = 5, summary_attempts: int = 20
+    ) -> None:
         self.app = app
         self.store = store
         self.attempts = attempts
+        self.summary_attempts = summary_attempts
         self._policy_reads = sorted({k for p in app.policies for k in p.reads})
         self._gate_reads = sorted({k for g in app.gates for k in g.reads})
 
@@ -73,20 +81,30 @@ class Validator:
 
         ``summarises``: with ``kind="summary"``, the summarisable key the summary was
         activated for, the only key it may write; a summary is moved on top of what was
-        appended to that key after its base (:func:`on_top`), its races retried.
+        appended to that key after its base (:class:`OnTop`), its races retried (up
+        to ``summary_attempts`` times: a busy writer of the key races it often).
         """
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Raced),
             stop=stop_after_attempt(self.attempts),
             reraise=True,
         )
+        on_top = None
+        if summarises is not None:
+            on_top = OnTop(self.store, board_id, proposal, summarises)
+            retrying = retrying.copy(
+                retry=retry_if_exception(
+                    lambda exc: isinstance(exc, _Raced) and not on_top.rewritten
+                ),
+                stop=stop_after_attempt(self.summary_attempts),
+            )
         try:
             if summarises is not None:
                 check_summary(self.app, proposal, summarises)
             async for attempt in retrying:
                 with attempt:
-                    if summarises is not None:
-                        proposal = await on_top(self.store, board_id, proposal, summarises)
+                    if on_top is not None:
+                        proposal = await on_top.proposal()
                     return await self._once(board_id, proposal, kind, gates, depends_on or [])
         except _Raced as raced:
             return _rejected(raced.conflict)

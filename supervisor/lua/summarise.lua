@@ -9,9 +9,12 @@ A key's marker, in the board's loop state:
                             submission's proposal id), at that time; commits while it
                             runs (or is redone after a rejection) start none. The same
                             routing asking again (a redelivery) gets the same answer.
-  'done'                    the summary committed and the key is still over its
-                            threshold: its own output is not summarised again
-A commit that finds the key under its threshold removes the marker (re-armed). A
+  'done'                    the summary committed and is itself over the threshold:
+                            its own output is not summarised again
+A commit that finds the key under its threshold removes the marker (re-armed). For the
+summariser's own commit, the size that counts is its summary's, not the key's: what was
+appended to the key while the summary was made follows it (on_top), and if that is
+enough to keep the key over, the next commit starts the next summarisation. A
 pending marker with no open summarisation of the key, older than the time its routing
 takes to create the activation (ARGV[5]), is a summarisation that died (timed out,
 failed, or was never created because the board tripped or stopped): re-armed, so a
@@ -28,7 +31,8 @@ ARGV[2] '1' if this commit may start a summarisation, '0' if it is the summarise
 ARGV[3] routing id (the submission's proposal id)
 ARGV[4] now (ms)
 ARGV[5] grace (ms): how long a pending marker may wait for its activation to be open
-then triples: key, threshold in bytes, threshold in approximate tokens ('0' = none)
+then quadruples: key, threshold in bytes, threshold in approximate tokens ('0' = none),
+  size in bytes that counts ('' = the stored value's; the summariser's commit: its summary's)
 
 Returns the keys now due, for the caller to activate the summariser on.
 ]]
@@ -62,9 +66,9 @@ local function stands(m, key)
 end
 
 local due = {}
-for i = 6, #ARGV, 3 do
+for i = 6, #ARGV, 4 do
   local key, bytes, tokens = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
-  local size = redis.call('HSTRLEN', state, key)
+  local size = tonumber(ARGV[i + 3]) or redis.call('HSTRLEN', state, key)
   -- the same estimate as the commit's accounting: ceil(bytes / 4)
   local over = size > bytes or (tokens > 0 and math.floor((size + 3) / 4) > tokens)
   local marker = 'sum:' .. key

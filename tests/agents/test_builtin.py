@@ -78,12 +78,19 @@ _NOTE = st.one_of(_TEXT, _TEXT.map(lambda t: "FACT: " + t))
 
 
 @settings(max_examples=300, deadline=None)
-@given(items=st.lists(_NOTE, max_size=60), keep_recent=st.integers(0, 6))
-def test_condense_reaches_its_ratio(items: list[str], keep_recent: int) -> None:
-    """At most half the input's JSON bytes, unless the lines kept verbatim (fact lines,
-    the newest items, the summary line's count) take more than that by themselves; never
-    larger than the input; facts and the newest items verbatim and in order."""
-    out = condense(items, keep_recent=keep_recent)
+@given(
+    items=st.lists(_NOTE, max_size=60),
+    keep_recent=st.integers(0, 6),
+    threshold=st.none() | st.integers(64, 4000),
+)
+def test_condense_reaches_its_ratio(
+    items: list[str], keep_recent: int, threshold: int | None
+) -> None:
+    """At most half the input's JSON bytes (or of the key's threshold, if smaller),
+    unless the lines kept verbatim (fact lines, the newest items, the summary line's
+    count) take more than that by themselves; never larger than the input; facts and
+    the newest items verbatim and in order."""
+    out = condense(items, keep_recent=keep_recent, threshold=threshold)
     assert size(out) <= size(items)
     if len(items) <= keep_recent:
         assert out == items
@@ -100,7 +107,17 @@ def test_condense_reaches_its_ratio(items: list[str], keep_recent: int) -> None:
     assert len(out) == len(facts) + 1 + len(recent)
     header = f"[summary of {len(older) - len(facts)} earlier entries]"
     assert out[len(facts)].startswith(header)
-    assert size(out) <= max(RATIO * size(items), size([*facts, header, *recent]))
+    target = RATIO * min(size(items), threshold or size(items))
+    assert size(out) <= max(target, size([*facts, header, *recent]))
+
+
+def test_condense_leaves_room_under_the_threshold() -> None:
+    """A key far over its threshold (the writer went on while a summary was made) is
+    condensed to half its threshold, not to half of itself."""
+    items = [f"note {n}: checked source {n}, found nothing new." for n in range(40)]
+    out = condense(items, keep_recent=3, threshold=400)
+    assert size(out) <= 200 < size(condense(items, keep_recent=3))
+    assert out[0].startswith("[summary of 37 earlier entries]") and out[1:] == items[-3:]
 
 
 async def test_summariser_without_a_model() -> None:

@@ -6,10 +6,16 @@ and the raw content readable in the log however long the board runs."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
+import summapps
 from bbtest import activations, incidents, outcome_of
 from blackboard.agents import Agent, Context, Handoff, Output, Summariser, agent
 from blackboard.supervisor import Deployment, Supervisor
@@ -26,10 +32,12 @@ from blackboard import (
     Proposal,
     SemanticError,
     codec,
+    connect,
 )
 from blackboard.records import Activation
 
 THRESHOLD = 400
+HELPERS = str(Path(__file__).resolve().parents[1] / "helpers")
 
 
 class Notes(BaseModel):
@@ -92,13 +100,18 @@ async def notes_by_version(store: BoardStore, board: str) -> list[tuple[int, str
     return seen
 
 
-def crossings(sizes: list[int]) -> int:
-    """How many times a sequence of sizes goes from at most the threshold to over it."""
+def crossings(changes: list[tuple[int, str, list[str]]], *, summaries_under: bool = True) -> int:
+    """How many times the key crossed its threshold: went from at most the threshold to
+    over it. A summary whose own output is under the threshold takes the key back under
+    (``summaries_under``), even if what was appended while it was made keeps it over."""
     over, count = False, 0
-    for n in sizes:
-        if n > THRESHOLD and not over:
+    for _, kind, notes in changes:
+        if kind == "summary" and summaries_under:
+            over = False
+            continue
+        if size(notes) > THRESHOLD and not over:
             count += 1
-        over = n > THRESHOLD
+        over = size(notes) > THRESHOLD
     return count
 
 
@@ -113,9 +126,9 @@ async def test_a_writer_handing_off_to_itself_is_summarised_not_escalated(
     assert summaries, "the key crossed its threshold and was never summarised"
     acts = await activations(store, "n1")
     summarising = [a for a in acts if a["reason"] == "summarise"]
-    assert all(a["payload"] == {"key": "notes"} for a in summarising)
+    assert all(a["payload"] == {"key": "notes", "threshold": THRESHOLD} for a in summarising)
     # one summarisation per crossing, each committed at its first attempt
-    assert len(summarising) == len(summaries) == crossings([size(n) for _, _, n in changes])
+    assert len(summarising) == len(summaries) == crossings(changes)
     assert all(size(notes) <= THRESHOLD for _, notes in summaries)
     final = await store.read_key("n1", "notes")
     assert final[-1] == note(11)  # the newest note, verbatim
@@ -136,7 +149,7 @@ async def test_a_long_run_stays_bounded_and_keeps_the_raw_notes_in_the_log(
     assert max(sizes) <= THRESHOLD + 3 * size([note(total)])
     summaries = [v for v, kind, _ in changes if kind == "summary"]
     summarising = [a for a in await activations(store, "n1") if a["reason"] == "summarise"]
-    assert len(summaries) == len(summarising) == crossings(sizes) >= total // 10
+    assert len(summaries) == len(summarising) == crossings(changes) >= total // 10
     # Every raw note is readable in the log: each one a summary condensed was on the
     # board just before that summary, and the others are on it now.
     readable = set(await store.read_key("n1", "notes"))
@@ -151,12 +164,12 @@ async def test_one_summarisation_per_crossing_rearmed_under_the_threshold(
     """A summariser whose summary leaves the key over its threshold is not activated
     again on every commit: only once the key falls back under and crosses again."""
 
-    class DropOne(Agent):
+    class Verbose(Agent):  # its "summary" is longer than what it was given
         name = "summariser"
 
         async def run(self, ctx: Context) -> Output:
             key = ctx.payload["key"]
-            return Output(updates={key: ctx.board[key][1:]})
+            return Output(updates={key: [*ctx.board[key], "(all of it kept)"]})
 
     @agent("writer", reads=("notes", "count"), handoffs=("writer",))
     async def writer(ctx: Context) -> Output:
@@ -167,17 +180,55 @@ async def test_one_summarisation_per_crossing_rearmed_under_the_threshold(
 
     app = App(
         board=Notes,
-        agents=[writer, judge, DropOne()],
+        agents=[writer, judge, Verbose()],
         start=["writer"],
         summariser="summariser",
     )
     info = await run(app, store)
     assert info.status == "active" and await incidents(store, "n1") == []
     changes = await notes_by_version(store, "n1")
-    assert crossings([size(n) for _, _, n in changes]) == 2
+    assert crossings(changes, summaries_under=False) == 2  # its summaries are not
     summarising = [a for a in await activations(store, "n1") if a["reason"] == "summarise"]
     assert len(summarising) == 2  # not one per commit while over the threshold
     assert [kind for _, kind, _ in changes].count("summary") == 2
+
+
+async def test_a_slow_summary_that_leaves_the_key_over_is_followed_by_the_next(
+    store: BoardStore,
+) -> None:
+    """While a summary is being made the writer goes on; what it appended follows the
+    summary. If that keeps the key over its threshold, the key is summarised again at
+    the next commit instead of growing for ever (the summary itself was under)."""
+    appended = asyncio.Event()
+
+    class Slow(Summariser):
+        async def run(self, ctx: Context) -> Output:
+            await asyncio.wait_for(appended.wait(), 10)  # the first one takes long
+            return await super().run(ctx)
+
+    @agent("writer", reads=("notes", "count"), handoffs=("writer",))
+    async def writer(ctx: Context) -> Output:
+        n = ctx.board.get("count", 0)
+        if n == 25:  # well past the first crossing (the 9th note)
+            appended.set()
+        more = Handoff(to="writer", reason="more") if n + 1 < 60 else None
+        return Output(
+            updates={"notes": [*ctx.board.get("notes", []), note(n)], "count": n + 1},
+            handoff=more,
+        )
+
+    app = App(
+        board=Notes, agents=[writer, judge, Slow()], start=["writer"], summariser="summariser"
+    )
+    info = await run(app, store)
+    assert info.status == "active" and await incidents(store, "n1") == []
+    changes = await notes_by_version(store, "n1")
+    summaries = [notes for _, kind, notes in changes if kind == "summary"]
+    assert size(summaries[0]) > THRESHOLD  # 15 and more notes appended meanwhile
+    assert summaries[0][0].startswith("[summary of ")
+    assert len(summaries) >= 2 and size(summaries[1]) <= THRESHOLD
+    final = await store.read_key("n1", "notes")
+    assert size(final) <= THRESHOLD + 3 * size([note(60)])
 
 
 async def test_a_rewrite_keeps_the_payload_of_the_activation_it_redoes(store: BoardStore) -> None:
@@ -233,7 +284,8 @@ async def test_a_summarisation_redone_after_a_rejection_commits_as_a_summary(
     summarising = [a for a in await activations(store, "n1") if a["agent"] == "summariser"]
     retries = [a for a in summarising if a["feedback"]]
     assert retries and all(
-        (a["reason"], a["payload"]) == ("summarise", {"key": "notes"}) for a in summarising
+        (a["reason"], a["payload"]) == ("summarise", {"key": "notes", "threshold": THRESHOLD})
+        for a in summarising
     )
     assert all("the notes were unreadable" in a["feedback"] for a in retries)
     summaries = [e for e in await store.history("n1") if e.kind == "summary"]
@@ -330,7 +382,7 @@ async def test_the_crossing_marker_decides_once_per_crossing(store: BoardStore) 
             base=version,
             trace_id="t",
             reason="summarise",
-            payload={"key": "notes"},
+            payload={"key": "notes", "threshold": THRESHOLD},
         )
         await store.redis.hset(bk.activations, aid, act.model_dump_json())
         await store.redis.zadd(bk.open, {aid: 0})
@@ -366,3 +418,69 @@ async def test_the_crossing_marker_decides_once_per_crossing(store: BoardStore) 
     await write([*long, note(14)])
     assert await due() == (["notes"], "pending")
     assert await due(routing="later") == ([], "pending")  # and once
+
+
+@pytest.mark.real_redis
+@pytest.mark.slow
+async def test_summarisation_with_two_supervisor_replicas_as_processes(redis_server: Any) -> None:
+    """The writer and the summariser as agent processes, two ``blackboard supervisor``
+    replicas routing their submissions: the same one summarisation per crossing."""
+    client = connect(redis_server.url)
+    await client.flushdb()
+    store = BoardStore(client)
+    env = {**os.environ, "PYTHONPATH": HELPERS, "BLACKBOARD_REDIS_URL": redis_server.url}
+    spec = ("--app", "summapps:notes_app")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "blackboard", *args, *spec],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in (
+            ("supervisor", "--name", "sup-1"),
+            ("supervisor", "--name", "sup-2"),
+            ("agent", "writer"),
+            ("agent", "summariser"),
+        )
+    ]
+    try:
+        sup = Supervisor(summapps.notes_app, store)
+        await sup.publish()
+        for p in procs:  # each says so right before it consumes
+            assert p.stderr is not None and "running" in p.stderr.readline()
+        await sup.start("p1")
+        bk = sup.keys.board("p1")
+
+        async def settled() -> bool:
+            pipe = client.pipeline(transaction=True)
+            pipe.hget(bk.state, "count")
+            pipe.zcard(bk.open)
+            pipe.hlen(bk.outbox)
+            pipe.hget(bk.meta, "status")
+            count, still_open, outbox, status = await pipe.execute()
+            return status != "active" or (
+                count == str(summapps.TOTAL) and still_open == 0 and outbox == 0
+            )
+
+        deadline = time.monotonic() + 60
+        while not await settled():
+            assert time.monotonic() < deadline, "the board did not settle in 60 s"
+            await asyncio.sleep(0.05)
+        assert (await store.info("p1")).status == "active"
+        assert await incidents(store, "p1") == []
+        changes = await notes_by_version(store, "p1")
+        summaries = [kind for _, kind, _ in changes].count("summary")
+        summarising = [a for a in await activations(store, "p1") if a["reason"] == "summarise"]
+        assert len(summarising) == summaries == crossings(changes) > 1
+        final = await store.read_key("p1", "notes")
+        assert final[-1] == summapps.note(summapps.TOTAL - 1)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(20)
+            if p.stderr is not None:
+                p.stderr.close()
+        await store.close()
