@@ -16,7 +16,7 @@ from redis.asyncio.client import Pipeline
 
 from blackboard import codec
 from blackboard.app import App
-from blackboard.errors import OwnershipError
+from blackboard.errors import ConflictError, OwnershipError
 from blackboard.keys import BoardKeys
 from blackboard.patch import plan
 from blackboard.records import Proposal
@@ -122,21 +122,29 @@ class OnTop:
     short enough to win against a writer that commits as fast as it can."""
 
     def __init__(self, store: BoardStore, board_id: str, proposal: Proposal, key: str) -> None:
+        """``proposal``: the summary of ``key`` as the summariser made it."""
         self.store = store
         self.board_id = board_id
         self.original = proposal
         self.key = key
         self._condensed: list[Any] = []  # the key at the base, once read
-        self.rewritten = False
-        """The key changed other than by growing at its end: retrying cannot help."""
+        self.stuck = False
+        """The summary cannot be moved (the key changed other than by growing at its
+        end, or the summary is not one whole value): retrying cannot help."""
+
+    def may_retry(self, conflict: ConflictError) -> bool:
+        """Whether moving the summary again can help: only its own key changed."""
+        return not self.stuck and set(conflict.changed) == {self.key}
 
     async def proposal(self) -> Proposal:
         """The proposal to commit now (see the class)."""
         original, key = self.original, self.key
         ops = original.patch
         if len(ops) != 1 or ops[0].get("op") not in ("add", "replace"):
+            self.stuck = True
             return original
         if ops[0].get("path") != f"/{key}":
+            self.stuck = True
             return original
         bk = self.store.keys(self.board_id)
         async with redis_failures(f"read board {self.board_id!r}"):
@@ -153,16 +161,16 @@ class OnTop:
         before, now, summary = self._condensed[0], codec.loads(raw), ops[0]["value"]
         if isinstance(before, list) and isinstance(now, list) and isinstance(summary, list):
             if now[: len(before)] != before:
-                self.rewritten = True
+                self.stuck = True
                 return original
             value: Any = [*summary, *now[len(before) :]]
         elif isinstance(before, str) and isinstance(now, str) and isinstance(summary, str):
             if not now.startswith(before):
-                self.rewritten = True
+                self.stuck = True
                 return original
             value = summary + now[len(before) :]
         else:
-            self.rewritten = True
+            self.stuck = True
             return original
         return original.model_copy(
             update={"base": int(version), "patch": [{**ops[0], "value": value}]}

@@ -94,7 +94,7 @@ class Validator:
             on_top = OnTop(self.store, board_id, proposal, summarises)
             retrying = retrying.copy(
                 retry=retry_if_exception(
-                    lambda exc: isinstance(exc, _Raced) and not on_top.rewritten
+                    lambda exc: isinstance(exc, _Raced) and on_top.may_retry(exc.conflict)
                 ),
                 stop=stop_after_attempt(self.summary_attempts),
             )

@@ -19,12 +19,14 @@ import summapps
 from bbtest import activations, incidents, outcome_of
 from blackboard.agents import Agent, Context, Handoff, Output, Summariser, agent
 from blackboard.supervisor import Deployment, Supervisor
-from blackboard.supervisor.summarisation import STARTING_MS, check_summary
+from blackboard.supervisor.summarisation import STARTING_MS, OnTop, check_summary
 from pydantic import BaseModel
 
 from blackboard import (
     App,
+    BoardSchema,
     BoardStore,
+    ConflictError,
     Key,
     Limits,
     OwnershipError,
@@ -484,3 +486,42 @@ async def test_summarisation_with_two_supervisor_replicas_as_processes(redis_ser
             if p.stderr is not None:
                 p.stderr.close()
         await store.close()
+
+
+class Texts(BaseModel):
+    notes: Annotated[list[str], Key("writer", summarisable=True)] = []
+    text: Annotated[str, Key("writer", summarisable=True)] = ""
+
+
+async def test_a_summary_lands_on_top_of_what_was_appended_since(store: BoardStore) -> None:
+    await store.create("o1", BoardSchema.from_model(Texts))
+
+    async def write(base: int, **values: Any) -> int:
+        return (await store.commit("o1", Proposal.updates("writer", base, values))).version
+
+    v1 = await write(0, notes=["a", "b", "c"], text="one. two. ")
+    summary = Proposal.updates("summariser", v1, {"notes": ["[summary of 3]"]})
+    on_top = OnTop(store, "o1", summary, "notes")
+    assert await on_top.proposal() == summary  # nothing changed since its base
+    v2 = await write(v1, notes=["a", "b", "c", "d"])
+    v3 = await write(v2, notes=["a", "b", "c", "d", "e"])
+    moved = await on_top.proposal()
+    assert (moved.base, moved.patch) == (
+        v3,
+        [{"op": "add", "path": "/notes", "value": ["[summary of 3]", "d", "e"]}],
+    )
+    assert not on_top.stuck
+    text = OnTop(store, "o1", Proposal.updates("summariser", v3, {"text": "[2 lines]"}), "text")
+    v4 = await write(v3, text="one. two. three.")
+    assert (await text.proposal()).patch[0]["value"] == "[2 lines]three."
+    await write(v4, notes=["x"])  # rewritten, not appended to: it cannot be moved
+    assert await on_top.proposal() == summary and on_top.stuck
+    conflict = ConflictError("o1", v1, {"notes": v4 + 1})
+    assert not on_top.may_retry(conflict)
+    patched = Proposal(author="summariser", base=v1, patch=[{"op": "remove", "path": "/notes/0"}])
+    odd = OnTop(store, "o1", patched, "notes")
+    assert await odd.proposal() == patched and odd.stuck  # not one whole value
+    fresh = OnTop(store, "o1", summary, "notes")
+    assert fresh.may_retry(conflict) and not fresh.may_retry(
+        ConflictError("o1", v1, {"notes": 9, "text": 9})
+    )
