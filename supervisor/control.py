@@ -21,6 +21,9 @@ class Wanted:
     agent: str
     reason: str
     payload: dict[str, Any] = field(default_factory=dict)
+    feedback: str = ""
+    """For a rewrite (or a summarisation redone): what to fix. Apart from the payload,
+    which a rewrite keeps as its activation was given it."""
 
 
 @dataclass
@@ -64,7 +67,13 @@ def plan_after_commit(
             wanted.setdefault(name, Wanted(name, "router"))
     if app.summariser is not None:
         for key in summarise:
-            wanted[f"{app.summariser}:{key}"] = Wanted(app.summariser, "summarise", {"key": key})
+            # the key first (summarise.lua finds open summarisations by it), then its
+            # threshold in bytes, so the summary leaves room to grow before the next one
+            limit_bytes, limit_tokens = app.summary_threshold(key)
+            if limit_tokens is not None:
+                limit_bytes = min(limit_bytes, 4 * limit_tokens)
+            payload = {"key": key, "threshold": limit_bytes}
+            wanted[f"{app.summariser}:{key}"] = Wanted(app.summariser, "summarise", payload)
     return Plan(list(wanted.values()))
 
 

@@ -18,7 +18,7 @@ from blackboard.supervisor.loops import Routing
 
 from blackboard import codec
 from blackboard.errors import BlackboardError, ValidationFailed
-from blackboard.records import Outcome, Proposal, Submission
+from blackboard.records import LogEntry, Outcome, Proposal, Submission
 from blackboard.schema import HUMAN
 
 if TYPE_CHECKING:
@@ -178,25 +178,30 @@ class Operator:
                 "rollback needs one of to=V, compliant=True or before_agent=NAME.", rule="usage"
             )
         why = sub.reason or f"operator rollback to v{to}"
-        undone = await self._undone_authors(sub.board_id, to)
+        undone = await self._undone_writes(sub.board_id, to)
         result = await store.rollback(
             sub.board_id, to=to, author=sub.author, reason=why, proposal_id=f"rb.{sub.proposal_id}"
         )
         feedback = f"{sub.author} rolled the board back to v{to}: {why}; redo your work"
-        redo = [Wanted(undone[0], "rewrite", {"feedback": feedback})] if undone else []
+        redo = [await self._redo(sub, undone[0], feedback)] if undone else []
         await self._go_on(sub, redo, what=f"rollback to v{to} by {sub.author}", check_done=True)
         return Outcome(status="committed", version=result.version, keys=result.keys)
 
-    async def _undone_authors(self, board_id: str, to: int) -> list[str]:
-        """Agents whose writes after version ``to`` a rollback to it takes back, in the
-        order they wrote."""
+    async def _undone_writes(self, board_id: str, to: int) -> list[LogEntry]:
+        """Agents' writes after version ``to`` (that a rollback to it takes back), oldest
+        first."""
         names = self.sup.app.agent_names
-        authors = [
-            e.author
+        return [
+            e
             for e in await self.sup.store.history(board_id, start=to + 1)
             if e.kind == "write" and e.author in names
         ]
-        return list(dict.fromkeys(authors))
+
+    async def _redo(self, sub: Submission, write: LogEntry, feedback: str) -> Wanted:
+        """The rewrite request for an agent whose ``write`` was taken back: given what the
+        activation that made it was given, with ``feedback``."""
+        made = sub.model_copy(update={"author": write.author, "activation_id": write.activation_id})
+        return await self.sup._rewrite(made, None, feedback)
 
     async def before_agent(self, board_id: str, agent: str) -> int:
         for entry in reversed(await self.sup.store.history(board_id)):
@@ -244,7 +249,7 @@ class Operator:
         await self.restore_compliant(
             sub.board_id, by=sub.author, why=why, proposal_id=f"flag.{sub.proposal_id}", keep=people
         )
-        wanted = [Wanted(culprit.author, "rewrite", {"feedback": why})]
+        wanted = [await self._redo(sub, culprit, why)]
         await self._go_on(sub, wanted, what=f"flag by {sub.author}", rewrite=culprit.author)
         return Outcome(status="committed", message=why)
 

@@ -26,6 +26,7 @@ from typing import Any, cast
 from blackboard.supervisor.control import Wanted, plan_after_commit, reads_for
 from blackboard.supervisor.loops import Router, Routing
 from blackboard.supervisor.operator import Operator
+from blackboard.supervisor.summarisation import Crossings
 from blackboard.supervisor.validation import Decision, Validator
 
 from blackboard import codec
@@ -123,6 +124,7 @@ class Supervisor:
         self.validator = Validator(app, store)
         self.router = Router(self.redis, self.keys, app.limits)
         self.operator = Operator(self)
+        self.crossings = Crossings(self.redis, app)
         self.queues = [
             WorkQueue(
                 self.redis,
@@ -902,6 +904,7 @@ class Supervisor:
             kind="summary" if summary else "write",
             gates=not summary,
             depends_on=depends,
+            summarises=str(activation.payload.get("key", "")) if activation and summary else None,
         )
         if decision.status == "held":
             bk = self.keys.board(sub.board_id)
@@ -984,11 +987,11 @@ class Supervisor:
             if agent_known:
                 step.rewrite = sub.author
                 step.pairs.append(f"{sub.author}>{sub.author}:rewrite")
-                wanted = [Wanted(sub.author, "rewrite", {"feedback": outcome.message})]
+                wanted = [await self._rewrite(sub, activation, outcome.message)]
         elif outcome.audit:
             step.rewrite = sub.author
             step.pairs.append(f"{sub.author}>{sub.author}:audit")
-            wanted = [Wanted(sub.author, "rewrite", {"feedback": outcome.message})]
+            wanted = [await self._rewrite(sub, activation, outcome.message)]
         elif outcome.status == "held":
             step.status = "awaiting_approval"
         else:
@@ -1004,6 +1007,21 @@ class Supervisor:
             ack=ack,
             batch=batch,
         )
+
+    async def _rewrite(
+        self, sub: Submission, activation: Activation | None, feedback: str
+    ) -> Wanted:
+        """The rewrite request for a rejected (or rolled back) submission: its agent
+        again, given what the activation it redoes was given (its payload; a
+        summarisation stays one, of the same key), with what to fix as feedback."""
+        if activation is None and sub.activation_id:
+            bk = self.keys.board(sub.board_id)
+            raw = await self.redis.hget(bk.activations, sub.activation_id)
+            activation = Activation.model_validate_json(raw) if raw else None
+        if activation is None:
+            return Wanted(sub.author, "rewrite", feedback=feedback)
+        reason = "summarise" if activation.reason == "summarise" else "rewrite"
+        return Wanted(sub.author, reason, dict(activation.payload), feedback=feedback)
 
     async def _after_failure(
         self,
@@ -1036,14 +1054,16 @@ class Supervisor:
     async def _next(
         self, sub: Submission, outcome: Outcome, read: dict[str, Any] | None = None
     ) -> tuple[list[Wanted], bool]:
-        """Who acts after a commit. One round trip for the keys routing reads and the
-        loop state (failed branches, summarised content), none if it needs neither or
-        ``read`` has them already (read with the commit: :meth:`_commit_read`)."""
+        """Who acts after a commit. One round trip for the keys routing reads, the loop
+        state (failed branches) and which summarisable keys are due (once per threshold
+        crossing: :class:`~blackboard.supervisor.summarisation.Crossings`), none if it
+        needs none of them or ``read`` has them already (read with the commit:
+        :meth:`_commit_read`)."""
         changed = outcome.keys
         reads = reads_for(self.app, changed)
         summarisable = [k for k in changed if self.app.schema.keys[k].summarisable]
         need_loops = bool(summarisable) or self._partial_joins
-        replies: list[Any] = [[], {}]
+        replies: list[Any] = [[], {}, []]
         bk = self.keys.board(sub.board_id)
         # the read path (_shape_path) never has summarisable keys or partial joins
         assert read is None or not need_loops, "the loop state was not read with the commit"
@@ -1051,10 +1071,11 @@ class Supervisor:
             pipe = self.redis.pipeline(transaction=True)
             pipe.hmget(bk.state, reads or ["-"])
             pipe.hgetall(bk.loops) if need_loops else pipe.exists(bk.loops)
-            for key in summarisable:
-                pipe.hstrlen(bk.state, key)
-                pipe.hget(bk.khash, key)
-            replies = await pipe.execute()
+            # which keys are due, decided with the read: once per threshold crossing
+            await self.crossings.queue(
+                pipe, bk, summarisable, sub.author, sub.proposal_id, sub.patch
+            )
+            replies = [*await pipe.execute(), []]  # (no keys due if none was queued)
         if read is not None:  # only what routing reads after this commit, as if read now
             board = {k: read[k] for k in reads if k in read}
         else:
@@ -1063,26 +1084,7 @@ class Supervisor:
             }
         loops: dict[str, str] = replies[1] if need_loops else {}
         failed = {k[7:]: v for k, v in loops.items() if k.startswith("failed:")}
-        due = []
-        for i, key in enumerate(summarisable):
-            size, content = int(replies[2 + 2 * i]), replies[3 + 2 * i]
-            limit_bytes, limit_tokens = self.app.summary_threshold(key)
-            over = size > limit_bytes or (
-                limit_tokens is not None and codec.approx_tokens(size) > limit_tokens
-            )
-            marker = f"sum:{key}"
-            # A summary's own output is never summarised again (no summarisation loop),
-            # even if it is still above the threshold; new content may be.
-            from_summariser = sub.author == self.app.summariser
-            if (
-                over
-                and loops.get(marker) != content
-                and self.app.summariser is not None
-                and not from_summariser
-            ):
-                due.append(key)
-            if over or loops.get(marker) or from_summariser:  # what was (being) summarised
-                await self.redis.hset(bk.loops, marker, content or "")
+        due = [str(k) for k in replies[2]]
         plan = plan_after_commit(
             self.app,
             author=sub.author,
@@ -1158,7 +1160,7 @@ class Supervisor:
             due = min(due, deadline)
         for w in wanted:
             payload = dict(w.payload)
-            feedback = str(payload.pop("feedback", "")) if w.reason == "rewrite" else ""
+            feedback = w.feedback
             step.activations.append(
                 Activation(
                     activation_id=activation_id(parent, w.agent, str(payload.get("key", ""))),

@@ -10,7 +10,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from blackboard.supervisor.summarisation import OnTop, check_summary
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
 
 from blackboard.app import App, verdict
 from blackboard.errors import ConflictError, ProposalRejected, ValidationFailed
@@ -45,10 +51,13 @@ class Decision:
 class Validator:
     """Validates and commits proposals for one app."""
 
-    def __init__(self, app: App, store: BoardStore, *, attempts: int = 5) -> None:
+    def __init__(
+        self, app: App, store: BoardStore, *, attempts: int = 5, summary_attempts: int = 20
+    ) -> None:
         self.app = app
         self.store = store
         self.attempts = attempts
+        self.summary_attempts = summary_attempts
         self._policy_reads = sorted({k for p in app.policies for k in p.reads})
         self._gate_reads = sorted({k for g in app.gates for k in g.reads})
 
@@ -60,6 +69,7 @@ class Validator:
         kind: CommitKind = "write",
         gates: bool = True,
         depends_on: list[str] | None = None,
+        summarises: str | None = None,
     ) -> Decision:
         """Validate and commit, or reject, or hold.
 
@@ -68,15 +78,33 @@ class Validator:
         conflict and the agent recomputes. Otherwise it is rebased on the current
         version, policies re-run on fresh state, and committed with every key involved in
         the read set; a commit that races another is retried from the top (bounded).
+
+        ``summarises``: with ``kind="summary"``, the summarisable key the summary was
+        activated for, the only key it may write; a summary is moved on top of what was
+        appended to that key after its base (:class:`OnTop`), its races retried (up
+        to ``summary_attempts`` times: a busy writer of the key races it often).
         """
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Raced),
             stop=stop_after_attempt(self.attempts),
             reraise=True,
         )
+        on_top = None
+        if summarises is not None:
+            on_top = OnTop(self.store, board_id, proposal, summarises)
+            retrying = retrying.copy(
+                retry=retry_if_exception(
+                    lambda exc: isinstance(exc, _Raced) and on_top.may_retry(exc.conflict)
+                ),
+                stop=stop_after_attempt(self.summary_attempts),
+            )
         try:
+            if summarises is not None:
+                check_summary(self.app, proposal, summarises)
             async for attempt in retrying:
                 with attempt:
+                    if on_top is not None:
+                        proposal = await on_top.proposal()
                     return await self._once(board_id, proposal, kind, gates, depends_on or [])
         except _Raced as raced:
             return _rejected(raced.conflict)
@@ -96,12 +124,17 @@ class Validator:
             # Nothing to evaluate on the resulting board: the commit script itself checks
             # that nothing written or depended on changed after the base (stale = conflict).
             reads = [*dict.fromkeys([*proposal.reads, *depends_on])]
-            commit = await self.store.commit(
-                board_id,
-                proposal.model_copy(update={"reads": reads}),
-                kind=kind,
-                outcome="policies:none",
-            )
+            try:
+                commit = await self.store.commit(
+                    board_id,
+                    proposal.model_copy(update={"reads": reads}),
+                    kind=kind,
+                    outcome="policies:none",
+                )
+            except ConflictError as exc:
+                if kind == "summary":  # moved on top of the key as it is now, again
+                    raise _Raced(exc) from exc
+                raise
             return Decision("committed", commit=commit)
         extra = [*self._policy_reads, *(self._gate_reads if gates else []), *depends_on]
         preview = await self.store.preview(board_id, proposal, extra=extra, kind=kind)
@@ -118,7 +151,10 @@ class Validator:
         ]
         stale = {k: preview.kvers[k] for k in dependencies if preview.kvers[k] > proposal.base}
         if stale:
-            raise ConflictError(board_id, proposal.base, stale)
+            conflict = ConflictError(board_id, proposal.base, stale)
+            if kind == "summary":  # moved on top of the key as it is now, again
+                raise _Raced(conflict)
+            raise conflict
         self._check_policies(preview.view)
         if gates:
             held = self._gate(preview.view, preview.writes)

@@ -244,7 +244,7 @@ async def test_summarisation_replaces_verbose_content_once(store: BoardStore) ->
     summary = [e for e in await store.history("c1") if e.kind == "summary"]
     assert len(summary) == 1 and summary[0].author == "summariser"
     log = await store.read_key("c1", "log")
-    assert log[0].startswith("[summary of 6 earlier entries] page 0: lorem ipsum")
+    assert log[0].startswith("[summary of 6 earlier entries] page 0: lorem")
     assert log[1:] == [f"page {i}: " + "lorem ipsum " * 5 for i in (6, 7)]  # recent: verbatim
     raw = (await store.read("c1", at=summary[0].version - 1)).data["log"]
     assert len(raw) == 8  # the raw content stays retrievable from the log
