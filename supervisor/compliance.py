@@ -74,6 +74,13 @@ class Compliance:
         name, _, why = str(reply[2]).partition("|")
         return Claim(int(reply[1]), name, why)
 
+    async def restore(self, board_id: str, target: int, proposal_id: str, why: str) -> None:
+        """Claim a rollback to ``target`` chosen by its caller (a flag's), before it is
+        committed: what it drops is never compliant again, nor a later rollback's target."""
+        await self._script(
+            keys=self._keys(board_id), args=["restore", target, proposal_id, f"flag|{why}"]
+        )
+
     async def decided(self, board_id: str, proposal_id: str) -> Claim | None:
         """The rollback claimed under ``proposal_id``, if one was (a redelivered failure
         finishes it, whatever its audits say on a second run)."""

@@ -194,9 +194,13 @@ class Operator:
         """Roll back to the compliant version; returns the version restored."""
         bk = self.sup.keys.board(board_id)
         to = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
+        # Claimed first, as an audit rollback is: an audit of a version it drops that
+        # passes later makes nothing compliant, and no later rollback restores it.
+        await self.sup.compliance.restore(board_id, to, proposal_id, why)
         result = await self.sup.store.rollback(
             board_id, to=to, author=by, reason=why, proposal_id=proposal_id
         )
+        await self.sup.compliance.passed(board_id, result.version)  # the target's content
         await self.sup._incident(board_id, "rollback", f"{why} (to v{to})", result.version)
         return to
 

@@ -14,10 +14,11 @@ KEYS[3] claims     hash  rollback proposal id -> 'target|audit|message'
 KEYS[4] proposals  hash  proposal id -> version it committed as (a claim's rollback
                          commit, once it exists)
 
-ARGV[1] 'pass' or 'claim'
-ARGV[2] the version the audits ran on
-ARGV[3] (claim) the rollback's proposal id
-ARGV[4] (claim) the audit that failed and its message, 'audit|message'
+ARGV[1] 'pass', 'claim' or 'restore' (a rollback to a target chosen by its caller, a
+        flag's: claimed the same way, so what it drops never becomes compliant again)
+ARGV[2] the version the audits ran on (restore: the target)
+ARGV[3] (claim, restore) the rollback's proposal id
+ARGV[4] (claim, restore) why, 'audit|message' ('flag|message' for a flag)
 
 Returns
   {'passed'}                       pass recorded; compliant is now at least this version
@@ -29,12 +30,18 @@ Returns
 local meta, passed, claims, proposals = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local mode, v = ARGV[1], tonumber(ARGV[2])
 
-if mode == 'claim' then
+if mode ~= 'pass' then
   local prev = redis.call('HGET', claims, ARGV[3])
   if prev then
     local target, decided = string.match(prev, '^(%d+)|(.*)$')
     return {'claimed', target, decided}
   end
+end
+if mode == 'restore' then
+  redis.call('HSET', claims, ARGV[3], v .. '|' .. ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', passed, '(' .. v, '+inf')
+  redis.call('HSET', meta, 'compliant', v)
+  return {'claimed', tostring(v), ARGV[4]}
 end
 
 -- dropped by a rollback claimed already: above its target and below its commit (which,

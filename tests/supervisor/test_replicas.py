@@ -314,3 +314,30 @@ async def test_routing_skips_an_activation_the_board_already_has(store: BoardSto
     bk = store.keys("d")
     assert await store.redis.hget(bk.meta, "activations") == "1"
     assert await store.redis.hkeys(bk.outbox) == ["a-join"]
+
+
+async def test_a_flagged_version_never_becomes_a_rollback_target(store: BoardStore) -> None:
+    """A flag takes back a version whose audits passed; a later audit rollback goes back
+    to the flag's rollback (the content it restored), never to the flagged version."""
+
+    async def check(view: Any) -> bool | str:
+        return "b is bad" if view.get("b") == "bad" else True
+
+    app = pair_app(check)
+    sup, _ = await replicas(app, store)
+    await sup.start("p3")
+    act_a = await open_activation(store, "p3", "pa")
+    act_b = await open_activation(store, "p3", "pb")
+    assert (await sup.handle(proposal(act_a, "pa-1", {"a": 1}, 0))).version == 1
+    assert (await store.info("p3")).compliant == 1
+    flag = Submission(
+        kind="command", board_id="p3", author="human:bob", command="flag", reason="wrong"
+    )
+    assert (await sup.handle(flag)).status == "committed"
+    assert (await store.read("p3")).data == (await store.read("p3", at=0)).data  # v2
+    outcome = await sup.handle(proposal(act_b, "pb-1", {"b": "bad"}, 2))
+    assert (outcome.version, outcome.audit) == (3, "b_ok")
+    last = (await store.history("p3"))[-1]
+    assert (last.version, last.kind, last.outcome) == (4, "rollback", "restored:2")
+    assert (await store.read("p3")).data == (await store.read("p3", at=0)).data
+    assert (await store.info("p3")).compliant == 4
