@@ -1,9 +1,9 @@
 """The app the two-replica process tests run (tests/supervisor/test_replica_processes.py).
 
 Agents ``pa`` and ``pb`` start in parallel, each owning one key; a slow audit passes
-pa's commit and fails pb's first one (pb fixes it on the rewrite); the aggregator joins
-both keys. Every commit is audited, so every proposal goes the general path: commit,
-audit (slow), then routing, which is when replicas race."""
+pa's commit and fails pb's first one, before pa's has passed (pb fixes it on the
+rewrite); the aggregator joins both keys. Every commit is audited, so every proposal
+goes the general path: commit, audit (slow), then routing, which is when replicas race."""
 
 from __future__ import annotations
 
@@ -30,7 +30,9 @@ async def pa(ctx: Context) -> Output:
 
 @agent("pb")
 async def pb(ctx: Context) -> Output:
-    await asyncio.sleep(0.05)  # pa's commit is first
+    # pa's commit is first, and its audit is running on one replica: pb's commit goes
+    # to the other
+    await asyncio.sleep(0.15)
     return Output(updates={"b": "good" if ctx.feedback else "bad"})
 
 
@@ -41,7 +43,7 @@ async def agg(ctx: Context) -> Output:
 
 async def slow_check(view: Mapping[str, Any]) -> bool | str:
     if view.get("b") == "bad":
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.05)  # fails while pa's commit is still being audited
         return "b is bad"
     await asyncio.sleep(0.4)  # a slow, semantic check
     return True
