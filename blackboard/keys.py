@@ -146,6 +146,18 @@ class BoardKeys:
         return self._k("routed")
 
     @cached_property
+    def passed(self) -> str:
+        """Sorted set: versions whose audits passed and whose content no rollback
+        dropped (score = version): the candidates for an audit rollback's target."""
+        return self._k("passed")
+
+    @cached_property
+    def claims(self) -> str:
+        """Hash: an audit rollback's proposal id -> 'target|audit|message', decided once
+        (see ``supervisor/lua/audit.lua``)."""
+        return self._k("claims")
+
+    @cached_property
     def held(self) -> str:
         """Hash: proposal id -> proposal JSON held by a gate."""
         return self._k("held")
@@ -217,6 +229,8 @@ class BoardKeys:
             self.outbox,
             self.loops,
             self.routed,
+            self.passed,
+            self.claims,
             self.held,
             self.incidents,
             self.tool_results,

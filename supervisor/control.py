@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blackboard.app import App
 from blackboard.records import Handoff
 
-__all__ = ["Plan", "Wanted", "plan_after_commit", "reads_for"]
+if TYPE_CHECKING:
+    from blackboard.agents.agent import Trigger
+
+__all__ = ["Plan", "Wanted", "join_keys", "plan_after_commit", "reads_for"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,10 @@ class Wanted:
     feedback: str = ""
     """For a rewrite (or a summarisation redone): what to fix. Apart from the payload,
     which a rewrite keeps as its activation was given it."""
+    origin: str = ""
+    """What the activation's id derives from instead of the commit that caused it (''
+    = that commit). A join's names the versions of the keys it waited on, so replicas
+    routing different branches' commits create the same activation, and Redis keeps one."""
 
 
 @dataclass
@@ -40,6 +47,12 @@ def reads_for(app: App, changed: Sequence[str]) -> list[str]:
     return sorted(keys)
 
 
+def join_keys(app: App, changed: Sequence[str]) -> list[str]:
+    """The keys joins watching ``changed`` wait on: their versions identify a join's
+    activation (see :attr:`Wanted.origin`)."""
+    return sorted({k for _, trig in app.triggers_for(changed) if trig.join for k in trig.watches})
+
+
 def plan_after_commit(
     app: App,
     *,
@@ -49,8 +62,17 @@ def plan_after_commit(
     board: Mapping[str, Any],
     failed: Mapping[str, str],
     summarise: Sequence[str] = (),
+    versions: Mapping[str, int] | None = None,
+    board_id: str = "",
+    version: int | None = None,
 ) -> Plan:
-    """Activations wanted after one commit (or handoff), deduplicated by agent."""
+    """Activations wanted after one commit (or handoff), deduplicated by agent.
+
+    ``versions``: the versions of the keys joins wait on (:func:`join_keys`), read with
+    ``board``; a join that fires is identified by them (and the board's id). A join is
+    left to a later commit (``version`` being this one's) that changed a key it waits
+    on: that commit's routing sees the join as this one does, and more (replicas route
+    commits in any order, and a later commit may be rolled back by its audit)."""
     if app.done is not None and changed and app.done(board):
         return Plan([], done=True)
     wanted: dict[str, Wanted] = {}
@@ -59,8 +81,11 @@ def plan_after_commit(
     for agent, trigger in app.triggers_for(changed):
         if agent.name == author or agent.name in wanted:
             continue
+        origin = _join_origin(agent.name, trigger, versions, board_id, version)
+        if origin is None:
+            continue  # left to the later commit
         if trigger.fires(board, failed=_failed_keys(app, failed)):
-            wanted[agent.name] = Wanted(agent.name, "trigger")
+            wanted[agent.name] = Wanted(agent.name, "trigger", origin=origin)
     if app.router is not None:
         for name in app.router(board, list(changed)):
             app.agent(name)
@@ -75,6 +100,24 @@ def plan_after_commit(
             payload = {"key": key, "threshold": limit_bytes}
             wanted[f"{app.summariser}:{key}"] = Wanted(app.summariser, "summarise", payload)
     return Plan(list(wanted.values()))
+
+
+def _join_origin(
+    agent: str,
+    trigger: Trigger,
+    versions: Mapping[str, int] | None,
+    board_id: str,
+    version: int | None,
+) -> str | None:
+    """A join's :attr:`Wanted.origin` (the board, the agent and the versions of the keys
+    it waits on); '' for another trigger or with no versions; None if a commit after
+    ``version`` changed a key it waits on."""
+    if not trigger.join or versions is None:
+        return ""
+    if version is not None and any(versions.get(k, 0) > version for k in trigger.watches):
+        return None
+    seen = ",".join(f"{k}@{versions.get(k, 0)}" for k in trigger.watches)
+    return f"join:{board_id}:{agent}:{seen}"
 
 
 def _failed_keys(app: App, failed: Mapping[str, str]) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from blackboard.supervisor.control import Wanted
 from blackboard.supervisor.loops import Routing
@@ -218,9 +218,13 @@ class Operator:
         the version restored."""
         bk = self.sup.keys.board(board_id)
         to = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
+        # Claimed first, as an audit rollback is: an audit of a version it drops that
+        # passes later makes nothing compliant, and no later rollback restores it.
+        await self.sup.compliance.restore(board_id, to, proposal_id, why)
         result = await self.sup.store.rollback(
             board_id, to=to, author=by, reason=why, proposal_id=proposal_id, keep=keep
         )
+        await self.sup.compliance.passed(board_id, result.version)  # the target's content
         await self.sup._incident(board_id, "rollback", f"{why} (to v{to})", result.version)
         return to
 
@@ -301,8 +305,13 @@ class Operator:
         if app.done is None:
             return False
         reads = list(app.done_reads)
-        values = await self.sup.redis.hmget(self.sup.keys.board(board_id).state, reads or ["-"])
-        board = {k: codec.loads(v) for k, v in zip(reads, values, strict=False) if v is not None}
+        state = self.sup.keys.board(board_id).state
+        values = cast(list[str | None], await self.sup.redis.hmget(state, reads or ["-"]))
+        board = {
+            k: codec.loads(v, f"key {k!r} of board {board_id!r}")
+            for k, v in zip(reads, values, strict=False)
+            if v is not None
+        }
         return bool(app.done(board))
 
     async def _not_done(self, sub: Submission) -> None:

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from blackboard.supervisor.control import Wanted, plan_after_commit, reads_for
+from blackboard.supervisor.compliance import Compliance, Dropped
+from blackboard.supervisor.control import Wanted, join_keys, plan_after_commit, reads_for
 from blackboard.supervisor.loops import Router, Routing
 from blackboard.supervisor.operator import Operator
 from blackboard.supervisor.summarisation import Crossings
@@ -97,9 +98,30 @@ class _Planned:
     now: int
 
 
+READ_WITH_VERSIONS = """
+--[[ What routing reads after a commit whose keys a join watches: the values of the keys
+routing reads and the versions of the keys the join waits on, in one atomic step (a
+join's activation id derives from the versions its condition saw).
+KEYS[1] state  KEYS[2] kver
+ARGV[1] N, then N keys to read, then the join's keys
+Returns {values of the N keys, versions of the join's keys} (nil where unset)
+]]
+local n = tonumber(ARGV[1])
+local reads, joins = {}, {}
+for i = 2, n + 1 do reads[#reads + 1] = ARGV[i] end
+for i = n + 2, #ARGV do joins[#joins + 1] = ARGV[i] end
+return {redis.call('HMGET', KEYS[1], unpack(reads)), redis.call('HMGET', KEYS[2], unpack(joins))}
+"""
+
+
 def activation_id(parent: str, agent: str, extra: str = "") -> str:
     """Deterministic, so a redelivered submission re-creates the same activations."""
     return "a" + codec.content_hash(f"{parent}>{agent}:{extra}")
+
+
+def _versions(keys: Sequence[str], raw: Sequence[Any]) -> dict[str, int]:
+    """Keys' versions as read from the kver hash (absent: 0, never written)."""
+    return {k: int(v or 0) for k, v in zip(keys, raw, strict=True)}
 
 
 class Supervisor:
@@ -125,6 +147,7 @@ class Supervisor:
         self.router = Router(self.redis, self.keys, app.limits)
         self.operator = Operator(self)
         self.crossings = Crossings(self.redis, app)
+        self.compliance = Compliance(self.redis, self.keys)
         self.queues = [
             WorkQueue(
                 self.redis,
@@ -142,6 +165,7 @@ class Supervisor:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._status: dict[str, str] = {}
         self._shapes: dict[tuple[Any, ...], str] = {}
+        self._read_versions = self.redis.register_script(READ_WITH_VERSIONS)
 
     # -- declaration ----------------------------------------------------------------
 
@@ -743,13 +767,17 @@ class Supervisor:
         outcome properly. The keys are read for every key written: a superset of those
         the commit changes."""
         board_id = sub.board_id
-        reads = reads_for(self.app, [op["path"][1:] for op in sub.patch])
+        written = [op["path"][1:] for op in sub.patch]
+        reads = reads_for(self.app, written)
+        joins = join_keys(self.app, written)
+        bk = self.keys.board(board_id)
+        read: Command = ("hmget", (bk.state, reads or ["-"]), {})
+        if joins:  # the values and the versions a join's id derives from, atomically
+            script = (self._read_versions, [bk.state, bk.kver], [len(reads), *reads, *joins])
+            read = ("script", script, {})
         async with redis_failures(f"commit to board {board_id!r}"):
             replies = await self.router.pipeliner.execute(
-                *before,
-                self.store.commit_command(prepared),
-                *self._wait(),
-                ("hmget", (self.keys.board(board_id).state, reads or ["-"]), {}),
+                *before, self.store.commit_command(prepared), *self._wait(), read
             )
         reply = replies[len(before)]
         acked = replies[len(before) + 1] if self.store.settings.wait_replicas else None
@@ -760,9 +788,8 @@ class Supervisor:
         if commit.duplicate:
             return None
         outcome = Outcome(status="committed", version=commit.version, keys=commit.keys)
-        board = {
-            k: codec.loads(v) for k, v in zip(reads, replies[-1], strict=False) if v is not None
-        }
+        values, versions = (replies[-1], None) if not joins else replies[-1]
+        board = {k: codec.loads(v) for k, v in zip(reads, values, strict=False) if v is not None}
         await self._follow_up(
             sub,
             outcome,
@@ -772,6 +799,7 @@ class Supervisor:
             batch=batch,
             report=report,
             board=board,
+            versions=None if versions is None else _versions(joins, versions),
         )
         return outcome
 
@@ -917,13 +945,56 @@ class Supervisor:
         return await self._audit(sub, decision)
 
     async def _audit(self, sub: Submission, decision: Decision) -> Outcome:
+        """Run the audits on the commit's version. What they decide is recorded at once
+        in Redis, whichever replica ran them: a pass makes the version a candidate
+        rollback target; a failure rolls back to the newest version below it that passed
+        (:class:`~blackboard.supervisor.compliance.Compliance`)."""
         commit = decision.commit
         assert commit is not None
         outcome = Outcome(status="committed", version=commit.version, keys=commit.keys)
         if not self.app.audits or not commit.keys:
             return outcome
+        board_id, rollback_id = sub.board_id, f"audit-rb.{sub.proposal_id}"
+        # A failure decided before (this submission redelivered) is finished as decided,
+        # whatever the audits say on a second run.
+        decided = await self.compliance.decided(board_id, rollback_id)
+        if decided is not None:
+            failure: tuple[str, str] | None = (decided.audit, decided.message)
+        else:
+            failure = await self._run_audits(sub.board_id, commit.version)
+        if failure is None:
+            await self._passed(board_id, outcome)
+            return outcome
+        outcome.audit, outcome.message = failure
+        claim = await self.compliance.claim(board_id, commit.version, rollback_id, *failure)
+        if isinstance(claim, Dropped):
+            return outcome  # an earlier rollback took this version's content back already
+        why = f"audit {claim.audit!r} failed: {claim.message}"
+        result = await self.store.rollback(
+            board_id, to=claim.target, author="supervisor", reason=why, proposal_id=rollback_id
+        )
+        await self.compliance.passed(board_id, result.version)  # the target's content
+        await self._incident(board_id, "rollback", f"{why} (to v{claim.target})", result.version)
+        return outcome
+
+    async def _passed(self, board_id: str, outcome: Outcome) -> None:
+        """Record that the committed ``outcome``'s version passed its audits, at once;
+        if an audit rollback dropped it meanwhile, say so in the outcome (nothing is
+        recorded: that content is gone, and its author is asked to redo it)."""
+        assert outcome.version is not None
+        dropped = await self.compliance.passed(board_id, outcome.version)
+        if dropped is not None:
+            outcome.reason = "rolled_back"
+            outcome.message = (
+                f"committed as v{outcome.version}, then rolled back to v{dropped.target} "
+                "(another commit failed its audit) before its own audits passed; its "
+                "author is asked to redo it."
+            )
+
+    async def _run_audits(self, board_id: str, version: int) -> tuple[str, str] | None:
+        """The first audit that fails on ``version`` and why, or None."""
         reads = sorted({k for a in self.app.audits for k in a.reads})
-        view = (await self.store.read(sub.board_id, at=commit.version)).data
+        view = (await self.store.read(board_id, at=version)).data
         for audit in self.app.audits:
             try:
                 result: Any = audit.check({k: view.get(k) for k in reads})
@@ -933,16 +1004,36 @@ class Supervisor:
             except Exception as exc:
                 failed = f"audit {audit.name!r} raised {type(exc).__name__}: {exc}"
             if failed:
-                outcome.audit = audit.name
-                outcome.message = failed
-                await self.operator.restore_compliant(
-                    sub.board_id,
-                    by="supervisor",
-                    why=f"audit {audit.name!r} failed: {failed}",
-                    proposal_id=f"audit-rb.{sub.proposal_id}",
-                )
-                return outcome
-        return outcome
+                return audit.name, failed
+        return None
+
+    async def _redo_dropped(self, sub: Submission, outcome: Outcome) -> list[Wanted]:
+        """The writes of other agents that the audit rollback after ``sub``'s commit
+        dropped: each author redoes its work, with why as feedback. Each redo's id is the
+        one a failed audit of that write would give its rewrite, so the two are one."""
+        found = await self.compliance.dropped_writes(
+            self.store,
+            sub.board_id,
+            f"audit-rb.{sub.proposal_id}",
+            set(self.app.agent_names) - {sub.author},
+        )
+        if found is None:
+            return []
+        claim, entries = found
+        return [
+            Wanted(
+                e.author,
+                "rewrite",
+                feedback=(
+                    f"your commit v{e.version} was rolled back: audit {claim.audit!r} "
+                    f"failed on v{outcome.version} ({claim.message}), and the board "
+                    f"went back to v{claim.target}, the newest version whose audits "
+                    "had passed. Do your work again on the board as it is now."
+                ),
+                origin=e.activation_id or e.proposal_id,
+            )
+            for e in entries
+        ]
 
     # -- after the decision -----------------------------------------------------------
 
@@ -958,10 +1049,23 @@ class Supervisor:
         batch: list[Command] | None = None,
         report: str = "",
         board: dict[str, Any] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> None:
         """Route after a decision. ``board``: what routing reads after a commit, if it
-        was read with the commit."""
+        was read with the commit; ``versions``: the versions of the keys joins wait on,
+        read with it."""
         board_id = sub.board_id
+        if (
+            self.app.audits
+            and outcome.status == "committed"
+            and outcome.keys
+            and not outcome.audit
+            and not outcome.reason
+        ):
+            # Recorded again (audited, it was as soon as its audits passed), for a
+            # commit no audit saw (an approval, a person's set), and to learn whether a
+            # rollback dropped it since: then nothing follows from it.
+            await self._passed(board_id, outcome)
         step = Routing(
             routing_id=sub.proposal_id,
             version=outcome.version or 0,
@@ -973,14 +1077,15 @@ class Supervisor:
         )
         wanted: list[Wanted] = []
         agent_known = sub.author in self.app.agent_names
-        if outcome.reason in ("board_stopped", "stale"):
+        if outcome.reason in ("board_stopped", "stale", "rolled_back"):
             pass  # nothing follows; routing only closes the activation
         elif outcome.status == "committed" and not outcome.audit:
             step.reset_rewrite = sub.author
-            step.compliant = bool(outcome.keys)
+            # with audits, what passed decides (recorded above)
+            step.compliant = bool(outcome.keys) and not self.app.audits
             if sub.handoff is not None:
                 step.pairs.append(f"{sub.author}>{sub.handoff.to}")
-            wanted, done = await self._next(sub, outcome, board)
+            wanted, done = await self._next(sub, outcome, board, versions)
             if done:
                 step.status = "done"
         elif outcome.status in ("rejected", "failed") and sub.error in ("", "semantic"):
@@ -992,6 +1097,7 @@ class Supervisor:
             step.rewrite = sub.author
             step.pairs.append(f"{sub.author}>{sub.author}:audit")
             wanted = [await self._rewrite(sub, activation, outcome.message)]
+            wanted += await self._redo_dropped(sub, outcome)
         elif outcome.status == "held":
             step.status = "awaiting_approval"
         else:
@@ -1052,15 +1158,21 @@ class Supervisor:
         return wanted
 
     async def _next(
-        self, sub: Submission, outcome: Outcome, read: dict[str, Any] | None = None
+        self,
+        sub: Submission,
+        outcome: Outcome,
+        read: dict[str, Any] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> tuple[list[Wanted], bool]:
-        """Who acts after a commit. One round trip for the keys routing reads, the loop
-        state (failed branches) and which summarisable keys are due (once per threshold
-        crossing: :class:`~blackboard.supervisor.summarisation.Crossings`), none if it
-        needs none of them or ``read`` has them already (read with the commit:
+        """Who acts after a commit. One round trip for the keys routing reads, the
+        versions of those joins wait on, the loop state (failed branches) and which
+        summarisable keys are due (once per threshold crossing:
+        :class:`~blackboard.supervisor.summarisation.Crossings`), none if it needs none of
+        them or ``read`` and ``versions`` have them already (read with the commit:
         :meth:`_commit_read`)."""
         changed = outcome.keys
         reads = reads_for(self.app, changed)
+        joins = join_keys(self.app, changed)
         summarisable = [k for k in changed if self.app.schema.keys[k].summarisable]
         need_loops = bool(summarisable) or self._partial_joins
         replies: list[Any] = [[], {}, []]
@@ -1075,7 +1187,12 @@ class Supervisor:
             await self.crossings.queue(
                 pipe, bk, summarisable, sub.author, sub.proposal_id, sub.patch
             )
-            replies = [*await pipe.execute(), []]  # (no keys due if none was queued)
+            if joins:  # in the same transaction as the values the join's condition sees
+                pipe.hmget(bk.kver, joins)
+            replies = await pipe.execute()
+            if joins:
+                versions = _versions(joins, replies.pop())
+            replies.append([])  # (no keys due if none was queued)
         if read is not None:  # only what routing reads after this commit, as if read now
             board = {k: read[k] for k in reads if k in read}
         else:
@@ -1093,6 +1210,9 @@ class Supervisor:
             board=board,
             failed=failed,
             summarise=due,
+            versions=versions,
+            board_id=sub.board_id,
+            version=outcome.version,
         )
         return plan.activations, plan.done
 
@@ -1161,9 +1281,10 @@ class Supervisor:
         for w in wanted:
             payload = dict(w.payload)
             feedback = w.feedback
+            origin = w.origin or parent
             step.activations.append(
                 Activation(
-                    activation_id=activation_id(parent, w.agent, str(payload.get("key", ""))),
+                    activation_id=activation_id(origin, w.agent, str(payload.get("key", ""))),
                     board_id=board_id,
                     agent=w.agent,
                     base=step.version if base is None else base,

@@ -35,7 +35,8 @@ commit_route driver supplies those four from the commit's result.)
 Returns
   {'ok', status, aid1, agent1, entry1, ...}     this step's activations to dispatch (if the
                                                 board is active); never another step's,
-                                                which that step dispatches itself
+                                                which that step dispatches itself, nor
+                                                one the board already had
   {'again', status, aid1, agent1, entry1, ...}  already routed: the undispatched outbox
   {'tripped', kind, detail}                     board escalated, incident recorded
 ]]
@@ -224,19 +225,26 @@ if P > 0 then
   if tripped then return trip('loop', tripped[1], tripped[2]) end
 end
 
--- activations (none on a stopped board: nothing should act until an operator resumes it)
+-- activations (none on a stopped board: nothing should act until an operator resumes it).
+-- One whose id the board already has is skipped, neither counted nor queued again: a
+-- join's id derives from the versions it waited on, so two replicas routing two of its
+-- branches' commits both ask for it, and it is created once.
 local base = 12 + P
 if stopped then A = 0 end
-if A > 0 then
-  local used = tonumber(m[3] or '0')
-  if used + A > tonumber(max_acts) then
-    return trip('budget', 'activation budget spent: ' .. used .. ' used, ' .. A ..
-      ' more requested, max_activations ' .. max_acts)
-  end
-  redis.call('HINCRBY', meta, 'activations', A)
-end
+local new = {}  -- the ARGV offsets of the activations created here
 for i = 0, A - 1 do
   local o = base + 1 + 5 * i
+  if redis.call('HEXISTS', acts, ARGV[o]) == 0 then new[#new + 1] = o end
+end
+if #new > 0 then
+  local used = tonumber(m[3] or '0')
+  if used + #new > tonumber(max_acts) then
+    return trip('budget', 'activation budget spent: ' .. used .. ' used, ' .. #new ..
+      ' more requested, max_activations ' .. max_acts)
+  end
+  redis.call('HINCRBY', meta, 'activations', #new)
+end
+for _, o in ipairs(new) do
   redis.call('HSET', acts, ARGV[o], ARGV[o + 3])
   redis.call('ZADD', open, ARGV[o + 2], ARGV[o])
   redis.call('HSET', outbox, ARGV[o], ARGV[o + 4])
@@ -249,8 +257,7 @@ if ARGV[9] ~= '' then
   current = ARGV[9]
 end
 local reply = {'ok', current}
-for i = 0, A - 1 do
-  local o = base + 1 + 5 * i
+for _, o in ipairs(new) do
   reply[#reply + 1] = ARGV[o]
   reply[#reply + 1] = ARGV[o + 1]
   reply[#reply + 1] = ARGV[o + 4]

@@ -233,7 +233,8 @@ async def test_with_wait_replicas_the_wait_follows_the_commit_and_the_read_comes
     for i in range(1, BRANCHES + 1):
         outcome = await sup.handle(branch_sub(i, f"p{i}"))
         assert (outcome.status, outcome.version) == ("committed", i)
-    assert sent[0] == ["script", "WAIT", "hmget"]
+    # the read last: for a join, a script reading the values and their versions at once
+    assert sent[0] == ["script", "WAIT", "script"]
     [(_, entry)] = await store.redis.xrange(sup.keys.queue("join"))
     assert entry["agent"] == "join"
     await store.close()
