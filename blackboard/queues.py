@@ -4,9 +4,10 @@ At-least-once delivery: an entry stays pending until acknowledged. An entry held
 consumer known to be dead (its process stopped beating: :class:`Liveness`) is claimed by
 the next consumer that asks, seconds after the death, well before any activation timeout
 it could trip; an entry left pending longer than ``claim_idle_ms`` (a consumer that never
-beat, presumably dead) is claimed too; every delivery is counted by Redis, and an entry delivered more
-than ``max_deliveries`` times goes to the dead-letter stream, written *before* the ack
-so a crash between the two duplicates a dead letter rather than losing the entry.
+beat, presumably dead) is claimed too. Every delivery is counted by Redis, and an entry
+delivered more than ``max_deliveries`` times goes to the dead-letter stream, written
+*before* the ack so a crash between the two duplicates a dead letter rather than losing
+the entry.
 Consumers survive a Redis restart: a missing group is recreated.
 
 Known traps handled here (DESIGN §11): streams are never trimmed past an entry any
@@ -197,6 +198,14 @@ class WorkQueue:
         entries = await self._read(consumer, ">", count, block_ms)
         return [Delivery(i, f, 1) for i, f in entries if f is not None]
 
+    async def holds(self, consumer: str) -> bool:
+        """Whether ``consumer`` holds entries (read, not acknowledged): what a process
+        restarted under the name of one that was killed must work on first."""
+        if not self._ready:
+            await self.ensure_group()
+        info = await self.redis.xpending(self.stream, self.group)
+        return bool(info["pending"]) and any(str(c["name"]) == consumer for c in info["consumers"])
+
     async def take_own(self, consumer: str, *, after: str = "0", count: int = 10) -> list[Delivery]:
         """This consumer's own pending entries (read, not acknowledged) after ``after``,
         oldest first. After an outage in the middle of a batch they come before
@@ -267,20 +276,26 @@ class WorkQueue:
         entries: list[tuple[str, dict[str, str]]] = []
         counts: dict[str, int] = {}
         for name in await self.dead_consumers(consumer):
-            rows = await self.redis.xpending_range(
-                self.stream, self.group, min="-", max="+", count=count, consumername=name
+            rows = cast(
+                "list[dict[str, Any]]",
+                await self.redis.xpending_range(
+                    self.stream, self.group, min="-", max="+", count=count, consumername=name
+                ),
             )
-            ids = [r["message_id"] for r in rows]
+            ids: list[Any] = [str(r["message_id"]) for r in rows]
             if not ids:
                 continue
-            counts.update({r["message_id"]: int(r["times_delivered"]) + 1 for r in rows})
-            claimed = await self.redis.xclaim(
-                self.stream, self.group, consumer, self.liveness_ms // 2, ids
+            counts.update({str(r["message_id"]): int(r["times_delivered"]) + 1 for r in rows})
+            claimed = cast(
+                "list[tuple[str, dict[str, str] | None]]",
+                await self.redis.xclaim(
+                    self.stream, self.group, consumer, self.liveness_ms // 2, ids
+                ),
             )
-            gone = [i for i, f in claimed if f is None]
+            gone = [i for i, f in claimed if not f]
             if gone:  # trimmed away (older servers return them): nothing to do
                 await self.redis.xack(self.stream, self.group, *gone)
-            entries += [(i, f) for i, f in claimed if f is not None]
+            entries += [(i, f) for i, f in claimed if f]
             log.info(
                 "took over %d entries of dead consumer %s on %s", len(claimed), name, self.stream
             )
@@ -325,7 +340,7 @@ class WorkQueue:
             count=len(entries) * 2,
             consumername=consumer,
         )
-        return {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        return {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
 
     async def ack(self, entry_id: str) -> None:
         await self.redis.xack(self.stream, self.group, entry_id)

@@ -217,9 +217,10 @@ class Supervisor:
     async def _consume(self, queue: WorkQueue, stop: asyncio.Event, batch: int) -> None:
         backoff = 0.05
         ahead: asyncio.Future[list[Delivery]] | None = None  # the next batch, being read
-        # What this consumer name holds is read first, from here: at start (a predecessor
-        # of the same name was killed), and after an outage.
-        own: str | None = "0"
+        own: str | None = None  # after an outage: re-read what this consumer holds, from here
+        with contextlib.suppress(*OUTAGE):  # (if Redis is away, the loop's first read says so)
+            if await queue.holds(self.name):  # a predecessor of this name was killed
+                own = "0"
         try:
             while not stop.is_set() or ahead is not None:  # stopping, what was read is done
                 try:

@@ -153,7 +153,10 @@ async def test_supervisor_killed_between_commit_and_routing_is_routed_before_the
         assert await store.version("job") == 1
         assert await client.hlen(store.keys("job").outbox) == 0  # nothing routed
         killed = time.monotonic()
-        procs += [spawn(url, "supervisor", "--name", "r1"), spawn(url, "supervisor", "--name", "r2")]
+        procs += [
+            spawn(url, "supervisor", "--name", "r1"),
+            spawn(url, "supervisor", "--name", "r2"),
+        ]
         await settled(store, "job", killed)
     finally:
         stop(procs)
