@@ -55,6 +55,18 @@ FORGET_MS = 86_400_000
 (the idle-time reclaim took its entries long ago)."""
 
 
+FORGET_CONSUMER = """
+--[[ Remove a dead consumer from a group, only if it holds nothing: XGROUP DELCONSUMER
+drops the entries a consumer holds, so the check and the removal are one atomic step.
+KEYS[1] the stream
+ARGV[1] the group    ARGV[2] the consumer
+Returns 1 if removed, else 0. ]]
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 class Liveness:
     """Keeps one consumer name alive while its process runs: a key with a short TTL,
     refreshed every fifth of it, and the name in the set of consumers that beat. A
@@ -146,6 +158,7 @@ class WorkQueue:
         self.claim_idle_ms = claim_idle_ms
         self.keys = keys
         self.liveness_ms = liveness_ms
+        self._forget = redis.register_script(FORGET_CONSUMER)
         self._beat_s = min(liveness_ms / 5000, 1.0)
         """The longest time between two looks for entries to reclaim."""
         self._ready = False
@@ -299,6 +312,8 @@ class WorkQueue:
             log.info(
                 "took over %d entries of dead consumer %s on %s", len(claimed), name, self.stream
             )
+            if len(rows) < count:  # all it held: the group forgets it (unless it read more)
+                await self._forget(keys=[self.stream], args=[self.group, name])
             if len(entries) >= count:
                 break
         entries.sort(key=lambda e: tuple(map(int, e[0].split("-"))))  # stream order

@@ -46,6 +46,8 @@ async def test_a_dead_consumers_entries_are_taken_over_when_its_liveness_expires
     assert (again.entry_id, again.fields, again.deliveries) == (first.entry_id, {"n": "1"}, 2)
     owners = await redis_client.xpending_range("q", "g", min="-", max="+", count=10)
     assert [o["consumer"] for o in owners] == ["alive"]
+    # the dead one, holding nothing now, is no longer a consumer of the group
+    assert [c["name"] for c in await redis_client.xinfo_consumers("q", "g")] == ["alive"]
 
 
 async def test_a_live_or_unknown_consumers_entries_stay_put(redis_client: Redis) -> None:
