@@ -176,7 +176,7 @@ async def test_soak_of_the_examples_under_aimed_kills(
 
         await wait_until(all_beating, 120, "not every process started")
         started = time.monotonic()
-        next_kill, next_burst, serial = started + KILL_EVERY_S, started, 0
+        next_kill, next_burst, serial, aim = started + KILL_EVERY_S, started, 0, True
         while time.monotonic() - started < DURATION_S:
             now = time.monotonic()
             if now >= next_burst:  # a burst of boards, across the examples
@@ -189,14 +189,19 @@ async def test_soak_of_the_examples_under_aimed_kills(
                     soak.boards.append((example, case, board))
                 next_burst = now + BURST_EVERY_S
             if now >= next_kill:
-                victims = [] if soak.kills % 2 else await holders(client)
+                # Every other kill is aimed: at a process holding unacknowledged work, as
+                # soon as one does (looked for during up to one kill interval).
                 live = soak.by_name()
-                victims = [v for v in victims if v in live]
+                victims = [v for v in await holders(client) if v in live] if aim else []
                 if victims:
                     soak.aimed += 1
                     soak.kill(live[rng.choice(victims)])
-                else:
+                elif not aim or now >= next_kill + KILL_EVERY_S:
                     soak.kill(rng.choice(soak.roles))
+                else:
+                    await asyncio.sleep(0.01)
+                    continue
+                aim = not aim
                 next_kill = now + KILL_EVERY_S
             await asyncio.sleep(0.05)
 
