@@ -112,7 +112,8 @@ class AgentWorker:
         process dies, another instance takes over what it held within seconds. It starts
         with what its consumer name still holds (a predecessor of the same name killed)."""
         stop = stop or asyncio.Event()
-        alive = asyncio.create_task(self.liveness.run(stop))
+        beating = asyncio.Event()  # set once the work in hand is done
+        alive = asyncio.create_task(self.liveness.run(beating))
         backoff = 0.05
         own: str | None = "0"  # this name's pending entries first, then new ones
         try:
@@ -131,8 +132,7 @@ class AgentWorker:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
-            if not stop.is_set():  # (cancelled) else it ends by itself, letting go of the name
-                alive.cancel()
+            beating.set()  # the name is let go: what it still holds is taken over at once
             await asyncio.gather(alive, return_exceptions=True)
 
     async def handle(self, delivery: Delivery) -> None:

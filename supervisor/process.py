@@ -201,7 +201,8 @@ class Supervisor:
         await self.publish()
         # Beats while it runs: if this process dies, the other replicas take over the
         # submissions it held within seconds (see Liveness), not after claim_idle_ms.
-        alive = asyncio.create_task(self.liveness.run(stop))
+        beating = asyncio.Event()  # set once the work in hand is done
+        alive = asyncio.create_task(self.liveness.run(beating))
         tasks = [asyncio.create_task(self._consume(q, stop, batch)) for q in self.queues]
         tasks.append(asyncio.create_task(self._watchdog(stop)))
         try:
@@ -209,8 +210,7 @@ class Supervisor:
         finally:
             for task in tasks:
                 task.cancel()
-            if not stop.is_set():  # (cancelled) else it ends by itself, letting go of the name
-                alive.cancel()
+            beating.set()  # the name is let go: what it still holds is taken over at once
             await asyncio.gather(alive, return_exceptions=True)
             await self.router.pipeliner.aclose()  # its connection, back to the pool
 
