@@ -226,7 +226,9 @@ async def test_soak_of_the_examples_under_aimed_kills(
             why = reason.split(":")[0] or (f"held {len(held)}" if held else "")
             outcomes[(example, status, why)] += 1
             if not intended(example, case, status, reason):
-                wrong.append(f"{board}: {status} {reason}")
+                results = await client.hvals(store.keys(board).results)
+                refused = [r for r in results if '"status":"committed"' not in r][-3:]
+                wrong.append(f"{board}: {status} {reason}; last refusals: {refused}")
             log = await store.history(board)
             ids = Counter(e.proposal_id for e in log if e.proposal_id)
             twice = [p for p, n in ids.items() if n > 1]
