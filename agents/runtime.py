@@ -41,7 +41,7 @@ from blackboard.errors import (
     TransientError,
 )
 from blackboard.keys import GlobalKeys
-from blackboard.queues import OUTAGE, Delivery, WorkQueue, shard_of
+from blackboard.queues import OUTAGE, Delivery, Liveness, WorkQueue, shard_of
 from blackboard.records import Activation, ContextRead, Submission
 from blackboard.store import BoardStore
 
@@ -97,7 +97,9 @@ class AgentWorker:
             dead_letters=self.keys.dead_letters,
             max_deliveries=app.limits.max_deliveries,
             claim_idle_ms=app.limits.claim_idle_ms,
+            keys=self.keys,
         )
+        self.liveness = Liveness(self.redis, self.keys, self.name)
         self.current: str | None = None
         self.submit_local: Callable[[Submission, Activation], Awaitable[Any]] | None = None
         """Set when the supervisor runs in this process (embedded mode): activations
@@ -105,18 +107,33 @@ class AgentWorker:
         store.register(app.schema)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Work until ``stop`` is set; the activation in hand is finished first."""
+        """Work until ``stop`` is set; the activation in hand is finished first. While
+        this runs, the instance beats (:class:`~blackboard.queues.Liveness`): if its
+        process dies, another instance takes over what it held within seconds. It starts
+        with what its consumer name still holds (a predecessor of the same name killed)."""
         stop = stop or asyncio.Event()
+        beating = asyncio.Event()  # set once the work in hand is done
+        alive = asyncio.create_task(self.liveness.run(beating))
         backoff = 0.05
-        while not stop.is_set():
-            try:
-                for delivery in await self.queue.take(self.name, count=1, block_ms=200):
-                    await self.handle(delivery)
-                backoff = 0.05
-            except OUTAGE as exc:
-                log.warning("agent %s: Redis unavailable, retrying: %s", self.agent.name, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+        own: str | None = "0"  # this name's pending entries first, then new ones
+        try:
+            while not stop.is_set():
+                try:
+                    if own is not None:
+                        deliveries = await self.queue.take_own(self.name, after=own, count=1)
+                        own = deliveries[-1].entry_id if deliveries else None
+                    else:
+                        deliveries = await self.queue.take(self.name, count=1, block_ms=200)
+                    for delivery in deliveries:
+                        await self.handle(delivery)
+                    backoff = 0.05
+                except OUTAGE as exc:
+                    log.warning("agent %s: Redis unavailable, retrying: %s", self.agent.name, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        finally:
+            beating.set()  # the name is let go: what it still holds is taken over at once
+            await asyncio.gather(alive, return_exceptions=True)
 
     async def handle(self, delivery: Delivery) -> None:
         entry = delivery.fields

@@ -286,6 +286,17 @@ class GlobalKeys:
         """Hash: a tool's circuit breaker (consecutive errors, open until)."""
         return f"{self.prefix}:breaker:{tool}"
 
+    def live(self, consumer: str) -> str:
+        """String with a short TTL: present while the process consuming as ``consumer``
+        beats (see :class:`~blackboard.queues.Liveness`)."""
+        return f"{self.prefix}:live:{consumer}"
+
+    @property
+    def consumers(self) -> str:
+        """Sorted set: consumer names that beat -> time of their last beat (ms). A member
+        whose :meth:`live` key is gone is dead: its pending entries are taken over."""
+        return f"{self.prefix}:consumers"
+
     @property
     def app(self) -> str:
         """String: the app declaration the supervisor published (JSON)."""

@@ -1,10 +1,13 @@
 """A work queue on one Redis Stream with one consumer group.
 
-At-least-once delivery: an entry stays pending until acknowledged; an entry left
-pending longer than ``claim_idle_ms`` (its consumer presumably died) is claimed by the
-next consumer that asks; every delivery is counted by Redis, and an entry delivered more
-than ``max_deliveries`` times goes to the dead-letter stream, written *before* the ack
-so a crash between the two duplicates a dead letter rather than losing the entry.
+At-least-once delivery: an entry stays pending until acknowledged. An entry held by a
+consumer known to be dead (its process stopped beating: :class:`Liveness`) is claimed by
+the next consumer that asks, seconds after the death, well before any activation timeout
+it could trip; an entry left pending longer than ``claim_idle_ms`` (a consumer that never
+beat, presumably dead) is claimed too. Every delivery is counted by Redis, and an entry
+delivered more than ``max_deliveries`` times goes to the dead-letter stream, written
+*before* the ack so a crash between the two duplicates a dead letter rather than losing
+the entry.
 Consumers survive a Redis restart: a missing group is recreated.
 
 Known traps handled here (DESIGN §11): streams are never trimmed past an entry any
@@ -13,6 +16,8 @@ group still holds pending; blocking reads stay well under any socket timeout.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import zlib
@@ -26,7 +31,7 @@ from blackboard.errors import StoreUnavailable
 from blackboard.keys import GlobalKeys
 from blackboard.records import Submission
 
-__all__ = ["OUTAGE", "Delivery", "WorkQueue", "shard_of", "submit"]
+__all__ = ["LIVENESS_MS", "OUTAGE", "Delivery", "Liveness", "WorkQueue", "shard_of", "submit"]
 
 OUTAGE = (
     StoreUnavailable,
@@ -39,6 +44,75 @@ OUTAGE = (
 """What a worker loop treats as Redis being away: back off and try again, never crash."""
 
 log = logging.getLogger(__name__)
+
+LIVENESS_MS = 5_000
+"""How long a consumer counts as alive after its last beat. A process beats five times
+in that time, so only a process that stopped (killed, frozen, cut off) loses it; its
+pending entries are then taken over within about this long, well below the timeouts
+they could trip (the examples' activations: 30 s)."""
+FORGET_MS = 86_400_000
+"""A consumer that has not beaten for a day is dropped from the set of known consumers
+(the idle-time reclaim took its entries long ago)."""
+
+
+FORGET_CONSUMER = """
+--[[ Remove a dead consumer from a group, only if it holds nothing: XGROUP DELCONSUMER
+drops the entries a consumer holds, so the check and the removal are one atomic step.
+KEYS[1] the stream
+ARGV[1] the group    ARGV[2] the consumer
+Returns 1 if removed, else 0. ]]
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+class Liveness:
+    """Keeps one consumer name alive while its process runs: a key with a short TTL,
+    refreshed every fifth of it, and the name in the set of consumers that beat. A
+    consumer in that set whose key expired is dead, and the entries it holds are taken
+    over by the next consumer of their queue that asks (:meth:`WorkQueue.take`), instead
+    of waiting for ``claim_idle_ms`` of idle time.
+
+    Args:
+        redis: client with ``decode_responses=True``.
+        keys: the deployment's key names.
+        consumer: the consumer name (one per process, on all its queues).
+        ttl_ms: see :data:`LIVENESS_MS`.
+    """
+
+    def __init__(
+        self, redis: Redis, keys: GlobalKeys, consumer: str, *, ttl_ms: int = LIVENESS_MS
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.consumer = consumer
+        self.ttl_ms = ttl_ms
+        self._beats = 0
+
+    async def beat(self) -> None:
+        now = int(time.time() * 1000)
+        await self.redis.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
+        await self.redis.zadd(self.keys.consumers, {self.consumer: now})
+        self._beats += 1
+        if self._beats % 1000 == 1:  # now and then: the long-gone are forgotten
+            await self.redis.zremrangebyscore(self.keys.consumers, "-inf", now - FORGET_MS)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Beat until ``stop`` is set (surviving outages), then let go of the name: what
+        this consumer still holds is taken over at once."""
+        every = self.ttl_ms / 5000
+        try:
+            while not stop.is_set():
+                try:
+                    await self.beat()
+                except OUTAGE as exc:  # the next beat may get through
+                    log.warning("consumer %s: liveness beat failed: %s", self.consumer, exc)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), every)
+        finally:
+            with contextlib.suppress(*OUTAGE):
+                await self.redis.delete(self.keys.live(self.consumer))
 
 
 @dataclass(frozen=True)
@@ -59,6 +133,9 @@ class WorkQueue:
         dead_letters: stream receiving entries that exhausted their deliveries.
         max_deliveries: deliveries before dead-lettering.
         claim_idle_ms: idle time after which a pending entry is reclaimed.
+        keys: the deployment's key names; with them, the entries of a consumer known
+            to be dead (:class:`Liveness`) are reclaimed as soon as it is.
+        liveness_ms: the consumers' :class:`Liveness` TTL.
     """
 
     def __init__(
@@ -70,6 +147,8 @@ class WorkQueue:
         dead_letters: str,
         max_deliveries: int = 5,
         claim_idle_ms: int = 30_000,
+        keys: GlobalKeys | None = None,
+        liveness_ms: int = LIVENESS_MS,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -77,6 +156,11 @@ class WorkQueue:
         self.dead_letters = dead_letters
         self.max_deliveries = max_deliveries
         self.claim_idle_ms = claim_idle_ms
+        self.keys = keys
+        self.liveness_ms = liveness_ms
+        self._forget = redis.register_script(FORGET_CONSUMER)
+        self._beat_s = min(liveness_ms / 5000, 1.0)
+        """The longest time between two looks for entries to reclaim."""
         self._ready = False
         self._next_reclaim = 0.0
 
@@ -94,13 +178,13 @@ class WorkQueue:
     async def take(self, consumer: str, *, count: int = 10, block_ms: int = 500) -> list[Delivery]:
         """Reclaimed entries of dead consumers first, then new ones (blocking up to
         ``block_ms`` when there is nothing to reclaim). Reclaiming is checked at most
-        every half ``claim_idle_ms``: nothing can be reclaimable sooner."""
+        every half ``claim_idle_ms``, and at least every second."""
         if not self._ready:
             await self.ensure_group()
         try:
             now = time.monotonic()
             if now >= self._next_reclaim:
-                self._next_reclaim = now + min(self.claim_idle_ms / 2000, 1.0)
+                self._next_reclaim = now + min(self.claim_idle_ms / 2000, self._beat_s)
                 reclaimed = await self._reclaim(consumer, count)
                 if reclaimed:
                     self._next_reclaim = 0.0  # there may be more
@@ -127,11 +211,21 @@ class WorkQueue:
         entries = await self._read(consumer, ">", count, block_ms)
         return [Delivery(i, f, 1) for i, f in entries if f is not None]
 
+    async def holds(self, consumer: str) -> bool:
+        """Whether ``consumer`` holds entries (read, not acknowledged): what a process
+        restarted under the name of one that was killed must work on first."""
+        if not self._ready:
+            await self.ensure_group()
+        info = await self.redis.xpending(self.stream, self.group)
+        return bool(info["pending"]) and any(str(c["name"]) == consumer for c in info["consumers"])
+
     async def take_own(self, consumer: str, *, after: str = "0", count: int = 10) -> list[Delivery]:
         """This consumer's own pending entries (read, not acknowledged) after ``after``,
         oldest first. After an outage in the middle of a batch they come before
         anything new, so that what was read keeps its order. Each is at least its
         second delivery. Entries trimmed from the stream meanwhile are acknowledged."""
+        if not self._ready:
+            await self.ensure_group()
         entries = await self._read(consumer, after, count, None)
         gone = [i for i, f in entries if not f]
         if gone:
@@ -155,23 +249,88 @@ class WorkQueue:
         return cast("list[tuple[str, dict[str, str] | None]]", rows[0][1] if rows else [])
 
     async def _reclaim(self, consumer: str, count: int) -> list[Delivery]:
+        dead = await self._reclaim_dead(consumer, count)
+        if dead:
+            return dead
         claimed = await self.redis.xautoclaim(
             self.stream, self.group, consumer, self.claim_idle_ms, "0-0", count=count
         )
         entries = [(i, f) for i, f in claimed[1] if f is not None]
         for deleted in claimed[2] if len(claimed) > 2 else []:
             await self.redis.xack(self.stream, self.group, deleted)  # trimmed away: nothing to do
+        return await self._counted(consumer, entries)
+
+    async def dead_consumers(self, consumer: str) -> list[str]:
+        """Consumers other than ``consumer`` holding entries of this queue whose process
+        stopped beating (in the set of consumers that beat, their liveness key gone)."""
+        if self.keys is None:
+            return []
+        info = await self.redis.xpending(self.stream, self.group)
+        if not info["pending"]:
+            return []
+        names = [str(c["name"]) for c in info["consumers"] if str(c["name"]) != consumer]
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.zscore(self.keys.consumers, name)
+            pipe.exists(self.keys.live(name))
+        replies = await pipe.execute()
+        return [
+            name
+            for i, name in enumerate(names)
+            if replies[2 * i] is not None and not replies[2 * i + 1]
+        ]
+
+    async def _reclaim_dead(self, consumer: str, count: int) -> list[Delivery]:
+        """The entries of dead consumers (:meth:`dead_consumers`), claimed at once. Two
+        consumers claiming the same one: XCLAIM's minimum idle time (half the TTL, which
+        a dead consumer's entries have all passed) lets only the first have it."""
+        entries: list[tuple[str, dict[str, str]]] = []
+        counts: dict[str, int] = {}
+        for name in await self.dead_consumers(consumer):
+            rows = cast(
+                "list[dict[str, Any]]",
+                await self.redis.xpending_range(
+                    self.stream, self.group, min="-", max="+", count=count, consumername=name
+                ),
+            )
+            ids: list[Any] = [str(r["message_id"]) for r in rows]
+            if not ids:
+                continue
+            counts.update({str(r["message_id"]): int(r["times_delivered"]) + 1 for r in rows})
+            claimed = cast(
+                "list[tuple[str, dict[str, str] | None]]",
+                await self.redis.xclaim(
+                    self.stream, self.group, consumer, self.liveness_ms // 2, ids
+                ),
+            )
+            gone = [i for i, f in claimed if not f]
+            if gone:  # trimmed away (older servers return them): nothing to do
+                await self.redis.xack(self.stream, self.group, *gone)
+            entries += [(i, f) for i, f in claimed if f]
+            log.info(
+                "took over %d entries of dead consumer %s on %s", len(claimed), name, self.stream
+            )
+            if len(rows) < count:  # all it held: the group forgets it (unless it read more)
+                await self._forget(keys=[self.stream], args=[self.group, name])
+            if len(entries) >= count:
+                break
+        entries.sort(key=lambda e: tuple(map(int, e[0].split("-"))))  # stream order
+        return await self._counted(consumer, entries, counts)
+
+    async def _counted(
+        self,
+        consumer: str,
+        entries: list[tuple[str, dict[str, str]]],
+        counts: dict[str, int] | None = None,
+    ) -> list[Delivery]:
+        """Reclaimed entries with their delivery counts (read here unless given); those
+        past ``max_deliveries`` dead-lettered instead."""
         if not entries:
             return []
-        pending = await self.redis.xpending_range(
-            self.stream,
-            self.group,
-            min=entries[0][0],
-            max=entries[-1][0],
-            count=len(entries) * 2,
-            consumername=consumer,
-        )
-        counts = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        if counts is None:
+            counts = await self._counts(consumer, entries)
         result = []
         for entry_id, fields in entries:
             delivery = Delivery(entry_id, fields, counts.get(entry_id, 2))
@@ -184,6 +343,19 @@ class WorkQueue:
             else:
                 result.append(delivery)
         return result
+
+    async def _counts(
+        self, consumer: str, entries: list[tuple[str, dict[str, str]]]
+    ) -> dict[str, int]:
+        pending = await self.redis.xpending_range(
+            self.stream,
+            self.group,
+            min=entries[0][0],
+            max=entries[-1][0],
+            count=len(entries) * 2,
+            consumername=consumer,
+        )
+        return {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
 
     async def ack(self, entry_id: str) -> None:
         await self.redis.xack(self.stream, self.group, entry_id)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from importlib import resources
 from typing import TYPE_CHECKING, Any, cast
 
-from blackboard.supervisor.control import Wanted
+from blackboard.agents.runtime import GROUP as WORKERS
+from blackboard.supervisor.control import Wanted, plan_after_commit
 from blackboard.supervisor.loops import Routing
 
 from blackboard import codec
 from blackboard.errors import BlackboardError, ValidationFailed
-from blackboard.records import LogEntry, Outcome, Proposal, Submission
+from blackboard.records import Activation, Handoff, LogEntry, Outcome, Proposal, Submission, new_id
 from blackboard.schema import HUMAN
 
 if TYPE_CHECKING:
@@ -26,12 +28,17 @@ if TYPE_CHECKING:
 
 __all__ = ["Operator"]
 
+REPEATS = ("loop", "rewrites", "budget")
+"""Escalations that routing the board again would only repeat: after them, resume
+activates nothing new (a person changes the board first)."""
 COMMANDS = ("approve", "reject", "rollback", "flag", "pause", "resume", "set")
 
 
 class Operator:
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
+        source = resources.files("blackboard.supervisor").joinpath("lua", "stall.lua")
+        self._stall = supervisor.redis.register_script(source.read_text())
 
     async def command(self, sub: Submission, recorded: str | None) -> Outcome:
         """Run one command once (its proposal id makes it idempotent)."""
@@ -270,7 +277,8 @@ class Operator:
         it is never left active with nothing to do: a done board is reopened; with
         ``check_done``, a board whose done condition holds is done; otherwise ``redo``
         is activated; and with nothing to activate, nothing in flight and a done
-        condition that does not hold, the board is escalated with the reason."""
+        condition that does not hold, the board waits for a person
+        (``awaiting_approval``, a ``stalled`` incident saying why)."""
         board_id = sub.board_id
         bk = self.sup.keys.board(board_id)
         redis = self.sup.redis
@@ -279,25 +287,29 @@ class Operator:
         step = Routing(routing_id=f"after.{sub.proposal_id}", version=0, rewrite=rewrite)
         if check_done and await self._done_now(board_id):
             step.status, redo = "done", []
-        elif (
-            not redo
-            and self.sup.app.done is not None  # without one, an idle board is how it ends
-            and not await redis.zcard(bk.open)
-            and not await redis.hlen(bk.outbox)
-        ):
-            step.escalate = f"stalled|{self._stalled(what)}"
-        elif not redo and not step.status:
-            return  # work in flight: it routes on when it finishes
+        elif not redo:
+            await self._stall_if_idle(board_id, what)
+            return
         await self.sup._route(
             board_id, step, redo, parent=f"after.{sub.proposal_id}", trace_id=sub.trace_id
         )
 
-    def _stalled(self, what: str) -> str:
-        return (
+    async def _stall_if_idle(self, board_id: str, what: str) -> None:
+        """With a done condition that does not hold, a board still active with nothing
+        in flight waits for a person, atomically (``lua/stall.lua``): an agent's routing
+        that finished meanwhile (made it done, activated someone) stands. Without a done
+        condition an idle board is how the app's boards end."""
+        if self.sup.app.done is None or await self._done_now(board_id):
+            return
+        bk = self.sup.keys.board(board_id)
+        why = (
             f"nothing is left to act after the {what}: the done condition is false and no "
             "agent has work; write the missing keys (`blackboard set`), roll back, or "
             "start the agents that should act"
         )
+        now = int(time.time() * 1000)
+        if await self._stall(keys=[bk.meta, bk.open, bk.outbox, bk.incidents], args=[now, why]):
+            await self.sup.redis.zadd(self.sup.keys.escalations, {board_id: now})
 
     async def _done_now(self, board_id: str) -> bool:
         """The app's done condition on the board as it is now."""
@@ -334,8 +346,11 @@ class Operator:
         return Outcome(status="committed", message=f"paused by {sub.author}")
 
     async def resume(self, sub: Submission, args: dict[str, Any]) -> Outcome:
-        """Back to active: loop counters reset (a human looked), outbox dispatched."""
+        """Back to active: loop counters reset (a human looked), and whatever the board
+        needs to go on activated (:meth:`_set_going`): after resume a board is never
+        active with nothing to do."""
         bk = self.sup.keys.board(sub.board_id)
+        why = str(await self.sup.redis.hget(bk.meta, "escalated_reason") or "")
         loops = await self.sup.redis.hkeys(bk.loops)
         stale = [k for k in map(str, loops) if not k.startswith("sum:")]
         if stale:
@@ -344,8 +359,160 @@ class Operator:
             bk.meta, mapping={"status": "active", "updated": int(time.time() * 1000)}
         )
         await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
-        await self.sup.router.dispatch(sub.board_id, await self.sup.router.pending(sub.board_id))
-        return Outcome(status="committed", message=f"resumed by {sub.author}")
+        going = await self._set_going(sub, repeat=why.split(":")[0] not in REPEATS)
+        return Outcome(status="committed", message=f"resumed by {sub.author}: {going}")
+
+    async def _set_going(self, sub: Submission, *, repeat: bool = True) -> str:
+        """Set a resumed board going again; says how. In this order: the outbox is
+        dispatched, and open activations whose queue entry is gone (held by a process
+        that was killed, dead-lettered) are dispatched again with a fresh deadline; with
+        nothing open, the activations that timed out since the last commit are made
+        again; failing that, routing runs as after the last commit (its handoff,
+        triggers, router, done condition), or the start agents are activated on a board
+        with no commit; not when ``repeat`` is False (the board was stopped by a loop,
+        rewrites or a budget: routing again would repeat what stopped it), then only the
+        done condition is checked. With nothing to activate and the done condition not
+        met, the board waits for a human (``awaiting_approval``, a ``stalled``
+        incident): a person sets a key or rolls back."""
+        sup, board_id = self.sup, sub.board_id
+        bk = sup.keys.board(board_id)
+        outbox = await sup.router.pending(board_id)
+        waiting = {aid for aid, _, _ in outbox.dispatch}
+        still_open = [str(a) for a in await sup.redis.zrange(bk.open, 0, -1)]
+        lost = [a for a in still_open if a not in waiting and await self._lost(board_id, a)]
+        outbox.dispatch += await self._reopen_lost(board_id, lost)
+        await sup.router.dispatch(board_id, outbox)
+        if still_open or waiting:
+            return f"{len(waiting) + len(lost)} activations dispatched, {len(still_open)} open"
+        log = await sup.store.history(board_id)
+        last = log[-1] if log else None
+        version = last.version if last is not None else 0
+        wanted = await self._timed_out_since(board_id, last.ts_ms if last is not None else 0)
+        done, how = False, "timed out since the last commit, activated again"
+        if not wanted:
+            wanted, done, how = await self._after_last(board_id, last)
+            if not repeat:
+                wanted = []
+        step = Routing(routing_id=f"resume.{sub.proposal_id}", version=version)
+        if done:
+            step.status, how = "done", "its done condition holds: done"
+        elif not wanted:
+            how = (
+                "nothing to activate and its done condition not met: waiting for a human "
+                "to set a key (blackboard set) or roll back"
+            )
+            step.status = "awaiting_approval"
+            await sup._incident(board_id, "stalled", f"resumed by {sub.author}: {how}", version)
+        await sup._route(
+            board_id,
+            step,
+            wanted,
+            parent=f"resume.{sub.proposal_id}",
+            trace_id=sub.trace_id or new_id(),
+        )
+        names = ", ".join(w.agent for w in wanted)
+        return f"{names} ({how})" if wanted else how
+
+    async def _lost(self, board_id: str, activation_id: str) -> bool:
+        """Whether an open activation's queue entry is gone: not in its agent's queue,
+        or there but acknowledged (taken by an instance that then did nothing, say on a
+        stopped board) while the activation is still to run. An entry not yet delivered,
+        or delivered and pending (a live instance works on it, or a dead one's is taken
+        over), is not lost."""
+        sup = self.sup
+        raw = await sup.redis.hget(sup.keys.board(board_id).activations, activation_id)
+        if raw is None:
+            return False
+        act = Activation.model_validate_json(raw)
+        if act.status not in ("queued", "running"):  # it answered: its report is on its way
+            return False
+        stream = sup.keys.queue(act.agent)
+        since = max(act.created_ms - 60_000, 0)  # other processes' clocks may be behind
+        rows = cast(
+            "list[tuple[str, dict[str, str]]]",
+            await sup.redis.xrange(stream, min=f"{since}-0", max="+", count=100_000),
+        )
+        ids = [i for i, f in rows if f and f.get("activation") == activation_id]
+        if not ids:
+            return True
+        groups = [g for g in await sup.redis.xinfo_groups(stream) if g["name"] == WORKERS]
+        if not groups:
+            return False  # no instance has read the queue yet: it is waiting there
+        delivered = _entry_id(str(groups[0]["last-delivered-id"]))
+        for i in ids:
+            if _entry_id(i) > delivered:
+                return False
+            if await sup.redis.xpending_range(stream, WORKERS, min=i, max=i, count=1):
+                return False
+        return True
+
+    async def _reopen_lost(self, board_id: str, lost: list[str]) -> list[tuple[str, str, str]]:
+        """The lost activations with a fresh deadline (the old one may have passed), as
+        outbox rows to dispatch."""
+        sup = self.sup
+        bk = sup.keys.board(board_id)
+        rows = []
+        now = int(time.time() * 1000)
+        due = now + int(sup.app.limits.activation_timeout_s * 1000)
+        if deadline := await sup._deadline(board_id):
+            due = min(due, deadline)
+        for aid in lost:
+            raw = await sup.redis.hget(bk.activations, aid)
+            if raw is None:
+                continue
+            act = Activation.model_validate_json(raw)
+            act.deadline_ms, act.status = due, "queued"
+            await sup.router.pipeliner.execute(
+                sup.router.watch(board_id, due),
+                ("zadd", (bk.open, {aid: due}), {}),
+                ("hset", (bk.activations, aid, act.model_dump_json()), {}),
+            )
+            entry = codec.dumps({"agent": act.agent, "board": board_id, "activation": aid})
+            rows.append((aid, act.agent, entry))
+        return rows
+
+    async def _timed_out_since(self, board_id: str, since_ms: int) -> list[Wanted]:
+        """The activations created since ``since_ms`` whose outcome is a timeout (their
+        agent's own report, or the watchdog's), as wanted again: same agent, reason,
+        payload and feedback."""
+        sup = self.sup
+        bk = sup.keys.board(board_id)
+        records = [Activation.model_validate_json(r) for r in await sup.redis.hvals(bk.activations)]
+        recent = sorted(
+            (a for a in records if a.created_ms >= since_ms), key=lambda a: a.created_ms
+        )
+        wanted: dict[tuple[str, str], Wanted] = {}
+        for act in recent:
+            ids = [f"timeout.{act.activation_id}", act.activation_id]
+            outcomes = [
+                Outcome.model_validate_json(o) for o in await sup.redis.hmget(bk.results, ids) if o
+            ]
+            if not any(o.reason == "timeout" for o in outcomes):
+                continue
+            payload = dict(act.payload)
+            key = (act.agent, str(payload.get("key", "")))
+            wanted[key] = Wanted(act.agent, act.reason, payload, feedback=act.feedback)
+        return list(wanted.values())
+
+    async def _after_last(
+        self, board_id: str, last: LogEntry | None
+    ) -> tuple[list[Wanted], bool, str]:
+        """Who acts as after the last commit (its handoff, triggers, router, done
+        condition); the start agents if nothing was committed."""
+        sup = self.sup
+        if last is None:
+            return [Wanted(name, "start") for name in sup.app.start], False, "started again"
+        handoff = None
+        if last.author in sup.app.agent_names and last.activation_id:
+            raw = await sup.redis.hget(sup.keys.board(board_id).activations, last.activation_id)
+            output = Activation.model_validate_json(raw).output if raw else {}
+            if output.get("handoff"):
+                handoff = Handoff.model_validate(output["handoff"])
+        board = (await sup.store.read(board_id)).data
+        plan = plan_after_commit(
+            sup.app, author=last.author, handoff=handoff, changed=last.keys, board=board, failed={}
+        )
+        return plan.activations, plan.done, f"routed as after v{last.version}"
 
     async def set(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         """A person writes the keys the board model gives to ``human`` (e.g. answering a
@@ -386,3 +553,9 @@ class Operator:
         if await self.sup.redis.hget(bk.meta, "status") == "active":
             await self._go_on(sub, [], what=f"set by {sub.author}")
         return outcome
+
+
+def _entry_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id, comparable."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -36,7 +36,7 @@ from blackboard.connection import Command
 from blackboard.errors import BoardNotFound, ConfigError, ProposalRejected
 from blackboard.keys import GlobalKeys
 from blackboard.patch import is_blind
-from blackboard.queues import OUTAGE, Delivery, WorkQueue, submit
+from blackboard.queues import OUTAGE, Delivery, Liveness, WorkQueue, submit
 from blackboard.records import (
     Activation,
     BoardInfo,
@@ -156,9 +156,11 @@ class Supervisor:
                 dead_letters=self.keys.dead_letters,
                 max_deliveries=app.limits.max_deliveries,
                 claim_idle_ms=app.limits.claim_idle_ms,
+                keys=self.keys,
             )
             for s in range(shards)
         ]
+        self.liveness = Liveness(self.redis, self.keys, self.name)
         store.register(app.schema)
         self._partial_joins = any(t.join and t.partial for a in app.agents for t in a.triggers)
         self._deadlines: dict[str, int] = {}
@@ -223,6 +225,10 @@ class Supervisor:
         :data:`BATCH`)."""
         stop = stop or asyncio.Event()
         await self.publish()
+        # Beats while it runs: if this process dies, the other replicas take over the
+        # submissions it held within seconds (see Liveness), not after claim_idle_ms.
+        beating = asyncio.Event()  # set once the work in hand is done
+        alive = asyncio.create_task(self.liveness.run(beating))
         tasks = [asyncio.create_task(self._consume(q, stop, batch)) for q in self.queues]
         tasks.append(asyncio.create_task(self._watchdog(stop)))
         try:
@@ -230,12 +236,17 @@ class Supervisor:
         finally:
             for task in tasks:
                 task.cancel()
+            beating.set()  # the name is let go: what it still holds is taken over at once
+            await asyncio.gather(alive, return_exceptions=True)
             await self.router.pipeliner.aclose()  # its connection, back to the pool
 
     async def _consume(self, queue: WorkQueue, stop: asyncio.Event, batch: int) -> None:
         backoff = 0.05
         ahead: asyncio.Future[list[Delivery]] | None = None  # the next batch, being read
         own: str | None = None  # after an outage: re-read what this consumer holds, from here
+        with contextlib.suppress(*OUTAGE):  # (if Redis is away, the loop's first read says so)
+            if await queue.holds(self.name):  # a predecessor of this name was killed
+                own = "0"
         try:
             while not stop.is_set() or ahead is not None:  # stopping, what was read is done
                 try:

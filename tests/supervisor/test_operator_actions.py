@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 import pytest
-from bbtest import activations, build_app
+from bbtest import activations, build_app, incidents
 from blackboard.supervisor import Deployment
 
 from blackboard import App, BoardStore
@@ -122,9 +122,11 @@ async def test_set_on_a_done_board_keeps_it_settled(store: BoardStore) -> None:
     assert await store.read_key("c1", "max_amount") == 10.0
 
 
-async def test_set_that_leaves_nothing_to_do_escalates_with_a_reason(store: BoardStore) -> None:
+async def test_set_that_leaves_nothing_to_do_waits_for_a_person_saying_so(
+    store: BoardStore,
+) -> None:
     """A done condition that a person's write makes false, with no agent to act: the
-    board says so (escalated with the reason) rather than sitting active and idle."""
+    board waits for a person and says why, rather than sitting active and idle."""
     app = build_app(
         done=lambda b: b.get("decision") is not None and b.get("max_amount", 0) > 100,
         done_reads=["decision", "max_amount"],
@@ -134,9 +136,11 @@ async def test_set_that_leaves_nothing_to_do_escalates_with_a_reason(store: Boar
         await d.command("c1", "set", by="human:ann", values={"max_amount": 10.0})
         await assert_not_stuck(store, app, "c1")
         info = await d.settle("c1")
-    assert info.status == "escalated"
-    why = await escalated_reason(store, "c1")
-    assert why.startswith("stalled: ") and "done condition" in why and "set by human:ann" in why
+    assert info.status == "awaiting_approval"
+    [stalled] = [i for i in await incidents(store, "c1") if i["kind"] == "stalled"]
+    why = stalled["detail"]
+    assert "done condition" in why and "set by human:ann" in why
+    assert int(stalled["version"]) == info.version  # the board's version, not 0
 
 
 async def test_flag_keeps_what_a_person_set_after_the_flagged_write(store: BoardStore) -> None:
