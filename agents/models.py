@@ -1,9 +1,10 @@
 """Model access behind one small protocol, and a deterministic offline model.
 
-A model takes chat messages (and optionally a pydantic output schema) and returns a
-:class:`Completion` with token counts; the runtime sums tokens and cost per board, and
-the supervisor enforces the app's budgets. Nothing here needs a network: the offline
-model answers from rules or a function, so tests and examples are reproducible.
+A model takes chat messages (and optionally a pydantic output schema and the tools it may
+call) and returns a :class:`Completion` with the provider's token counts; the runtime sums
+tokens and cost per board, and the supervisor enforces the app's budgets. Nothing here
+needs a network: the offline model answers from rules or a function, so tests and
+examples are reproducible. Real providers live in ``blackboard.agents.providers``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,24 @@ from pydantic import BaseModel, ValidationError
 from blackboard import codec
 from blackboard.errors import SemanticError
 
-__all__ = ["COSTS", "Completion", "Metered", "Model", "OfflineModel", "cost_of"]
+__all__ = [
+    "COSTS",
+    "Completion",
+    "Message",
+    "Metered",
+    "Model",
+    "OfflineModel",
+    "ToolCall",
+    "ToolSpec",
+    "cost_of",
+    "parse_output",
+]
 
-Message = Mapping[str, str]
+Message = Mapping[str, Any]
+"""A chat message: ``role`` (``system``, ``user``, ``assistant`` or ``tool``) and
+``content`` (text). An assistant message may carry ``tool_calls`` (a list of
+:class:`ToolCall`); a tool message carries the ``tool_call_id`` it answers. Adapters
+translate this one shape to each provider's."""
 
 COSTS: dict[str, tuple[float, float]] = {
     "offline": (0.0, 0.0),
@@ -36,15 +52,38 @@ def cost_of(model: str, tokens_in: int, tokens_out: int) -> float:
     return (tokens_in * per_in + tokens_out * per_out) / 1_000_000
 
 
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool offered to a model: its name, what it is for, and the JSON Schema of its
+    arguments (an object)."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A model asking to call a tool. ``id`` is the provider's, echoed in the answer."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
 @dataclass
 class Completion:
-    """A model's answer: text, the validated object if a schema was asked for, tokens."""
+    """A model's answer: text, the validated object if a schema was asked for, the tool
+    calls it asked for, and tokens as the provider reported them."""
 
     text: str
     tokens_in: int
     tokens_out: int
     model: str
     parsed: Any = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    provider: str | None = None
+    """Who served it (``openai``, ``anthropic``; None when unknown): prices depend on it."""
 
     @property
     def cost(self) -> float:
@@ -53,13 +92,42 @@ class Completion:
 
 @runtime_checkable
 class Model(Protocol):
-    """One async method. Implement it to plug in any provider."""
+    """One async method. Implement it to plug in any provider.
+
+    ``schema``: answer with an object of this type (``Completion.parsed``); an answer that
+    does not validate raises :class:`SemanticError`. ``tools``: the tools the model may
+    call (``Completion.tool_calls``); a model that takes none may omit the parameter.
+    """
 
     name: str
 
     async def complete(
-        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: type[BaseModel] | None = None,
+        tools: Sequence[ToolSpec] = (),
     ) -> Completion: ...
+
+
+def parse_output(schema: type[BaseModel], data: str | Mapping[str, Any]) -> Any:
+    """Validate a model's answer (JSON text, or an object a tool-use answer carried)
+    against ``schema``. A failure is semantic: its message, sent back to the agent as a
+    rewrite request, says which fields are wrong and how, so the model can fix them."""
+    try:
+        if isinstance(data, str):
+            return schema.model_validate_json(data)
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            ".".join(str(p) for p in err["loc"]) + ": " + err["msg"] if err["loc"] else err["msg"]
+            for err in exc.errors()[:3]
+        ]
+        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+        raise SemanticError(
+            f"model output does not match {schema.__name__}: {'; '.join(problems)}{more}. "
+            "Answer with a JSON object of that schema."
+        ) from exc
 
 
 def _tokens(text: str) -> int:
@@ -84,22 +152,19 @@ class OfflineModel:
     calls: list[Sequence[Message]] = field(default_factory=list)
 
     async def complete(
-        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: type[BaseModel] | None = None,
+        tools: Sequence[ToolSpec] = (),
     ) -> Completion:
         self.calls.append(list(messages))
         last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         text = next((answer for pattern, answer in self.rules.items() if pattern in last), None)
         if text is None:
             text = self.default(messages) if self.default else last.split(". ")[0][:200]
-        tokens_in = sum(_tokens(m.get("content", "")) for m in messages)
-        parsed = None
-        if schema is not None:
-            try:
-                parsed = schema.model_validate_json(text)
-            except ValidationError as exc:
-                raise SemanticError(
-                    f"model output does not match {schema.__name__}: {exc.errors()[0]['msg']}"
-                ) from exc
+        tokens_in = sum(_tokens(str(m.get("content") or "")) for m in messages)
+        parsed = parse_output(schema, text) if schema is not None else None
         return Completion(text, tokens_in, _tokens(text), self.name, parsed)
 
 
@@ -115,9 +180,17 @@ class Metered:
         self.cost = 0.0
 
     async def complete(
-        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: type[BaseModel] | None = None,
+        tools: Sequence[ToolSpec] = (),
     ) -> Completion:
-        result = await self.model.complete(messages, schema=schema)
+        # A model written before tools existed takes no ``tools``: pass it only if used.
+        if tools:
+            result = await self.model.complete(messages, schema=schema, tools=tools)
+        else:
+            result = await self.model.complete(messages, schema=schema)
         self.tokens_in += result.tokens_in
         self.tokens_out += result.tokens_out
         self.cost += result.cost

@@ -152,7 +152,16 @@ class AgentError(BlackboardError):
 
 
 class TransientError(AgentError):
-    """Worth retrying as is: a timeout, a rate limit, a dropped connection."""
+    """Worth retrying as is: a timeout, a rate limit, a dropped connection.
+
+    Attributes:
+        retry_after: seconds the provider asked to wait (a 429's Retry-After), if it
+            did; the runtime waits at least that long before the next attempt.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class SemanticError(AgentError):
