@@ -59,6 +59,8 @@ class Recorded:
     path: str
     headers: dict[str, str]
     json: Any
+    at: float
+    """When it arrived (``time.monotonic()``)."""
 
 
 def openai_text(
@@ -233,9 +235,8 @@ class LLMStub:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode(errors="replace")
-                recorded = Recorded(
-                    "POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body
-                )
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                recorded = Recorded("POST", self.path, headers, body, time.monotonic())
                 turn = stub._next(recorded)
                 if turn.hang:
                     stub.release.wait(30)
