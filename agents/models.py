@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from blackboard.agents.pricing import COSTS, Prices, cost_of
 from pydantic import BaseModel, ValidationError
 
 from blackboard import codec
@@ -36,20 +37,6 @@ Message = Mapping[str, Any]
 ``content`` (text). An assistant message may carry ``tool_calls`` (a list of
 :class:`ToolCall`); a tool message carries the ``tool_call_id`` it answers. Adapters
 translate this one shape to each provider's."""
-
-COSTS: dict[str, tuple[float, float]] = {
-    "offline": (0.0, 0.0),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "claude-3-5-sonnet": (3.00, 15.00),
-    "claude-3-5-haiku": (0.80, 4.00),
-}
-"""USD per million input and output tokens, by model name. Extend or override it."""
-
-
-def cost_of(model: str, tokens_in: int, tokens_out: int) -> float:
-    per_in, per_out = COSTS.get(model, (0.0, 0.0))
-    return (tokens_in * per_in + tokens_out * per_out) / 1_000_000
 
 
 @dataclass(frozen=True)
@@ -87,7 +74,8 @@ class Completion:
 
     @property
     def cost(self) -> float:
-        return cost_of(self.model, self.tokens_in, self.tokens_out)
+        """At the default prices; the runtime counts with the app's (see ``Metered``)."""
+        return cost_of(self.model, self.tokens_in, self.tokens_out, self.provider)
 
 
 @runtime_checkable
@@ -170,10 +158,12 @@ class OfflineModel:
 
 class Metered:
     """Wraps the app's model for one activation and sums what it used, so the runtime
-    reports tokens and cost to the supervisor's budgets without the agent's help."""
+    reports tokens and cost to the supervisor's budgets without the agent's help.
+    ``prices``: the app's (with its overrides); default: the default prices."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, prices: Prices | None = None) -> None:
         self.model = model
+        self.prices = prices
         self.name = model.name
         self.tokens_in = 0
         self.tokens_out = 0
@@ -193,5 +183,10 @@ class Metered:
             result = await self.model.complete(messages, schema=schema)
         self.tokens_in += result.tokens_in
         self.tokens_out += result.tokens_out
-        self.cost += result.cost
+        if self.prices is None:
+            self.cost += result.cost
+        else:
+            self.cost += self.prices.cost(
+                result.model, result.provider, result.tokens_in, result.tokens_out
+            )
         return result

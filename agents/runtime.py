@@ -408,6 +408,6 @@ class AgentWorker:
             payload=dict(act.payload),
             deadline_s=remaining,
             failed=failed,
-            model=Metered(self.app.model) if self.app.model is not None else None,
+            model=Metered(self.app.model, self.app.pricing) if self.app.model is not None else None,
             tools=tools,
         )

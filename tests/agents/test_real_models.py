@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from bbtest import activations, build_app
+from bbtest import activations, build_app, incidents
 from blackboard.agents import Context, Output, agent
 from blackboard.agents.providers import OpenAIModel
 from blackboard.supervisor import Deployment
 from llmstub import LLMStub, openai_error, openai_text
 
-from blackboard import BoardStore
+from blackboard import BoardStore, Limits
 
 
 @pytest.fixture
@@ -24,14 +24,15 @@ async def gpt(llm_stub: LLMStub) -> AsyncIterator[OpenAIModel]:
     await model.aclose()
 
 
-def asking_app(model: Any) -> Any:
+def asking_app(model: Any, **overrides: Any) -> Any:
     @agent("intake")
     async def intake(ctx: Context) -> Output:
         answer = await ctx.model.complete([{"role": "user", "content": "What amount?"}])
         return Output(updates={"amount": float(answer.text), "income": 90_000.0})
 
     base = build_app()
-    return build_app(agents=[intake, *[a for a in base.agents if a.name != "intake"]], model=model)
+    others = [a for a in base.agents if a.name != "intake"]
+    return build_app(agents=[intake, *others], model=model, **overrides)
 
 
 async def run(app: Any, store: BoardStore) -> Any:
@@ -65,3 +66,23 @@ async def test_a_429_is_retried_after_its_retry_after(
     assert second.at - first.at >= 0.4
     intake = next(a for a in await activations(store, "c1") if a["agent"] == "intake")
     assert (intake["retries"], intake["status"]) == (1, "submitted")
+
+
+async def test_the_apps_prices_override_the_library(
+    store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    llm_stub.script(openai_text("50000", tokens=(1_000_000, 500_000)))
+    info = await run(asking_app(gpt, prices={"openai:gpt-4o-mini": (1.0, 4.0)}), store)
+    assert info.status == "done"
+    intake = next(a for a in await activations(store, "c1") if a["agent"] == "intake")
+    assert intake["cost"] == pytest.approx(3.0)
+
+
+async def test_a_cost_budget_trips_on_a_priced_model(
+    store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    llm_stub.script(openai_text("50000", tokens=(2_000_000, 100_000)))  # $0.36
+    info = await run(asking_app(gpt, limits=Limits(max_cost=0.25)), store)
+    assert info.status == "escalated"
+    [incident] = await incidents(store, "c1")
+    assert incident["kind"] == "budget" and "max_cost 0.25" in incident["detail"]
