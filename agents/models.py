@@ -152,8 +152,14 @@ class OfflineModel:
         if text is None:
             text = self.default(messages) if self.default else last.split(". ")[0][:200]
         tokens_in = sum(_tokens(str(m.get("content") or "")) for m in messages)
-        parsed = parse_output(schema, text) if schema is not None else None
-        return Completion(text, tokens_in, _tokens(text), self.name, parsed)
+        result = Completion(text, tokens_in, _tokens(text), self.name)
+        if schema is not None:
+            try:
+                result.parsed = parse_output(schema, text)
+            except SemanticError as exc:
+                exc.spent = result
+                raise
+        return result
 
 
 class Metered:
@@ -176,11 +182,20 @@ class Metered:
         schema: type[BaseModel] | None = None,
         tools: Sequence[ToolSpec] = (),
     ) -> Completion:
-        # A model written before tools existed takes no ``tools``: pass it only if used.
-        if tools:
-            result = await self.model.complete(messages, schema=schema, tools=tools)
-        else:
-            result = await self.model.complete(messages, schema=schema)
+        try:
+            # A model written before tools existed takes no ``tools``: pass it only if used.
+            if tools:
+                result = await self.model.complete(messages, schema=schema, tools=tools)
+            else:
+                result = await self.model.complete(messages, schema=schema)
+        except SemanticError as exc:
+            if isinstance(exc.spent, Completion):  # an unusable answer is paid for too
+                self._count(exc.spent)
+            raise
+        self._count(result)
+        return result
+
+    def _count(self, result: Completion) -> None:
         self.tokens_in += result.tokens_in
         self.tokens_out += result.tokens_out
         if self.prices is None:
@@ -189,4 +204,3 @@ class Metered:
             self.cost += self.prices.cost(
                 result.model, result.provider, result.tokens_in, result.tokens_out
             )
-        return result

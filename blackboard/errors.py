@@ -166,7 +166,14 @@ class TransientError(AgentError):
 
 class SemanticError(AgentError):
     """The output is unusable (failed validation): the agent gets a rewrite request with
-    this message as feedback; never retried blindly."""
+    this message as feedback; never retried blindly.
+
+    Attributes:
+        spent: the model's answer (a ``Completion``, with its tokens) found unusable, if
+            one was: it was paid for, so its tokens and cost still count.
+    """
+
+    spent: object = None
 
 
 class FatalError(AgentError):

@@ -114,7 +114,11 @@ class AnthropicModel:
             answer = await self._clients.get().messages.create(**request)
         except self._sdk.APIError as exc:
             raise (classify(self._sdk, "Anthropic", exc) or exc) from exc
-        return self._completion(answer, schema)
+        try:
+            return self._completion(answer, schema)
+        except SemanticError as exc:  # an unusable answer was still paid for
+            exc.spent = Completion("", *_usage(answer), self.name, provider=self.provider)
+            raise
 
     def _completion(self, answer: Any, schema: type[BaseModel] | None) -> Completion:
         if answer.stop_reason == "refusal":
@@ -141,22 +145,27 @@ class AnthropicModel:
                     f"{schema.__name__} object."
                 )
             parsed = parse_output(schema, output)
-        usage = answer.usage
-        # Cached prompt tokens are input tokens too (priced as input: an upper bound).
-        tokens_in = (
-            int(usage.input_tokens)
-            + int(getattr(usage, "cache_creation_input_tokens", None) or 0)
-            + int(getattr(usage, "cache_read_input_tokens", None) or 0)
-        )
+        tokens_in, tokens_out = _usage(answer)
         return Completion(
             text="".join(texts),
             tokens_in=tokens_in,
-            tokens_out=int(usage.output_tokens),
+            tokens_out=tokens_out,
             model=self.name,
             parsed=parsed,
             tool_calls=calls,
             provider=self.provider,
         )
+
+
+def _usage(answer: Any) -> tuple[int, int]:
+    usage = answer.usage
+    # Cached prompt tokens are input tokens too (priced as input: an upper bound).
+    tokens_in = (
+        int(usage.input_tokens)
+        + int(getattr(usage, "cache_creation_input_tokens", None) or 0)
+        + int(getattr(usage, "cache_read_input_tokens", None) or 0)
+    )
+    return tokens_in, int(usage.output_tokens)
 
 
 def _messages(messages: Sequence[Message]) -> list[dict[str, Any]]:

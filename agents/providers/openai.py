@@ -110,7 +110,11 @@ class OpenAIModel:
             answer = await self._clients.get().chat.completions.create(**request)
         except self._sdk.APIError as exc:
             raise (classify(self._sdk, self._who, exc) or exc) from exc
-        return self._completion(answer, schema)
+        try:
+            return self._completion(answer, schema)
+        except SemanticError as exc:  # an unusable answer was still paid for
+            exc.spent = Completion("", *_usage(answer), self.name, provider=self.provider)
+            raise
 
     @property
     def _who(self) -> str:
@@ -139,16 +143,24 @@ class OpenAIModel:
                     "object was complete; answer more briefly."
                 )
             parsed = parse_output(schema, text)
-        usage = answer.usage
+        tokens_in, tokens_out = _usage(answer)
         return Completion(
             text=text,
-            tokens_in=int(usage.prompt_tokens) if usage else 0,
-            tokens_out=int(usage.completion_tokens) if usage else 0,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
             model=self.name,
             parsed=parsed,
             tool_calls=calls,
             provider=self.provider,
         )
+
+
+def _usage(answer: Any) -> tuple[int, int]:
+    """Tokens as the server reported them (a server that reports none counts 0)."""
+    usage = answer.usage
+    if usage is None:
+        return 0, 0
+    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
 
 
 def _message(m: Message) -> dict[str, Any]:

@@ -94,9 +94,11 @@ async def test_openai_structured_output_asks_for_the_json_schema(
 async def test_openai_invalid_json_is_semantic_with_the_validation_message(
     gpt: OpenAIModel, llm_stub: LLMStub
 ) -> None:
-    llm_stub.script(openai_text('{"approve": "perhaps"'))
-    with pytest.raises(SemanticError, match=r"does not match Verdict: .*Invalid JSON"):
+    llm_stub.script(openai_text('{"approve": "perhaps"', tokens=(21, 4)))
+    with pytest.raises(SemanticError, match=r"does not match Verdict: .*Invalid JSON") as caught:
         await gpt.complete([{"role": "user", "content": "Decide."}], schema=Verdict)
+    spent = caught.value.spent  # the unusable answer's tokens, still to be counted
+    assert isinstance(spent, Completion) and (spent.tokens_in, spent.tokens_out) == (21, 4)
     llm_stub.script(openai_text('{"approve": "perhaps", "reason": "x"}'))
     with pytest.raises(SemanticError, match=r"approve: Input should be a valid boolean"):
         await gpt.complete([{"role": "user", "content": "Decide."}], schema=Verdict)
