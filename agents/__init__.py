@@ -14,6 +14,7 @@ from blackboard.agents.agent import (
     when_changed,
 )
 from blackboard.agents.builtin import HumanAgent, Rule, RuleRouter, Summariser, condense
+from blackboard.agents.llm import LLMAgent, llm_agent
 from blackboard.agents.models import (
     COSTS,
     Completion,
@@ -36,6 +37,7 @@ __all__ = [
     "Context",
     "Handoff",
     "HumanAgent",
+    "LLMAgent",
     "Model",
     "OfflineModel",
     "Output",
@@ -48,6 +50,7 @@ __all__ = [
     "agent",
     "condense",
     "cost_of",
+    "llm_agent",
     "model_from_spec",
     "when_all",
     "when_changed",

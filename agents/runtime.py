@@ -395,6 +395,7 @@ class AgentWorker:
                 activation_id=act.activation_id,
             )
         act.keys_read = keys
+        model = self.agent.model if self.agent.model is not None else self.app.model
         remaining = None
         if act.deadline_ms:
             remaining = (act.deadline_ms - time.time() * 1000) / 1000
@@ -408,6 +409,6 @@ class AgentWorker:
             payload=dict(act.payload),
             deadline_s=remaining,
             failed=failed,
-            model=Metered(self.app.model, self.app.pricing) if self.app.model is not None else None,
+            model=Metered(model, self.app.pricing) if model is not None else None,
             tools=tools,
         )

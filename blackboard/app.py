@@ -164,6 +164,8 @@ class App:
             self.router_reads = list(getattr(self.router, "reads", ()))
         self._check_ownership()
         self._check_reads()
+        for a in self.agents:
+            a.bind(self)
         self._check_prices()
 
     # -- build-time checks ----------------------------------------------------------
@@ -239,7 +241,7 @@ class App:
     def models(self) -> list[Any]:
         """Every model of the app: its own and those its agents carry."""
         found = [self.model] if self.model is not None else []
-        found += [m for a in self.agents if (m := getattr(a, "model", None)) is not None]
+        found += [a.model for a in self.agents if a.model is not None]
         return found
 
     def _known(self, key: str, who: str) -> None:
