@@ -9,6 +9,7 @@ from the published one is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -250,6 +251,10 @@ class App:
                 f"{who} {key!r}, which is not a key of board "
                 f"{self.schema.name} ({', '.join(self.schema.keys)})."
             )
+
+    def with_model(self, model: Any) -> App:
+        """The same app on another model (e.g. from ``--model SPEC``), checked again."""
+        return dataclasses.replace(self, model=model)
 
     # -- queries --------------------------------------------------------------------
 

@@ -1,14 +1,5 @@
 """Fixtures of the agents tests: a scripted LLM server on loopback (see llmstub)."""
 
-from __future__ import annotations
+from llmstub import llm_stub
 
-from collections.abc import Iterator
-
-import pytest
-from llmstub import LLMStub
-
-
-@pytest.fixture
-def llm_stub() -> Iterator[LLMStub]:
-    with LLMStub() as stub:
-        yield stub
+__all__ = ["llm_stub"]

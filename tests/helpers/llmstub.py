@@ -8,8 +8,9 @@ Retry-After, a 500, a hung request, a refusal) and is recorded, so tests assert 
 sent: messages, schema, tools, headers.
 
 Turns are built with the helpers below (``openai_text``, ``anthropic_tool_use``…). A
-request with nothing scripted gets a 500 whose message says so, so a test that sends more
-than it scripted fails loudly.
+request with nothing scripted is answered by ``responder(request)`` if set (a model
+stand-in computing its answer from what was sent), else with a 500 whose message says
+so, so a test that sends more than it scripted fails loudly.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+import pytest
 
 __all__ = [
     "LLMStub",
@@ -30,6 +34,7 @@ __all__ = [
     "anthropic_refusal",
     "anthropic_text",
     "anthropic_tool_use",
+    "llm_stub",
     "openai_error",
     "openai_refusal",
     "openai_text",
@@ -182,6 +187,7 @@ class LLMStub:
         self.release = threading.Event()
         """Set on close: hung requests give up (with a dropped connection)."""
         self.lock = threading.Lock()
+        self.responder: Callable[[Recorded], Turn] | None = None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -219,6 +225,8 @@ class LLMStub:
             self.requests.append(recorded)
             if self.turns:
                 return self.turns.popleft()
+        if self.responder is not None:
+            return self.responder(recorded)
         return openai_error(500, f"llm stub: nothing scripted for request {len(self.requests)}")
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -256,3 +264,10 @@ class LLMStub:
                 pass  # quiet: the recorded requests are what tests look at
 
         return Handler
+
+
+@pytest.fixture
+def llm_stub() -> Iterator[LLMStub]:
+    """A started stub, closed after the test (import it into a conftest to use it)."""
+    with LLMStub() as stub:
+        yield stub
