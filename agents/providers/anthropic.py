@@ -53,6 +53,10 @@ class AnthropicModel:
     provider: str = field(default="anthropic", init=False)
     _sdk: Any = field(init=False, repr=False)
     _clients: PerLoop[AsyncAnthropic] = field(init=False, repr=False)
+    _schemas: dict[type[BaseModel], dict[str, Any]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    """JSON schema per output schema (built once: an agent asks with the same one)."""
 
     def __post_init__(self) -> None:
         try:
@@ -96,11 +100,13 @@ class AnthropicModel:
             request["system"] = system
         offered = [_tool(t) for t in tools]
         if schema is not None:
+            if schema not in self._schemas:
+                self._schemas[schema] = schema.model_json_schema()
             offered.append(
                 {
                     "name": OUTPUT_TOOL,
                     "description": f"Give the final answer as a {schema.__name__} object.",
-                    "input_schema": schema.model_json_schema(),
+                    "input_schema": self._schemas[schema],
                 }
             )
             # Alone, the output tool is forced; beside the agent's tools, some tool is.

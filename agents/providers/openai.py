@@ -57,6 +57,11 @@ class OpenAIModel:
     environ: Mapping[str, str] | None = field(default=None, repr=False)
     _sdk: Any = field(init=False, repr=False)
     _clients: PerLoop[AsyncOpenAI] = field(init=False, repr=False)
+    _formats: dict[type[BaseModel], dict[str, Any]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    """Response format per output schema: building one costs more than the rest of a
+    step's own work, and an agent asks with the same schema every time."""
 
     def __post_init__(self) -> None:
         try:
@@ -98,7 +103,9 @@ class OpenAIModel:
         if tools:
             request["tools"] = [_tool(t) for t in tools]
         if schema is not None:
-            request["response_format"] = _response_format(self._sdk, schema)
+            if schema not in self._formats:
+                self._formats[schema] = _response_format(self._sdk, schema)
+            request["response_format"] = self._formats[schema]
         if self.max_tokens is not None:
             # OpenAI's newer models take only max_completion_tokens; older servers only
             # max_tokens.

@@ -234,6 +234,7 @@ class LLMStub:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body: no 40 ms delayed-ACK stall
             timeout = 10  # an idle keep-alive connection's thread ends by itself
 
             def do_POST(self) -> None:
