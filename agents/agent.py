@@ -119,7 +119,8 @@ class Context:
     failed: dict[str, str] = field(default_factory=dict)
     """For a join with partial results: agent -> why its branch produced nothing."""
     model: Any = None
-    """The app's model (see ``blackboard.agents.models``), if any."""
+    """The agent's own model, else the app's (see ``blackboard.agents.models``), metered:
+    its tokens and cost count toward the board's budgets."""
     tools: Any = None
     """The app's tool registry bound to this activation, if any."""
 
