@@ -204,12 +204,25 @@ def _tool(t: ToolSpec) -> dict[str, Any]:
 
 def _response_format(sdk: Any, schema: type[BaseModel]) -> dict[str, Any]:
     # The SDK's own strict form of a pydantic schema (every property required, no extra
-    # properties): what OpenAI's strict structured outputs accept.
-    strict = sdk.pydantic_function_tool(schema)["function"]["parameters"]
+    # properties): what OpenAI's strict structured outputs accept. A free-form object (a
+    # dict key) cannot be strict, and strict mode would refuse the request: such a
+    # schema is asked for without it (the answer is validated here either way).
+    form = sdk.pydantic_function_tool(schema)["function"]["parameters"]
     return {
         "type": "json_schema",
-        "json_schema": {"name": schema.__name__, "schema": strict, "strict": True},
+        "json_schema": {"name": schema.__name__, "schema": form, "strict": _closed(form)},
     }
+
+
+def _closed(node: Any) -> bool:
+    """Whether no object in the schema admits properties it does not name."""
+    if isinstance(node, dict):
+        if node.get("additionalProperties", False) is not False:
+            return False
+        return all(_closed(v) for v in node.values())
+    if isinstance(node, list):
+        return all(_closed(v) for v in node)
+    return True
 
 
 def _call(call: Any) -> ToolCall:

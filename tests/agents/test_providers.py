@@ -91,6 +91,23 @@ async def test_openai_structured_output_asks_for_the_json_schema(
     assert schema["additionalProperties"] is False
 
 
+class Loose(BaseModel):
+    facts: dict[str, Any]
+
+
+async def test_openai_schema_that_cannot_be_strict_is_sent_non_strict(
+    gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    """OpenAI's strict mode refuses free-form objects (a dict key); rather than a 400,
+    such a schema is asked for without strict, and validated here as always."""
+    llm_stub.script(openai_text('{"facts": {"income": 90000}}'))
+    result = await gpt.complete([{"role": "user", "content": "Facts?"}], schema=Loose)
+    assert result.parsed == Loose(facts={"income": 90000})
+    fmt = llm_stub.requests[0].json["response_format"]["json_schema"]
+    assert fmt["strict"] is False
+    assert fmt["schema"]["properties"]["facts"]["type"] == "object"
+
+
 async def test_openai_invalid_json_is_semantic_with_the_validation_message(
     gpt: OpenAIModel, llm_stub: LLMStub
 ) -> None:
