@@ -14,7 +14,17 @@ from blackboard.agents.agent import (
     when_changed,
 )
 from blackboard.agents.builtin import HumanAgent, Rule, RuleRouter, Summariser, condense
-from blackboard.agents.models import COSTS, Completion, Model, OfflineModel, cost_of
+from blackboard.agents.llm import LLMAgent, llm_agent
+from blackboard.agents.models import (
+    COSTS,
+    Completion,
+    Model,
+    OfflineModel,
+    ToolCall,
+    ToolSpec,
+    cost_of,
+)
+from blackboard.agents.providers import model_from_spec
 from blackboard.agents.runtime import AgentWorker
 
 from blackboard.records import Handoff
@@ -27,16 +37,21 @@ __all__ = [
     "Context",
     "Handoff",
     "HumanAgent",
+    "LLMAgent",
     "Model",
     "OfflineModel",
     "Output",
     "Rule",
     "RuleRouter",
     "Summariser",
+    "ToolCall",
+    "ToolSpec",
     "Trigger",
     "agent",
     "condense",
     "cost_of",
+    "llm_agent",
+    "model_from_spec",
     "when_all",
     "when_changed",
 ]

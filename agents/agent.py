@@ -16,10 +16,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blackboard.errors import ConfigError
 from blackboard.records import Handoff
+
+if TYPE_CHECKING:
+    from blackboard.app import App
 
 __all__ = [
     "Agent",
@@ -116,7 +119,8 @@ class Context:
     failed: dict[str, str] = field(default_factory=dict)
     """For a join with partial results: agent -> why its branch produced nothing."""
     model: Any = None
-    """The app's model (see ``blackboard.agents.models``), if any."""
+    """The agent's own model, else the app's (see ``blackboard.agents.models``), metered:
+    its tokens and cost count toward the board's budgets."""
     tools: Any = None
     """The app's tool registry bound to this activation, if any."""
 
@@ -133,6 +137,7 @@ class Agent:
         reads: keys it is given besides those it owns.
         triggers: conditions that activate it.
         handoffs: agents it may hand off to (None: any agent of the app).
+        model: its own model, given in its context (None: the app's model).
     """
 
     name: str = ""
@@ -140,6 +145,11 @@ class Agent:
     reads: tuple[str, ...] = ()
     triggers: tuple[Trigger, ...] = ()
     handoffs: tuple[str, ...] | None = None
+    model: Any = None
+
+    def bind(self, app: App) -> None:
+        """Called by the app that holds the agent once its keys are settled (``owns``
+        filled in from the board model): the place to derive anything from them."""
 
     @property
     def sees(self) -> list[str]:

@@ -1,9 +1,10 @@
 """Model access behind one small protocol, and a deterministic offline model.
 
-A model takes chat messages (and optionally a pydantic output schema) and returns a
-:class:`Completion` with token counts; the runtime sums tokens and cost per board, and
-the supervisor enforces the app's budgets. Nothing here needs a network: the offline
-model answers from rules or a function, so tests and examples are reproducible.
+A model takes chat messages (and optionally a pydantic output schema and the tools it may
+call) and returns a :class:`Completion` with the provider's token counts; the runtime sums
+tokens and cost per board, and the supervisor enforces the app's budgets. Nothing here
+needs a network: the offline model answers from rules or a function, so tests and
+examples are reproducible. Real providers live in ``blackboard.agents.providers``.
 """
 
 from __future__ import annotations
@@ -12,54 +13,109 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from blackboard.agents.pricing import COSTS, Prices, cost_of
 from pydantic import BaseModel, ValidationError
 
 from blackboard import codec
 from blackboard.errors import SemanticError
 
-__all__ = ["COSTS", "Completion", "Metered", "Model", "OfflineModel", "cost_of"]
+__all__ = [
+    "COSTS",
+    "Completion",
+    "Message",
+    "Metered",
+    "Model",
+    "OfflineModel",
+    "ToolCall",
+    "ToolSpec",
+    "cost_of",
+    "parse_output",
+]
 
-Message = Mapping[str, str]
-
-COSTS: dict[str, tuple[float, float]] = {
-    "offline": (0.0, 0.0),
-    "gpt-4o": (2.50, 10.00),
-    "gpt-4o-mini": (0.15, 0.60),
-    "claude-3-5-sonnet": (3.00, 15.00),
-    "claude-3-5-haiku": (0.80, 4.00),
-}
-"""USD per million input and output tokens, by model name. Extend or override it."""
+Message = Mapping[str, Any]
+"""A chat message: ``role`` (``system``, ``user``, ``assistant`` or ``tool``) and
+``content`` (text). An assistant message may carry ``tool_calls`` (a list of
+:class:`ToolCall`); a tool message carries the ``tool_call_id`` it answers. Adapters
+translate this one shape to each provider's."""
 
 
-def cost_of(model: str, tokens_in: int, tokens_out: int) -> float:
-    per_in, per_out = COSTS.get(model, (0.0, 0.0))
-    return (tokens_in * per_in + tokens_out * per_out) / 1_000_000
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool offered to a model: its name, what it is for, and the JSON Schema of its
+    arguments (an object)."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A model asking to call a tool. ``id`` is the provider's, echoed in the answer."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
 
 
 @dataclass
 class Completion:
-    """A model's answer: text, the validated object if a schema was asked for, tokens."""
+    """A model's answer: text, the validated object if a schema was asked for, the tool
+    calls it asked for, and tokens as the provider reported them."""
 
     text: str
     tokens_in: int
     tokens_out: int
     model: str
     parsed: Any = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    provider: str | None = None
+    """Who served it (``openai``, ``anthropic``; None when unknown): prices depend on it."""
 
     @property
     def cost(self) -> float:
-        return cost_of(self.model, self.tokens_in, self.tokens_out)
+        """At the default prices; the runtime counts with the app's (see ``Metered``)."""
+        return cost_of(self.model, self.tokens_in, self.tokens_out, self.provider)
 
 
 @runtime_checkable
 class Model(Protocol):
-    """One async method. Implement it to plug in any provider."""
+    """One async method. Implement it to plug in any provider.
+
+    ``schema``: answer with an object of this type (``Completion.parsed``); an answer that
+    does not validate raises :class:`SemanticError`. ``tools``: the tools the model may
+    call (``Completion.tool_calls``); a model that takes none may omit the parameter.
+    """
 
     name: str
 
     async def complete(
-        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: type[BaseModel] | None = None,
+        tools: Sequence[ToolSpec] = (),
     ) -> Completion: ...
+
+
+def parse_output(schema: type[BaseModel], data: str | Mapping[str, Any]) -> Any:
+    """Validate a model's answer (JSON text, or an object a tool-use answer carried)
+    against ``schema``. A failure is semantic: its message, sent back to the agent as a
+    rewrite request, says which fields are wrong and how, so the model can fix them."""
+    try:
+        if isinstance(data, str):
+            return schema.model_validate_json(data)
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            ".".join(str(p) for p in err["loc"]) + ": " + err["msg"] if err["loc"] else err["msg"]
+            for err in exc.errors()[:3]
+        ]
+        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+        raise SemanticError(
+            f"model output does not match {schema.__name__}: {'; '.join(problems)}{more}. "
+            "Answer with a JSON object of that schema."
+        ) from exc
 
 
 def _tokens(text: str) -> int:
@@ -84,41 +140,67 @@ class OfflineModel:
     calls: list[Sequence[Message]] = field(default_factory=list)
 
     async def complete(
-        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: type[BaseModel] | None = None,
+        tools: Sequence[ToolSpec] = (),
     ) -> Completion:
         self.calls.append(list(messages))
         last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
         text = next((answer for pattern, answer in self.rules.items() if pattern in last), None)
         if text is None:
             text = self.default(messages) if self.default else last.split(". ")[0][:200]
-        tokens_in = sum(_tokens(m.get("content", "")) for m in messages)
-        parsed = None
+        tokens_in = sum(_tokens(str(m.get("content") or "")) for m in messages)
+        result = Completion(text, tokens_in, _tokens(text), self.name)
         if schema is not None:
             try:
-                parsed = schema.model_validate_json(text)
-            except ValidationError as exc:
-                raise SemanticError(
-                    f"model output does not match {schema.__name__}: {exc.errors()[0]['msg']}"
-                ) from exc
-        return Completion(text, tokens_in, _tokens(text), self.name, parsed)
+                result.parsed = parse_output(schema, text)
+            except SemanticError as exc:
+                exc.spent = result
+                raise
+        return result
 
 
 class Metered:
     """Wraps the app's model for one activation and sums what it used, so the runtime
-    reports tokens and cost to the supervisor's budgets without the agent's help."""
+    reports tokens and cost to the supervisor's budgets without the agent's help.
+    ``prices``: the app's (with its overrides); default: the default prices."""
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, prices: Prices | None = None) -> None:
         self.model = model
+        self.prices = prices
         self.name = model.name
         self.tokens_in = 0
         self.tokens_out = 0
         self.cost = 0.0
 
     async def complete(
-        self, messages: Sequence[Message], *, schema: type[BaseModel] | None = None
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: type[BaseModel] | None = None,
+        tools: Sequence[ToolSpec] = (),
     ) -> Completion:
-        result = await self.model.complete(messages, schema=schema)
+        try:
+            # A model written before tools existed takes no ``tools``: pass it only if used.
+            if tools:
+                result = await self.model.complete(messages, schema=schema, tools=tools)
+            else:
+                result = await self.model.complete(messages, schema=schema)
+        except SemanticError as exc:
+            if isinstance(exc.spent, Completion):  # an unusable answer is paid for too
+                self._count(exc.spent)
+            raise
+        self._count(result)
+        return result
+
+    def _count(self, result: Completion) -> None:
         self.tokens_in += result.tokens_in
         self.tokens_out += result.tokens_out
-        self.cost += result.cost
-        return result
+        if self.prices is None:
+            self.cost += result.cost
+        else:
+            self.cost += self.prices.cost(
+                result.model, result.provider, result.tokens_in, result.tokens_out
+            )

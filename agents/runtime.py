@@ -331,27 +331,41 @@ class AgentWorker:
         try:
             await attempt()
             return
-        except TRANSIENT:
+        except TRANSIENT as exc:
             if self.retries <= 1:
                 raise
+            failed: BaseException | None = exc
         # U(0, 0.05 s) after the first attempt, then doubling: this loop counts from the
         # second attempt, so its own waits use twice the multiplier for the same sequence.
         first = wait_random_exponential(multiplier=0.05, max=2.0)
+        later = wait_random_exponential(multiplier=0.1, max=2.0)
 
         async def before(state: RetryCallState) -> None:
             tried[0] = state.attempt_number
             if state.attempt_number == 1:
-                await asyncio.sleep(first(state))
+                await asyncio.sleep(self._at_least_asked(failed, first(state)))
+
+        def wait(state: RetryCallState) -> float:
+            failed = state.outcome.exception() if state.outcome is not None else None
+            return self._at_least_asked(failed, later(state))
 
         async for retry in AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT),
             stop=stop_after_attempt(self.retries - 1),
             before=before,
-            wait=wait_random_exponential(multiplier=0.1, max=2.0),
+            wait=wait,
             reraise=True,
         ):
             with retry:
                 await attempt()
+
+    def _at_least_asked(self, failed: BaseException | None, backoff: float) -> float:
+        """The backoff, or longer if the provider asked for it (a 429's Retry-After),
+        capped at the activation timeout: a wait past it would only find it expired."""
+        asked = getattr(failed, "retry_after", None)
+        if asked is None:
+            return backoff
+        return max(backoff, min(float(asked), self.app.limits.activation_timeout_s))
 
     async def _run(self, ctx: Context, act: Activation) -> Any:
         expired = act.timed_out(self.app.limits.activation_timeout_s)
@@ -398,6 +412,7 @@ class AgentWorker:
                 activation_id=act.activation_id,
             )
         act.keys_read = keys
+        model = self.agent.model if self.agent.model is not None else self.app.model
         remaining = None
         if act.deadline_ms:
             remaining = (act.deadline_ms - time.time() * 1000) / 1000
@@ -411,6 +426,6 @@ class AgentWorker:
             payload=dict(act.payload),
             deadline_s=remaining,
             failed=failed,
-            model=Metered(self.app.model) if self.app.model is not None else None,
+            model=Metered(model, self.app.pricing) if model is not None else None,
             tools=tools,
         )

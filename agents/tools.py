@@ -75,6 +75,8 @@ class Tool:
         timeout_s: how long a caller waits for one call.
         breaker_errors: consecutive errors that open the circuit breaker.
         breaker_reset_s: how long it stays open.
+        description: what it does, for a model offered the tool (default: the
+            docstring of ``fn``).
     """
 
     name: str
@@ -88,6 +90,10 @@ class Tool:
     timeout_s: float = 30.0
     breaker_errors: int = 5
     breaker_reset_s: float = 30.0
+    description: str = ""
+
+    def describe(self) -> str:
+        return self.description or " ".join((self.fn.__doc__ or self.name).split())
 
 
 @dataclass

@@ -7,6 +7,8 @@
   4. cost vs board size (unchanged 1 KB .. 10 MB payload)
   5. history: read-at-version and rollback at 10, 1,000 and 100,000 versions
   6. one supervisor with 1 .. 1,000 concurrent boards, then two supervisors
+  7. framework overhead per LLM step over the SDK alone, and vs LangGraph + SQLite with
+     its OpenAI chat model, against a local stub that answers at once (bench/llm.py)
 
 Starts its own redis-server and PostgreSQL on private sockets/ports. Writes
 bench/results/results.md and bench/results/plot.png, and prints TARGET lines.
@@ -32,6 +34,7 @@ from blackboard.supervisor import Deployment, Supervisor
 from redis.exceptions import ResponseError
 
 from bench import commit as commit_bench
+from bench import llm as llm_bench
 from bench import supervisor as sbench
 from bench._postgres import postgres_server
 from bench._server import machine, percentile, redis_server, target
@@ -415,6 +418,9 @@ async def main() -> None:
         for name, rate in scale.items():
             row(name, f"{rate:,.0f} validated proposals/s")
         results["scale"] = scale
+
+        print("7. LLM steps: overhead over the SDK alone, and vs LangGraph (stub answers at once)")
+        results["llm"] = await llm_bench.section(url, row, 10 if QUICK else 50)
         await store.close()
 
     with redis_server("--appendonly", "yes", "--appendfsync", "always") as url:
@@ -438,6 +444,7 @@ async def main() -> None:
     target("ours_10MB_vs_1KB_step", s["10 MB"]["ours"][0] / s["1 KB"]["ours"][0], "<=", 1.5)
     target("handoff_p50_ms_everysec", results["handoff"][0], "<=", 2)
     target("handoff_p99_ms_everysec", results["handoff"][1], "<=", 10)
+    llm_bench.targets(results["llm"])
 
 
 def write_report(results: dict[str, Any], seconds: float) -> None:

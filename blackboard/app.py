@@ -9,6 +9,7 @@ from the published one is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from blackboard.schema import HUMAN, SUPERVISOR, BoardSchema
 
 if TYPE_CHECKING:
     from blackboard.agents.agent import Agent, Trigger
+    from blackboard.agents.pricing import Prices
     from blackboard.records import Handoff
 
 __all__ = ["App", "Audit", "Gate", "Limits", "Policy", "load_app"]
@@ -122,6 +124,9 @@ class App:
         summariser: name of the agent that summarises keys that grow too large.
         limits: loop, budget and time limits.
         model: the model agents get in their context (see ``blackboard.agents.models``).
+        prices: USD per million input and output tokens by model name (or
+            ``provider:model``), overriding the price library; with ``limits.max_cost``
+            set, every model of the app must have a price from here or the library.
     """
 
     board: type[BaseModel]
@@ -139,7 +144,10 @@ class App:
     model: Any = None
     tools: Any = None
     name: str = ""
+    prices: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     schema: BoardSchema = field(init=False)
+    pricing: Prices = field(init=False, repr=False)
+    """The prices the runtime counts cost with: ``prices`` over the library's."""
 
     def __post_init__(self) -> None:
         self.schema = BoardSchema.from_model(self.board)
@@ -160,6 +168,9 @@ class App:
             self.router_reads = list(getattr(self.router, "reads", ()))
         self._check_ownership()
         self._check_reads()
+        for a in self.agents:
+            a.bind(self)
+        self._check_prices()
 
     # -- build-time checks ----------------------------------------------------------
 
@@ -213,12 +224,40 @@ class App:
         for key in (*self.done_reads, *self.router_reads):
             self._known(key, "the app's done/router condition reads")
 
+    def _check_prices(self) -> None:
+        # Imported here: the agents package imports this module.
+        from blackboard.agents.pricing import Prices
+
+        self.pricing = Prices(dict(self.prices))
+        if self.limits.max_cost is None:
+            return
+        for model in self.models():
+            name, provider = str(model.name), getattr(model, "provider", None)
+            if self.pricing.price(name, provider) is None:
+                raise ConfigError(
+                    f"limits.max_cost is set, but no price is known for model {name!r}"
+                    f"{f' of {provider}' if provider else ''}, so its cost would count as "
+                    f"$0 and the budget would never trip. Price it in the app: "
+                    f"App(prices={{{name!r}: (USD_PER_MILLION_IN, USD_PER_MILLION_OUT)}}), "
+                    "or install 'redis-blackboard[prices]' if the price library knows it."
+                )
+
+    def models(self) -> list[Any]:
+        """Every model of the app: its own and those its agents carry."""
+        found = [self.model] if self.model is not None else []
+        found += [a.model for a in self.agents if a.model is not None]
+        return found
+
     def _known(self, key: str, who: str) -> None:
         if key not in self.schema.keys:
             raise ConfigError(
                 f"{who} {key!r}, which is not a key of board "
                 f"{self.schema.name} ({', '.join(self.schema.keys)})."
             )
+
+    def with_model(self, model: Any) -> App:
+        """The same app on another model (e.g. from ``--model SPEC``), checked again."""
+        return dataclasses.replace(self, model=model)
 
     # -- queries --------------------------------------------------------------------
 

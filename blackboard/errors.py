@@ -154,12 +154,28 @@ class AgentError(BlackboardError):
 
 
 class TransientError(AgentError):
-    """Worth retrying as is: a timeout, a rate limit, a dropped connection."""
+    """Worth retrying as is: a timeout, a rate limit, a dropped connection.
+
+    Attributes:
+        retry_after: seconds the provider asked to wait (a 429's Retry-After), if it
+            did; the runtime waits at least that long before the next attempt.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
 
 
 class SemanticError(AgentError):
     """The output is unusable (failed validation): the agent gets a rewrite request with
-    this message as feedback; never retried blindly."""
+    this message as feedback; never retried blindly.
+
+    Attributes:
+        spent: the model's answer (a ``Completion``, with its tokens) found unusable, if
+            one was: it was paid for, so its tokens and cost still count.
+    """
+
+    spent: object = None
 
 
 class FatalError(AgentError):

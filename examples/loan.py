@@ -6,26 +6,41 @@ agent instead of risk. An AML hit holds the decision at a human gate. An audit t
 finds the extracted income inconsistent with the declared one rolls the board back to
 the last compliant version and re-runs document analysis with the failure as feedback.
 
-Run embedded:      python examples/loan.py
+Run embedded:      python examples/loan.py [--model SPEC]
 As processes:      see README ("Examples").
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
 import time
 from typing import Annotated, Any, Literal
 
-from blackboard.agents import Context, Handoff, OfflineModel, Output, agent, when_changed
+from blackboard.agents import (
+    Context,
+    Handoff,
+    Model,
+    OfflineModel,
+    Output,
+    agent,
+    model_from_spec,
+    when_changed,
+)
 from blackboard.supervisor import Deployment
 from pydantic import BaseModel, Field
 
-from blackboard import App, Audit, BoardStore, Gate, Key, Limits
+from blackboard import App, Audit, BoardStore, ConfigError, Gate, Key, Limits
 
 TAX_ID = re.compile(r"^\d{2}-\d{7}$")
 WATCHLIST = {"Ivan Launder"}
+
+MODEL_HELP = (
+    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
+    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
+)
 
 
 class LoanBoard(BaseModel):
@@ -215,8 +230,10 @@ async def timeline(store: BoardStore, started: float) -> None:
         await pubsub.aclose()
 
 
-async def main(pause: float = 0.0, store: BoardStore | None = None) -> None:
-    async with Deployment(app, store) as d:
+async def main(
+    pause: float = 0.0, store: BoardStore | None = None, model: Model | None = None
+) -> None:
+    async with Deployment(app if model is None else app.with_model(model), store) as d:
         live = asyncio.create_task(timeline(d.store, time.monotonic()))
         for name in CASES:
             case = CASES[name]
@@ -230,4 +247,11 @@ async def main(pause: float = 0.0, store: BoardStore | None = None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
+    spec = parser.parse_args().model
+    try:
+        chosen = None if spec == "offline" else model_from_spec(spec)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    asyncio.run(main(model=chosen))

@@ -4,18 +4,24 @@ policy forbids an agreed price above max_budget, which belongs to the budget own
 rewrites it. When the two repeat the same exchange with nothing new on the board, the
 circuit breaker trips. An operator can roll a deal back to before the negotiator.
 
-Run embedded:  python examples/procurement.py
+Run embedded:  python examples/procurement.py [--model SPEC]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from typing import Annotated, Any
 
-from blackboard.agents import Context, Handoff, OfflineModel, Output, agent
+from blackboard.agents import Context, Handoff, Model, OfflineModel, Output, agent, model_from_spec
 from pydantic import BaseModel, Field
 
-from blackboard import App, Key, Limits, Policy
+from blackboard import App, ConfigError, Key, Limits, Policy
+
+MODEL_HELP = (
+    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
+    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
+)
 
 
 class Deal(BaseModel):
@@ -97,11 +103,11 @@ stalemate = App(
 )
 
 
-async def main() -> Any:
+async def main(model: Model | None = None) -> Any:
     from blackboard.supervisor import Deployment
 
     for name, chosen in (("deal", app), ("stalemate", stalemate)):
-        async with Deployment(chosen) as d:
+        async with Deployment(chosen if model is None else chosen.with_model(model)) as d:
             await d.start(name)
             info = await d.settle(name)
             print(f"== {name}: {info.status} at version {info.version}")
@@ -112,4 +118,11 @@ async def main() -> Any:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
+    spec = parser.parse_args().model
+    try:
+        chosen = None if spec == "offline" else model_from_spec(spec)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    asyncio.run(main(model=chosen))

@@ -3,29 +3,37 @@ parallel; one times out, and the aggregator (a join that accepts partial results
 proceeds and records the failure; a critic sends one section back for a rewrite; the
 aggregator's transcript grows past its threshold and is summarised.
 
-Run embedded:  python examples/research.py
+Run embedded:  python examples/research.py [--model SPEC]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from typing import Annotated, Any
 
 from blackboard.agents import (
     Context,
     Handoff,
+    Model,
     OfflineModel,
     Output,
     Summariser,
     agent,
+    model_from_spec,
     when_all,
     when_changed,
 )
 from pydantic import BaseModel
 
-from blackboard import App, Key, Limits
+from blackboard import App, ConfigError, Key, Limits
 
 COMPETITORS = ("acme", "globex", "initech", "umbrella")
+
+MODEL_HELP = (
+    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
+    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
+)
 
 
 class Research(BaseModel):
@@ -113,10 +121,10 @@ app = App(
 )
 
 
-async def main() -> None:
+async def main(model: Model | None = None) -> None:
     from blackboard.supervisor import Deployment
 
-    async with Deployment(app) as d:
+    async with Deployment(app if model is None else app.with_model(model)) as d:
         await d.start("competitors")
         info = await d.settle("competitors")
         print(f"== competitors: {info.status} at version {info.version}")
@@ -126,4 +134,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
+    spec = parser.parse_args().model
+    try:
+        chosen = None if spec == "offline" else model_from_spec(spec)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    asyncio.run(main(model=chosen))

@@ -2,20 +2,35 @@
 write structured findings; a synthesiser (a join on all three) deduplicates them and
 resolves the votes; a disagreement goes to a judge, whose ruling is final.
 
-Run embedded:  python examples/review.py
+Run embedded:  python examples/review.py [--model SPEC]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from typing import Annotated, Any, Literal
 
-from blackboard.agents import Context, Handoff, OfflineModel, Output, agent, when_all
+from blackboard.agents import (
+    Context,
+    Handoff,
+    Model,
+    OfflineModel,
+    Output,
+    agent,
+    model_from_spec,
+    when_all,
+)
 from pydantic import BaseModel
 
-from blackboard import App, Key, Limits
+from blackboard import App, ConfigError, Key, Limits
 
 Vote = Literal["approve", "block"]
+
+MODEL_HELP = (
+    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
+    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
+)
 
 
 class Finding(BaseModel):
@@ -110,10 +125,10 @@ DIFFS = {
 }
 
 
-async def main() -> None:
+async def main(model: Model | None = None) -> None:
     from blackboard.supervisor import Deployment
 
-    async with Deployment(app) as d:
+    async with Deployment(app if model is None else app.with_model(model)) as d:
         for name, diff in DIFFS.items():
             await d.start(f"pr-{name}", {"diff": diff})
             info = await d.settle(f"pr-{name}")
@@ -125,4 +140,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
+    spec = parser.parse_args().model
+    try:
+        chosen = None if spec == "offline" else model_from_spec(spec)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    asyncio.run(main(model=chosen))

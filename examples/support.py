@@ -3,21 +3,27 @@ agents, keeping the agents tried on the board. A specialist that cannot help han
 ticket back. When triage sends the same ticket to the same agent again with nothing new
 on the board, the loop breaker trips and the ticket escalates to a human lead.
 
-Run embedded:  python examples/support.py
+Run embedded:  python examples/support.py [--model SPEC]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from typing import Annotated, Any, Literal
 
-from blackboard.agents import Context, Handoff, OfflineModel, Output, agent
+from blackboard.agents import Context, Handoff, Model, OfflineModel, Output, agent, model_from_spec
 from blackboard.supervisor import Deployment
 from pydantic import BaseModel
 
-from blackboard import App, Key, Limits
+from blackboard import App, ConfigError, Key, Limits
 
 Team = Literal["technical", "billing", "account"]
+
+MODEL_HELP = (
+    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
+    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
+)
 
 
 class Ticket(BaseModel):
@@ -83,8 +89,8 @@ TICKETS = {
 }
 
 
-async def main() -> None:
-    async with Deployment(app) as d:
+async def main(model: Model | None = None) -> None:
+    async with Deployment(app if model is None else app.with_model(model)) as d:
         for name, ticket in TICKETS.items():
             board = f"ticket-{name}"
             await d.start(board, {"ticket": ticket})
@@ -105,4 +111,11 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
+    spec = parser.parse_args().model
+    try:
+        chosen = None if spec == "offline" else model_from_spec(spec)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    asyncio.run(main(model=chosen))

@@ -6,7 +6,12 @@ import importlib
 
 import pytest
 
-PACKAGES = ["blackboard", "blackboard.agents", "blackboard.supervisor"]
+PACKAGES = [
+    "blackboard",
+    "blackboard.agents",
+    "blackboard.agents.providers",
+    "blackboard.supervisor",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -1,0 +1,208 @@
+"""Anthropic's models, on the official ``anthropic`` SDK (the messages API).
+
+Structured output is asked for with tool use: the schema becomes the input of one tool,
+``final_output``, that the model must call (or, when it also has the agent's tools, may
+call instead of them); its input, validated, is the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from blackboard.agents.models import Completion, Message, ToolCall, ToolSpec, parse_output
+from blackboard.agents.providers.client import PerLoop, api_key, missing_sdk
+from blackboard.agents.providers.failures import classify
+from pydantic import BaseModel
+
+from blackboard.errors import SemanticError
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+
+__all__ = ["OUTPUT_TOOL", "AnthropicModel"]
+
+OUTPUT_TOOL = "final_output"
+"""The tool whose input is the structured answer."""
+
+
+@dataclass
+class AnthropicModel:
+    """A Claude model behind the Anthropic messages API.
+
+    Args:
+        name: the model (``claude-sonnet-4-5``, ``claude-haiku-4-5``…).
+        api_key: default ``ANTHROPIC_API_KEY`` (required).
+        base_url: None: Anthropic's API.
+        timeout: seconds one request may take; past it, a transient failure.
+        max_tokens: cap on the answer's tokens (the API requires one).
+        temperature: None: the API's default.
+        client: an ``anthropic.AsyncAnthropic`` to use instead of one made here (it
+            should have ``max_retries=0``: the runtime retries).
+    """
+
+    name: str
+    api_key: str | None = None
+    base_url: str | None = None
+    timeout: float = 60.0
+    max_tokens: int = 4096
+    temperature: float | None = None
+    client: Any = None
+    environ: Mapping[str, str] | None = field(default=None, repr=False)
+    provider: str = field(default="anthropic", init=False)
+    _sdk: Any = field(init=False, repr=False)
+    _clients: PerLoop[AsyncAnthropic] = field(init=False, repr=False)
+    _schemas: dict[type[BaseModel], dict[str, Any]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    """JSON schema per output schema (built once: an agent asks with the same one)."""
+
+    def __post_init__(self) -> None:
+        try:
+            import anthropic
+        except ImportError as exc:
+            raise missing_sdk("anthropic", exc) from exc
+        self._sdk = anthropic
+        self.api_key = api_key(
+            self.api_key, "ANTHROPIC_API_KEY", required=True, environ=self.environ
+        )
+        self._clients = PerLoop(self._make_client, self.client)
+
+    def _make_client(self) -> AsyncAnthropic:
+        client: AsyncAnthropic = self._sdk.AsyncAnthropic(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,  # the runtime's retry policy is the only one
+        )
+        return client
+
+    async def aclose(self) -> None:
+        client = self._clients.take()
+        if client is not None:
+            await client.close()
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        schema: type[BaseModel] | None = None,
+        tools: Sequence[ToolSpec] = (),
+    ) -> Completion:
+        system = "\n\n".join(str(m.get("content") or "") for m in messages if m["role"] == "system")
+        request: dict[str, Any] = {
+            "model": self.name,
+            "max_tokens": self.max_tokens,
+            "messages": _messages(messages),
+        }
+        if system:
+            request["system"] = system
+        offered = [_tool(t) for t in tools]
+        if schema is not None:
+            if schema not in self._schemas:
+                self._schemas[schema] = schema.model_json_schema()
+            offered.append(
+                {
+                    "name": OUTPUT_TOOL,
+                    "description": f"Give the final answer as a {schema.__name__} object.",
+                    "input_schema": self._schemas[schema],
+                }
+            )
+            # Alone, the output tool is forced; beside the agent's tools, some tool is.
+            forced = {"type": "tool", "name": OUTPUT_TOOL} if not tools else {"type": "any"}
+            request["tool_choice"] = forced
+        if offered:
+            request["tools"] = offered
+        if self.temperature is not None:
+            request["temperature"] = self.temperature
+        try:
+            answer = await self._clients.get().messages.create(**request)
+        except self._sdk.APIError as exc:
+            raise (classify(self._sdk, "Anthropic", exc) or exc) from exc
+        try:
+            return self._completion(answer, schema)
+        except SemanticError as exc:  # an unusable answer was still paid for
+            exc.spent = Completion("", *_usage(answer), self.name, provider=self.provider)
+            raise
+
+    def _completion(self, answer: Any, schema: type[BaseModel] | None) -> Completion:
+        if answer.stop_reason == "refusal":
+            raise SemanticError(
+                "the model refused to answer (stop_reason 'refusal'); rephrase the request "
+                "or the board's content."
+            )
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        output: Any = None
+        for block in answer.content:
+            if block.type == "text":
+                texts.append(block.text)
+            elif block.type == "tool_use" and block.name == OUTPUT_TOOL:
+                output = block.input
+            elif block.type == "tool_use":
+                calls.append(ToolCall(id=block.id, name=block.name, arguments=dict(block.input)))
+        parsed = None
+        if schema is not None and not calls:
+            if output is None:
+                cut = " (cut off at the token limit)" if answer.stop_reason == "max_tokens" else ""
+                raise SemanticError(
+                    f"the model did not call {OUTPUT_TOOL}{cut}; answer by calling it with a "
+                    f"{schema.__name__} object."
+                )
+            parsed = parse_output(schema, output)
+        tokens_in, tokens_out = _usage(answer)
+        return Completion(
+            text="".join(texts),
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            model=self.name,
+            parsed=parsed,
+            tool_calls=calls,
+            provider=self.provider,
+        )
+
+
+def _usage(answer: Any) -> tuple[int, int]:
+    usage = answer.usage
+    # Cached prompt tokens are input tokens too (priced as input: an upper bound).
+    tokens_in = (
+        int(usage.input_tokens)
+        + int(getattr(usage, "cache_creation_input_tokens", None) or 0)
+        + int(getattr(usage, "cache_read_input_tokens", None) or 0)
+    )
+    return tokens_in, int(usage.output_tokens)
+
+
+def _messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """The conversation in Anthropic's shape: no system turns (they go to ``system``),
+    tool calls as ``tool_use`` blocks, tool answers as ``tool_result`` blocks of a user
+    turn (consecutive answers share one)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        role, content = m["role"], m.get("content") or ""
+        if role == "system":
+            continue
+        if role == "tool":
+            result = {"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": content}
+            last = out[-1] if out else None
+            if last and last["role"] == "user" and isinstance(last["content"], list):
+                last["content"].append(result)
+            else:
+                out.append({"role": "user", "content": [result]})
+            continue
+        calls: Sequence[ToolCall] = m.get("tool_calls") or ()
+        if role == "assistant" and calls:
+            blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
+            blocks += [
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
+                for c in calls
+            ]
+            out.append({"role": "assistant", "content": blocks})
+        else:
+            out.append({"role": role, "content": content})
+    return out
+
+
+def _tool(t: ToolSpec) -> dict[str, Any]:
+    return {"name": t.name, "description": t.description, "input_schema": dict(t.parameters)}
