@@ -74,11 +74,14 @@ class Compliance:
         name, _, why = str(reply[2]).partition("|")
         return Claim(int(reply[1]), name, why)
 
-    async def restore(self, board_id: str, target: int, proposal_id: str, why: str) -> None:
-        """Claim a rollback to ``target`` chosen by its caller (a flag's), before it is
-        committed: what it drops is never compliant again, nor a later rollback's target."""
+    async def restore(
+        self, board_id: str, target: int, proposal_id: str, why: str, *, by: str = "flag"
+    ) -> None:
+        """Claim a rollback to ``target`` chosen by its caller (a flag's, an operator's:
+        ``by``), before it is committed: what it drops is never compliant again, nor a
+        later rollback's target."""
         await self._script(
-            keys=self._keys(board_id), args=["restore", target, proposal_id, f"flag|{why}"]
+            keys=self._keys(board_id), args=["restore", target, proposal_id, f"{by}|{why}"]
         )
 
     async def decided(self, board_id: str, proposal_id: str) -> Claim | None:

@@ -186,6 +186,11 @@ class Operator:
             )
         why = sub.reason or f"operator rollback to v{to}"
         undone = await self._undone_writes(sub.board_id, to)
+        # Claimed first, like a flag's: what it drops is never compliant again, nor the
+        # target of a later audit rollback.
+        await self.sup.compliance.restore(
+            sub.board_id, to, f"rb.{sub.proposal_id}", why, by="rollback"
+        )
         result = await store.rollback(
             sub.board_id, to=to, author=sub.author, reason=why, proposal_id=f"rb.{sub.proposal_id}"
         )

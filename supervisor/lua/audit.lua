@@ -15,10 +15,11 @@ KEYS[4] proposals  hash  proposal id -> version it committed as (a claim's rollb
                          commit, once it exists)
 
 ARGV[1] 'pass', 'claim' or 'restore' (a rollback to a target chosen by its caller, a
-        flag's: claimed the same way, so what it drops never becomes compliant again)
+        flag's or an operator's: claimed the same way, so what it drops never becomes
+        compliant again; the compliant version is lowered to the target, never raised)
 ARGV[2] the version the audits ran on (restore: the target)
 ARGV[3] (claim, restore) the rollback's proposal id
-ARGV[4] (claim, restore) why, 'audit|message' ('flag|message' for a flag)
+ARGV[4] (claim, restore) why, 'audit|message' ('flag|message', 'rollback|message')
 
 Returns
   {'passed'}                       pass recorded; compliant is now at least this version
@@ -40,7 +41,10 @@ end
 if mode == 'restore' then
   redis.call('HSET', claims, ARGV[3], v .. '|' .. ARGV[4])
   redis.call('ZREMRANGEBYSCORE', passed, '(' .. v, '+inf')
-  redis.call('HSET', meta, 'compliant', v)
+  -- never higher than it was: an operator may roll back to a version no audit passed
+  if v < tonumber(redis.call('HGET', meta, 'compliant') or '0') then
+    redis.call('HSET', meta, 'compliant', v)
+  end
   return {'claimed', tostring(v), ARGV[4]}
 end
 

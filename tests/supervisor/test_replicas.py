@@ -339,3 +339,36 @@ async def test_a_flagged_version_never_becomes_a_rollback_target(store: BoardSto
     assert (last.version, last.kind, last.outcome) == (4, "rollback", "restored:2")
     assert (await store.read("p3")).data == (await store.read("p3", at=0)).data
     assert (await store.info("p3")).compliant == 4
+
+
+async def test_an_operators_rollback_is_never_undone_by_a_later_audit_rollback(
+    store: BoardStore,
+) -> None:
+    """An operator rolls back a version whose audits passed; a later audit rollback goes
+    back to the operator's rollback (the content it restored), never to what it took back."""
+
+    async def check(view: Any) -> bool | str:
+        return "b is bad" if view.get("b") == "bad" else True
+
+    app = pair_app(check)
+    sup, _ = await replicas(app, store)
+    await sup.start("p4")
+    act_a = await open_activation(store, "p4", "pa")
+    act_b = await open_activation(store, "p4", "pb")
+    assert (await sup.handle(proposal(act_a, "pa-1", {"a": 1}, 0))).version == 1
+    assert (await store.info("p4")).compliant == 1
+    back = Submission(
+        kind="command",
+        board_id="p4",
+        author="human:bob",
+        command="rollback",
+        args={"to": 0},
+        reason="a is wrong",
+    )
+    assert (await sup.handle(back)).version == 2
+    assert (await store.info("p4")).compliant == 0  # lowered to the target, never raised
+    outcome = await sup.handle(proposal(act_b, "pb-1", {"b": "bad"}, 2))
+    assert (outcome.version, outcome.audit) == (3, "b_ok")
+    last = (await store.history("p4"))[-1]
+    assert last.kind == "rollback" and last.outcome != "restored:1"
+    assert (await store.read("p4")).data["a"] is None  # what the operator took back stays out
