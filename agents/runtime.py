@@ -35,6 +35,7 @@ from tenacity import (
 from blackboard import codec
 from blackboard.app import App
 from blackboard.errors import (
+    CorruptData,
     FatalError,
     NeedsHuman,
     SemanticError,
@@ -146,7 +147,11 @@ class AgentWorker:
         if raw is None:
             await self.queue.dead_letter(delivery, f"unknown activation {aid!r}")
             return
-        act = Activation.model_validate_json(raw)
+        try:
+            act = codec.load_model(Activation, raw, f"activation {aid!r} of board {board_id!r}")
+        except CorruptData as exc:  # no retry mends it: set aside for a person, say why
+            await self.queue.dead_letter(delivery, str(exc))
+            return
         if act.status in ("submitted", "failed", "timed_out", "cancelled") or status in STOPPED:
             await self.queue.ack(delivery.entry_id)  # already done, or nothing to do
             return
@@ -181,7 +186,9 @@ class AgentWorker:
             raw, status, still_open = await pipe.execute()
             if raw is None or status in STOPPED or still_open is None:
                 return
-            record = Activation.model_validate_json(raw)
+            record = codec.load_model(
+                Activation, raw, f"activation {activation_id!r} of board {board_id!r}"
+            )
             if record.submission is not None:  # it ran and submitted; routing did not finish
                 kept = Submission.model_validate(record.submission)
                 await self._submit_local(kept, record.model_copy(update={"submission": None}))

@@ -174,6 +174,27 @@ async def test_worker_ignores_finished_activation(store: BoardStore) -> None:
     assert await store.version("c1") == version
 
 
+async def test_a_corrupt_activation_record_is_dead_lettered_not_fatal(store: BoardStore) -> None:
+    """A record no retry can mend goes to the dead letters, saying what it is; the worker
+    goes on (before, a pydantic error escaped and ended the agent process)."""
+    info = await run(build_app(), store)
+    act = (await activations(store, "c1"))[0]
+    bk = store.keys("c1")
+    await store.redis.hset(bk.activations, act["activation_id"], '{"agent": 7}')
+    worker = AgentWorker(build_app(), "intake", store)
+    queue = GlobalKeys(store.settings.key_prefix).queue("intake")
+    await store.redis.xadd(
+        queue, {"agent": "intake", "board": "c1", "activation": act["activation_id"]}
+    )
+    [delivery] = await worker.queue.take(worker.name, block_ms=10)
+    await worker.handle(delivery)
+    [(_, dead)] = await store.redis.xrange(GlobalKeys(store.settings.key_prefix).dead_letters)
+    why = dead["dl_reason"]
+    assert act["activation_id"] in why and "not a valid Activation" in why
+    assert not await store.redis.xpending_range(queue, worker.queue.group, "-", "+", 10)
+    assert await store.version("c1") == info.version
+
+
 async def test_long_activation_is_not_reclaimed_while_running(store: BoardStore) -> None:
     runs = 0
 
