@@ -84,6 +84,12 @@ class Compliance:
             keys=self._keys(board_id), args=["restore", target, proposal_id, f"{by}|{why}"]
         )
 
+    async def abandon(self, board_id: str, proposal_id: str) -> None:
+        """Forget the claim of a rollback that could not be committed (an operator's that
+        failed, say): without it, every version above its target would count as dropped
+        for ever, and every audited commit after it would route nothing."""
+        await self.redis.hdel(self.keys.board(board_id).claims, proposal_id)
+
     async def decided(self, board_id: str, proposal_id: str) -> Claim | None:
         """The rollback claimed under ``proposal_id``, if one was (a redelivered failure
         finishes it, whatever its audits say on a second run)."""

@@ -185,29 +185,56 @@ class Operator:
                 "rollback needs one of to=V, compliant=True or before_agent=NAME.", rule="usage"
             )
         why = sub.reason or f"operator rollback to v{to}"
-        undone = await self._undone_writes(sub.board_id, to)
+        current = await store.version(sub.board_id)
+        if not 0 <= to <= current:
+            raise ValidationFailed(
+                f"cannot roll board {sub.board_id!r} back to v{to}: its versions are 0 to "
+                f"v{current}. See `blackboard history {sub.board_id}`.",
+                rule="usage",
+            )
+        rollback_id = f"rb.{sub.proposal_id}"
         # Claimed first, like a flag's: what it drops is never compliant again, nor the
         # target of a later audit rollback.
-        await self.sup.compliance.restore(
-            sub.board_id, to, f"rb.{sub.proposal_id}", why, by="rollback"
-        )
-        result = await store.rollback(
-            sub.board_id, to=to, author=sub.author, reason=why, proposal_id=f"rb.{sub.proposal_id}"
-        )
+        await self.sup.compliance.restore(sub.board_id, to, rollback_id, why, by="rollback")
+        try:
+            result = await store.rollback(
+                sub.board_id, to=to, author=sub.author, reason=why, proposal_id=rollback_id
+            )
+        except BlackboardError:
+            await self.sup.compliance.abandon(sub.board_id, rollback_id)
+            raise
         feedback = f"{sub.author} rolled the board back to v{to}: {why}; redo your work"
-        redo = [await self._redo(sub, undone[0], feedback)] if undone else []
+        redo = await self._redo_roots(sub, to, result.version, feedback)
         await self._go_on(sub, redo, what=f"rollback to v{to} by {sub.author}", check_done=True)
         return Outcome(status="committed", version=result.version, keys=result.keys)
 
-    async def _undone_writes(self, board_id: str, to: int) -> list[LogEntry]:
-        """Agents' writes after version ``to`` (that a rollback to it takes back), oldest
-        first."""
+    async def _redo_roots(
+        self, sub: Submission, to: int, rollback: int, feedback: str
+    ) -> list[Wanted]:
+        """Who redoes the agents' work a rollback to ``to`` (committed as ``rollback``)
+        took back: the roots of that work, the writes whose activation came from the
+        board at ``to`` or before (the earliest write, on a chain; each branch, on a
+        fan-out); what followed from them follows again from their new commits. With
+        no such write (the work began after a person's write), the earliest one."""
+        board_id = sub.board_id
         names = self.sup.app.agent_names
-        return [
+        undone = [
             e
-            for e in await self.sup.store.history(board_id, start=to + 1)
+            for e in await self.sup.store.history(board_id, start=to + 1, end=rollback - 1)
             if e.kind == "write" and e.author in names
         ]
+        if not undone:
+            return []
+        bk = self.sup.keys.board(board_id)
+        ids = [e.activation_id or "-" for e in undone]
+        records = await self.sup.redis.hmget(bk.activations, ids)
+        roots: dict[str, LogEntry] = {}
+        for entry, raw in zip(undone, records, strict=True):
+            base = codec.load_model(Activation, raw, "an activation").base if raw else to
+            if base <= to:
+                roots.setdefault(entry.author, entry)
+        chosen = list(roots.values()) or undone[:1]
+        return [await self._redo(sub, e, feedback) for e in chosen]
 
     async def _redo(self, sub: Submission, write: LogEntry, feedback: str) -> Wanted:
         """The rewrite request for an agent whose ``write`` was taken back: given what the
@@ -233,9 +260,13 @@ class Operator:
         # Claimed first, as an audit rollback is: an audit of a version it drops that
         # passes later makes nothing compliant, and no later rollback restores it.
         await self.sup.compliance.restore(board_id, to, proposal_id, why)
-        result = await self.sup.store.rollback(
-            board_id, to=to, author=by, reason=why, proposal_id=proposal_id, keep=keep
-        )
+        try:
+            result = await self.sup.store.rollback(
+                board_id, to=to, author=by, reason=why, proposal_id=proposal_id, keep=keep
+            )
+        except BlackboardError:  # not committed: what it would have dropped stays
+            await self.sup.compliance.abandon(board_id, proposal_id)
+            raise
         await self.sup.compliance.passed(board_id, result.version)  # the target's content
         await self.sup._incident(board_id, "rollback", f"{why} (to v{to})", result.version)
         return to
@@ -265,7 +296,8 @@ class Operator:
         await self.restore_compliant(
             sub.board_id, by=sub.author, why=why, proposal_id=f"flag.{sub.proposal_id}", keep=people
         )
-        wanted = [await self._redo(sub, culprit, why)]
+        rollback = await self.sup.store.version(sub.board_id)
+        wanted = await self._redo_roots(sub, to, rollback, why)
         await self._go_on(sub, wanted, what=f"flag by {sub.author}", rewrite=culprit.author)
         return Outcome(status="committed", message=why)
 
@@ -287,17 +319,20 @@ class Operator:
         board_id = sub.board_id
         bk = self.sup.keys.board(board_id)
         redis = self.sup.redis
+        routing_id = f"after.{sub.proposal_id}"
+        if await redis.hexists(bk.routed, routing_id):
+            return  # a redelivered command: its routing ran (and set the status) already
+        # The content went back: handoffs meeting it again are not a cycle of the agents'.
+        await redis.hdel(bk.loops, "recent")
         if await redis.hget(bk.meta, "status") == "done":
             await redis.hset(bk.meta, "status", "active")  # decided again just below
-        step = Routing(routing_id=f"after.{sub.proposal_id}", version=0, rewrite=rewrite)
+        step = Routing(routing_id=routing_id, version=0, rewrite=rewrite)
         if check_done and await self._done_now(board_id):
             step.status, redo = "done", []
         elif not redo:
             await self._stall_if_idle(board_id, what)
             return
-        await self.sup._route(
-            board_id, step, redo, parent=f"after.{sub.proposal_id}", trace_id=sub.trace_id
-        )
+        await self.sup._route(board_id, step, redo, parent=routing_id, trace_id=sub.trace_id)
 
     async def _stall_if_idle(self, board_id: str, what: str) -> None:
         """With a done condition that does not hold, a board still active with nothing
@@ -306,15 +341,22 @@ class Operator:
         condition an idle board is how the app's boards end."""
         if self.sup.app.done is None or await self._done_now(board_id):
             return
-        bk = self.sup.keys.board(board_id)
-        why = (
+        await self._wait_for_a_person(
+            board_id,
             f"nothing is left to act after the {what}: the done condition is false and no "
             "agent has work; write the missing keys (`blackboard set`), roll back, or "
-            "start the agents that should act"
+            "start the agents that should act",
         )
+
+    async def _wait_for_a_person(self, board_id: str, why: str) -> bool:
+        """If the board is active with nothing in flight, it waits for a person
+        (``awaiting_approval``, a ``stalled`` incident saying ``why``), atomically."""
+        bk = self.sup.keys.board(board_id)
         now = int(time.time() * 1000)
-        if await self._stall(keys=[bk.meta, bk.open, bk.outbox, bk.incidents], args=[now, why]):
-            await self.sup.redis.zadd(self.sup.keys.escalations, {board_id: now})
+        if not await self._stall(keys=[bk.meta, bk.open, bk.outbox, bk.incidents], args=[now, why]):
+            return False
+        await self.sup.redis.zadd(self.sup.keys.escalations, {board_id: now})
+        return True
 
     async def _done_now(self, board_id: str) -> bool:
         """The app's done condition on the board as it is now."""
@@ -355,7 +397,14 @@ class Operator:
         needs to go on activated (:meth:`_set_going`): after resume a board is never
         active with nothing to do."""
         bk = self.sup.keys.board(sub.board_id)
-        why = str(await self.sup.redis.hget(bk.meta, "escalated_reason") or "")
+        if await self.sup.redis.hexists(bk.routed, f"resume.{sub.proposal_id}"):
+            # a redelivered resume whose routing ran: it set the status already
+            return Outcome(status="committed", message=f"resumed by {sub.author}")
+        status, why = await self.sup.redis.hmget(bk.meta, ["status", "escalated_reason"])
+        # what stopped it, if it is stopped (a reason left from an earlier escalation
+        # says nothing about a board paused since)
+        stopped_by = str(why or "").split(":")[0] if status == "escalated" else ""
+        await self.sup.redis.hdel(bk.meta, "escalated_reason")
         loops = await self.sup.redis.hkeys(bk.loops)
         stale = [k for k in map(str, loops) if not k.startswith("sum:")]
         if stale:
@@ -364,7 +413,7 @@ class Operator:
             bk.meta, mapping={"status": "active", "updated": int(time.time() * 1000)}
         )
         await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
-        going = await self._set_going(sub, repeat=why.split(":")[0] not in REPEATS)
+        going = await self._set_going(sub, repeat=stopped_by not in REPEATS)
         return Outcome(status="committed", message=f"resumed by {sub.author}: {going}")
 
     async def _set_going(self, sub: Submission, *, repeat: bool = True) -> str:
@@ -395,7 +444,7 @@ class Operator:
         wanted = await self._timed_out_since(board_id, last.ts_ms if last is not None else 0)
         done, how = False, "timed out since the last commit, activated again"
         if not wanted:
-            wanted, done, how = await self._after_last(board_id, last)
+            wanted, done, how = await self._after_last(sub, last)
             if not repeat:
                 wanted = []
         step = Routing(routing_id=f"resume.{sub.proposal_id}", version=version)
@@ -406,8 +455,9 @@ class Operator:
                 "nothing to activate and its done condition not met: waiting for a human "
                 "to set a key (blackboard set) or roll back"
             )
-            step.status = "awaiting_approval"
-            await sup._incident(board_id, "stalled", f"resumed by {sub.author}: {how}", version)
+            # atomically, before the routing that marks this resume done (a redelivery
+            # redoes it): an agent's routing that finished meanwhile stands
+            await self._wait_for_a_person(board_id, f"resumed by {sub.author}: {how}")
         await sup._route(
             board_id,
             step,
@@ -500,17 +550,25 @@ class Operator:
         return list(wanted.values())
 
     async def _after_last(
-        self, board_id: str, last: LogEntry | None
+        self, sub: Submission, last: LogEntry | None
     ) -> tuple[list[Wanted], bool, str]:
         """Who acts as after the last commit (its handoff, triggers, router, done
-        condition); the start agents if nothing was committed."""
-        sup = self.sup
+        condition); after a rollback, the roots of the work it took back
+        (:meth:`_redo_roots`); the start agents if nothing was committed."""
+        sup, board_id = self.sup, sub.board_id
         if last is None:
             return [Wanted(name, "start") for name in sup.app.start], False, "started again"
+        if last.kind == "rollback" and last.outcome.startswith("restored:"):
+            to = int(last.outcome.partition(":")[2])
+            if await self._done_now(board_id):
+                return [], True, "its done condition holds"
+            feedback = f"the board was rolled back to v{to} ({last.reason}); redo your work"
+            redo = await self._redo_roots(sub, to, last.version, feedback)
+            return redo, False, f"redoing what the rollback to v{to} took back"
         handoff = None
         if last.author in sup.app.agent_names and last.activation_id:
             raw = await sup.redis.hget(sup.keys.board(board_id).activations, last.activation_id)
-            output = Activation.model_validate_json(raw).output if raw else {}
+            output = codec.load_model(Activation, raw, "an activation").output if raw else {}
             if output.get("handoff"):
                 handoff = Handoff.model_validate(output["handoff"])
         board = (await sup.store.read(board_id)).data
@@ -529,7 +587,9 @@ class Operator:
                 "set needs values={key: value, ...} for keys owned by 'human'.", rule="usage"
             )
         bk = self.sup.keys.board(sub.board_id)
-        reopened = await self.sup.redis.hget(bk.meta, "status") == "done"
+        reopened = await self.sup.redis.hget(bk.meta, "status") == "done" and not (
+            await self.sup.redis.hexists(bk.routed, f"set.{sub.proposal_id}")
+        )  # (a redelivered set whose routing ran: that routing set the status already)
         if reopened:  # a person's write reopens a done board; routing decides again
             await self.sup.redis.hset(bk.meta, "status", "active")
         base = await self.sup.store.version(sub.board_id)
@@ -555,8 +615,9 @@ class Operator:
             update={"author": HUMAN, "proposal_id": f"set.{sub.proposal_id}", "handoff": None}
         )
         await self.sup._follow_up(human, outcome, None)
-        if await self.sup.redis.hget(bk.meta, "status") == "active":
-            await self._go_on(sub, [], what=f"set by {sub.author}")
+        # Only the idle check, atomic: an agent this commit activated may finish (and
+        # make the board done) at any moment, which must stand.
+        await self._stall_if_idle(sub.board_id, f"set by {sub.author}")
         return outcome
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
@@ -1031,20 +1032,20 @@ class Supervisor:
         if found is None:
             return []
         claim, entries = found
-        return [
-            Wanted(
-                e.author,
-                "rewrite",
-                feedback=(
-                    f"your commit v{e.version} was rolled back: audit {claim.audit!r} "
-                    f"failed on v{outcome.version} ({claim.message}), and the board "
-                    f"went back to v{claim.target}, the newest version whose audits "
-                    "had passed. Do your work again on the board as it is now."
-                ),
-                origin=e.activation_id or e.proposal_id,
+        wanted = []
+        for e in entries:
+            feedback = (
+                f"your commit v{e.version} was rolled back: audit {claim.audit!r} failed on "
+                f"v{outcome.version} ({claim.message}), and the board went back to "
+                f"v{claim.target}, the newest version whose audits had passed. Do your "
+                "work again on the board as it is now."
             )
-            for e in entries
-        ]
+            # given what its activation was given (the payload keeps the redo's id the
+            # one that write's own failed audit would give it)
+            made = sub.model_copy(update={"author": e.author, "activation_id": e.activation_id})
+            redo = await self._rewrite(made, None, feedback)
+            wanted.append(dataclasses.replace(redo, origin=e.activation_id or e.proposal_id))
+        return wanted
 
     # -- after the decision -----------------------------------------------------------
 
@@ -1134,7 +1135,8 @@ class Supervisor:
         if activation is None and sub.activation_id:
             bk = self.keys.board(sub.board_id)
             raw = await self.redis.hget(bk.activations, sub.activation_id)
-            activation = Activation.model_validate_json(raw) if raw else None
+            what = f"activation {sub.activation_id!r} of board {sub.board_id!r}"
+            activation = codec.load_model(Activation, raw, what) if raw else None
         if activation is None:
             return Wanted(sub.author, "rewrite", feedback=feedback)
         reason = "summarise" if activation.reason == "summarise" else "rewrite"

@@ -10,13 +10,16 @@ people own, which keep what a person last set.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 from bbtest import activations, build_app, incidents
+from blackboard.agents import Context, Output, agent, when_all
 from blackboard.supervisor import Deployment
+from pydantic import BaseModel
 
-from blackboard import App, BoardStore
+from blackboard import App, Audit, BoardStore, Key
+from blackboard.records import Submission
 
 
 async def assert_not_stuck(store: BoardStore, app: App, board_id: str) -> None:
@@ -174,3 +177,101 @@ async def test_pause_and_resume_refuse_a_done_board(store: BoardStore, command: 
         assert "done" in outcome.message and "rollback" in outcome.message
         await assert_not_stuck(store, app, "c1")
     assert (await store.info("c1")).status == "done"
+
+
+async def test_a_rollback_out_of_range_is_refused_and_claims_nothing(store: BoardStore) -> None:
+    """Refused before anything is claimed: the audits of later commits still count
+    (before, the claim stayed and every later audited commit was taken as dropped)."""
+    app = build_app(audits=[Audit("fine", ("income",), lambda b: True)])
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        for to in (999, -1):
+            bad = await d.command("c1", "rollback", by="human:carol", to=to)
+            assert (bad.status, bad.reason) == ("rejected", "ValidationFailed"), bad
+            assert f"v{to}" in bad.message and "versions are 0 to v3" in bad.message
+        assert not await store.redis.hlen(store.keys("c1").claims)
+        await d.command("c1", "rollback", by="human:carol", before_agent="risk")
+        info = await d.settle("c1")
+    assert info.status == "done"
+    assert info.compliant == info.version  # the redone work's audits passed and count
+
+
+async def test_a_redelivered_rollback_leaves_the_board_as_its_first_run_did(
+    store: BoardStore,
+) -> None:
+    """A supervisor killed after the command's routing but before its answer: the
+    redelivered command does not reopen the board its first run settled."""
+    app = build_app()
+    async with Deployment(app, store) as d:
+        await done_board(d, store)
+        command = Submission(
+            kind="command", board_id="c1", author="human:carol", command="rollback", args={"to": 3}
+        )
+        first = await d.supervisor.handle(command)
+        assert (await store.info("c1")).status == "done"
+        await store.redis.hdel(store.keys("c1").results, command.proposal_id)  # the kill
+        again = await d.supervisor.handle(command)
+        assert again.version == first.version
+        await assert_not_stuck(store, app, "c1")
+    assert (await store.info("c1")).status == "done"
+
+
+class Fan(BaseModel):
+    a: Annotated[int | None, Key("pa")] = None
+    b: Annotated[int | None, Key("pb")] = None
+    total: Annotated[int | None, Key("sum")] = None
+
+
+def fan_app() -> App:
+    @agent("pa")
+    async def pa(ctx: Context) -> Output:
+        return Output(updates={"a": 1})
+
+    @agent("pb")
+    async def pb(ctx: Context) -> Output:
+        return Output(updates={"b": 2})
+
+    @agent("sum", reads=("a", "b"), triggers=(when_all("a", "b"),))
+    async def total(ctx: Context) -> Output:
+        return Output(updates={"total": ctx.board["a"] + ctx.board["b"]})
+
+    return App(
+        board=Fan,
+        agents=[pa, pb, total],
+        start=["pa", "pb"],
+        done=lambda b: b.get("total") is not None,
+        done_reads=["total"],
+    )
+
+
+async def test_a_rollback_of_a_fan_out_redoes_every_branch(store: BoardStore) -> None:
+    """The roots of what a rollback took back redo: each branch of a fan-out (both
+    started from v0), not only the first writer, so the join fires again."""
+    app = fan_app()
+    async with Deployment(app, store) as d:
+        await d.start("f1")
+        assert (await d.settle("f1")).status == "done"
+        await d.command("f1", "rollback", by="human:carol", to=0)
+        await assert_not_stuck(store, app, "f1")
+        info = await d.settle("f1")
+    assert info.status == "done"
+    authors = sorted(e.author for e in (await store.history("f1"))[4:])
+    assert authors == ["pa", "pb", "sum"]  # after the rollback (v4): each once
+    assert (await store.read("f1")).data == {"a": 1, "b": 2, "total": 3}
+
+
+async def test_resume_after_a_rollback_of_an_escalated_board_redoes_what_it_took_back(
+    store: BoardStore,
+) -> None:
+    app = fan_app()
+    async with Deployment(app, store) as d:
+        await d.start("f2")
+        await d.settle("f2")
+        await store.redis.hset(store.keys("f2").meta, "status", "escalated")  # a human looks
+        await d.command("f2", "rollback", by="human:carol", to=0)
+        assert (await store.info("f2")).status == "escalated"  # nothing runs while it is
+        outcome = await d.command("f2", "resume", by="human:carol")
+        assert "pa" in outcome.message and "pb" in outcome.message, outcome.message
+        info = await d.settle("f2")
+    assert info.status == "done"
+    assert (await store.read("f2")).data == {"a": 1, "b": 2, "total": 3}
