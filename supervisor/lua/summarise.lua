@@ -9,8 +9,12 @@ A key's marker, in the board's loop state:
                             submission's proposal id), at that time; commits while it
                             runs (or is redone after a rejection) start none. The same
                             routing asking again (a redelivery) gets the same answer.
-  'done'                    the summary committed and is itself over the threshold:
-                            its own output is not summarised again
+  'done|<bytes>'            the summary committed and is itself over the threshold
+                            (that many bytes): its own output is not summarised
+                            again, but once the key has grown by another threshold
+                            past it, the next commit starts the next summarisation
+                            (so a summary over the threshold cannot let it grow for
+                            ever)
 A commit that finds the key under its threshold removes the marker (re-armed). For the
 summariser's own commit, the size that counts is its summary's, not the key's: what was
 appended to the key while the summary was made follows it (on_top), and if that is
@@ -75,13 +79,14 @@ for i = 6, #ARGV, 4 do
   if not over then
     redis.call('HDEL', loops, marker)
   elseif not arm then
-    redis.call('HSET', loops, marker, 'done')
+    redis.call('HSET', loops, marker, 'done|' .. size)
   else
     local m = redis.call('HGET', loops, marker)
-    if not m then
+    local summary = m and tonumber(string.match(m, '^done|(%d+)$') or (m == 'done' and '0'))
+    if not m or (summary and size >= summary + bytes) then
       redis.call('HSET', loops, marker, 'pending|' .. routing .. '|' .. now)
       due[#due + 1] = key
-    elseif m ~= 'done' then
+    elseif not summary then
       local standing, again = stands(m, key)
       if again then
         due[#due + 1] = key

@@ -406,6 +406,8 @@ async def test_the_crossing_marker_decides_once_per_crossing(store: BoardStore) 
     await store.redis.zrem(bk.open, "a1")
     await write([*long, note(12)])
     assert await due() == ([], "done")  # its own output is not summarised again
+    await write([*long, *(note(n) for n in range(20, 32))])  # another threshold past it
+    assert await due() == (["notes"], "pending")  # so an over-long summary is no way out
     await write(short)
     assert await due() == ([], None)  # under: re-armed
     await write(long)
