@@ -24,7 +24,7 @@ from blackboard.agents.models import (
     ToolSpec,
     cost_of,
 )
-from blackboard.agents.providers import model_from_spec
+from blackboard.agents.providers import model_from_command_line, model_from_spec
 from blackboard.agents.runtime import AgentWorker
 
 from blackboard.records import Handoff
@@ -51,6 +51,7 @@ __all__ = [
     "condense",
     "cost_of",
     "llm_agent",
+    "model_from_command_line",
     "model_from_spec",
     "when_all",
     "when_changed",

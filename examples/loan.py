@@ -12,7 +12,6 @@ As processes:      see README ("Examples").
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
@@ -26,21 +25,16 @@ from blackboard.agents import (
     OfflineModel,
     Output,
     agent,
-    model_from_spec,
+    model_from_command_line,
     when_changed,
 )
 from blackboard.supervisor import Deployment
 from pydantic import BaseModel, Field
 
-from blackboard import App, Audit, BoardStore, ConfigError, Gate, Key, Limits
+from blackboard import App, Audit, BoardStore, Gate, Key, Limits
 
 TAX_ID = re.compile(r"^\d{2}-\d{7}$")
 WATCHLIST = {"Ivan Launder"}
-
-MODEL_HELP = (
-    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
-    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
-)
 
 
 class LoanBoard(BaseModel):
@@ -247,11 +241,5 @@ async def main(
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
-    spec = parser.parse_args().model
-    try:
-        chosen = None if spec == "offline" else model_from_spec(spec)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    asyncio.run(main(model=chosen))
+    description = __doc__.splitlines()[0] if __doc__ else None
+    asyncio.run(main(model=model_from_command_line(description)))

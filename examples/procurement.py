@@ -9,19 +9,21 @@ Run embedded:  python examples/procurement.py [--model SPEC]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Annotated, Any
 
-from blackboard.agents import Context, Handoff, Model, OfflineModel, Output, agent, model_from_spec
+from blackboard.agents import (
+    Context,
+    Handoff,
+    Model,
+    OfflineModel,
+    Output,
+    agent,
+    model_from_command_line,
+)
 from pydantic import BaseModel, Field
 
-from blackboard import App, ConfigError, Key, Limits, Policy
-
-MODEL_HELP = (
-    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
-    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
-)
+from blackboard import App, Key, Limits, Policy
 
 
 class Deal(BaseModel):
@@ -118,11 +120,5 @@ async def main(model: Model | None = None) -> Any:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
-    spec = parser.parse_args().model
-    try:
-        chosen = None if spec == "offline" else model_from_spec(spec)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    asyncio.run(main(model=chosen))
+    description = __doc__.splitlines()[0] if __doc__ else None
+    asyncio.run(main(model=model_from_command_line(description)))

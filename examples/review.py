@@ -7,7 +7,6 @@ Run embedded:  python examples/review.py [--model SPEC]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Annotated, Any, Literal
 
@@ -18,19 +17,14 @@ from blackboard.agents import (
     OfflineModel,
     Output,
     agent,
-    model_from_spec,
+    model_from_command_line,
     when_all,
 )
 from pydantic import BaseModel
 
-from blackboard import App, ConfigError, Key, Limits
+from blackboard import App, Key, Limits
 
 Vote = Literal["approve", "block"]
-
-MODEL_HELP = (
-    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
-    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
-)
 
 
 class Finding(BaseModel):
@@ -140,11 +134,5 @@ async def main(model: Model | None = None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
-    spec = parser.parse_args().model
-    try:
-        chosen = None if spec == "offline" else model_from_spec(spec)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    asyncio.run(main(model=chosen))
+    description = __doc__.splitlines()[0] if __doc__ else None
+    asyncio.run(main(model=model_from_command_line(description)))

@@ -8,22 +8,24 @@ Run embedded:  python examples/support.py [--model SPEC]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 from typing import Annotated, Any, Literal
 
-from blackboard.agents import Context, Handoff, Model, OfflineModel, Output, agent, model_from_spec
+from blackboard.agents import (
+    Context,
+    Handoff,
+    Model,
+    OfflineModel,
+    Output,
+    agent,
+    model_from_command_line,
+)
 from blackboard.supervisor import Deployment
 from pydantic import BaseModel
 
-from blackboard import App, ConfigError, Key, Limits
+from blackboard import App, Key, Limits
 
 Team = Literal["technical", "billing", "account"]
-
-MODEL_HELP = (
-    "offline (default: the example's deterministic model), openai:MODEL, anthropic:MODEL "
-    "or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / ANTHROPIC_API_KEY"
-)
 
 
 class Ticket(BaseModel):
@@ -111,11 +113,5 @@ async def main(model: Model | None = None) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--model", default="offline", metavar="SPEC", help=MODEL_HELP)
-    spec = parser.parse_args().model
-    try:
-        chosen = None if spec == "offline" else model_from_spec(spec)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    asyncio.run(main(model=chosen))
+    description = __doc__.splitlines()[0] if __doc__ else None
+    asyncio.run(main(model=model_from_command_line(description)))

@@ -7,6 +7,6 @@ raises a :class:`~blackboard.errors.ConfigError` naming the extra to install.
 
 from blackboard.agents.providers.anthropic import AnthropicModel
 from blackboard.agents.providers.openai import OpenAIModel
-from blackboard.agents.providers.spec import model_from_spec
+from blackboard.agents.providers.spec import model_from_command_line, model_from_spec
 
-__all__ = ["AnthropicModel", "OpenAIModel", "model_from_spec"]
+__all__ = ["AnthropicModel", "OpenAIModel", "model_from_command_line", "model_from_spec"]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from blackboard.agents.models import Model, OfflineModel
 
 from blackboard.errors import ConfigError
 
-__all__ = ["FORMS", "model_from_spec"]
+__all__ = ["FORMS", "model_from_command_line", "model_from_spec"]
 
 FORMS = (
     "'offline', 'openai:MODEL', 'anthropic:MODEL' or 'openai-compatible:MODEL@URL' "
@@ -62,3 +63,27 @@ def model_from_spec(
     raise ConfigError(
         f"model spec {spec!r}: unknown provider {provider!r}; expected one of {FORMS}."
     )
+
+
+def model_from_command_line(
+    description: str | None = None, argv: Sequence[str] | None = None
+) -> Model | None:
+    """A program's ``--model SPEC`` option (the examples' one): the model it names, or
+    None for ``offline`` (the default: the program's own deterministic model). A bad
+    spec or a missing key ends the program with the usage error, as argparse does."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--model",
+        default="offline",
+        metavar="SPEC",
+        help=(
+            "offline (default: the program's deterministic model), openai:MODEL, "
+            "anthropic:MODEL or openai-compatible:MODEL@URL; keys from OPENAI_API_KEY / "
+            "ANTHROPIC_API_KEY"
+        ),
+    )
+    spec = parser.parse_args(argv).model
+    try:
+        return None if spec.strip() == "offline" else model_from_spec(spec)
+    except ConfigError as exc:
+        parser.error(str(exc))
