@@ -20,7 +20,16 @@ from blackboard.supervisor.loops import Routing
 
 from blackboard import codec
 from blackboard.errors import BlackboardError, ValidationFailed
-from blackboard.records import Activation, Handoff, LogEntry, Outcome, Proposal, Submission, new_id
+from blackboard.records import (
+    Activation,
+    CommitResult,
+    Handoff,
+    LogEntry,
+    Outcome,
+    Proposal,
+    Submission,
+    new_id,
+)
 from blackboard.schema import HUMAN
 
 if TYPE_CHECKING:
@@ -125,6 +134,7 @@ class Operator:
                 status="committed", version=decision.commit.version, keys=decision.commit.keys
             )
             followed = held.model_copy(update={"proposal_id": f"approved.{held.proposal_id}"})
+            await self.sup._passed(sub.board_id, outcome)  # a person's: no audit runs on it
         await self._record(held, outcome)
         await self.sup._follow_up(followed, outcome, None)
         await self._release(sub, held, outcome)
@@ -192,17 +202,9 @@ class Operator:
                 f"v{current}. See `blackboard history {sub.board_id}`.",
                 rule="usage",
             )
-        rollback_id = f"rb.{sub.proposal_id}"
-        # Claimed first, like a flag's: what it drops is never compliant again, nor the
-        # target of a later audit rollback.
-        await self.sup.compliance.restore(sub.board_id, to, rollback_id, why, by="rollback")
-        try:
-            result = await store.rollback(
-                sub.board_id, to=to, author=sub.author, reason=why, proposal_id=rollback_id
-            )
-        except BlackboardError:
-            await self.sup.compliance.abandon(sub.board_id, rollback_id)
-            raise
+        result = await self._claimed_rollback(
+            sub.board_id, to, by=sub.author, why=why, proposal_id=f"rb.{sub.proposal_id}"
+        )
         feedback = f"{sub.author} rolled the board back to v{to}: {why}; redo your work"
         redo = await self._redo_roots(sub, to, result.version, feedback)
         await self._go_on(sub, redo, what=f"rollback to v{to} by {sub.author}", check_done=True)
@@ -250,6 +252,31 @@ class Operator:
             f"agent {agent!r} has no commit on board {board_id!r}.", rule="usage"
         )
 
+    async def _claimed_rollback(
+        self,
+        board_id: str,
+        to: int,
+        *,
+        by: str,
+        why: str,
+        proposal_id: str,
+        keep: Sequence[str] = (),
+        claim: str = "rollback",
+    ) -> CommitResult:
+        """Roll back to ``to``, claimed first as an audit rollback is
+        (:meth:`Compliance.restore`): an audit of a version it drops that passes later
+        makes nothing compliant, and no later rollback restores it. A rollback that
+        cannot be committed gives its claim up, so what it would have dropped stays."""
+        compliance = self.sup.compliance
+        await compliance.restore(board_id, to, proposal_id, why, by=claim)
+        try:
+            return await self.sup.store.rollback(
+                board_id, to=to, author=by, reason=why, proposal_id=proposal_id, keep=keep
+            )
+        except BlackboardError:
+            await compliance.abandon(board_id, proposal_id)
+            raise
+
     async def restore_compliant(
         self, board_id: str, *, by: str, why: str, proposal_id: str, keep: Sequence[str] = ()
     ) -> int:
@@ -257,16 +284,9 @@ class Operator:
         the version restored."""
         bk = self.sup.keys.board(board_id)
         to = int(await self.sup.redis.hget(bk.meta, "compliant") or 0)
-        # Claimed first, as an audit rollback is: an audit of a version it drops that
-        # passes later makes nothing compliant, and no later rollback restores it.
-        await self.sup.compliance.restore(board_id, to, proposal_id, why)
-        try:
-            result = await self.sup.store.rollback(
-                board_id, to=to, author=by, reason=why, proposal_id=proposal_id, keep=keep
-            )
-        except BlackboardError:  # not committed: what it would have dropped stays
-            await self.sup.compliance.abandon(board_id, proposal_id)
-            raise
+        result = await self._claimed_rollback(
+            board_id, to, by=by, why=why, proposal_id=proposal_id, keep=keep, claim="flag"
+        )
         await self.sup.compliance.passed(board_id, result.version)  # the target's content
         await self.sup._incident(board_id, "rollback", f"{why} (to v{to})", result.version)
         return to
@@ -611,6 +631,7 @@ class Operator:
         outcome = Outcome(
             status="committed", version=decision.commit.version, keys=decision.commit.keys
         )
+        await self.sup._passed(sub.board_id, outcome)  # a person's: no audit runs on it
         human = sub.model_copy(
             update={"author": HUMAN, "proposal_id": f"set.{sub.proposal_id}", "handoff": None}
         )

@@ -22,6 +22,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, cast
 
 from blackboard.supervisor.compliance import Compliance, Dropped
@@ -99,22 +100,6 @@ class _Planned:
     now: int
 
 
-READ_WITH_VERSIONS = """
---[[ What routing reads after a commit whose keys a join watches: the values of the keys
-routing reads and the versions of the keys the join waits on, in one atomic step (a
-join's activation id derives from the versions its condition saw).
-KEYS[1] state  KEYS[2] kver
-ARGV[1] N, then N keys to read, then the join's keys
-Returns {values of the N keys, versions of the join's keys} (nil where unset)
-]]
-local n = tonumber(ARGV[1])
-local reads, joins = {}, {}
-for i = 2, n + 1 do reads[#reads + 1] = ARGV[i] end
-for i = n + 2, #ARGV do joins[#joins + 1] = ARGV[i] end
-return {redis.call('HMGET', KEYS[1], unpack(reads)), redis.call('HMGET', KEYS[2], unpack(joins))}
-"""
-
-
 def activation_id(parent: str, agent: str, extra: str = "") -> str:
     """Deterministic, so a redelivered submission re-creates the same activations."""
     return "a" + codec.content_hash(f"{parent}>{agent}:{extra}")
@@ -168,7 +153,8 @@ class Supervisor:
         self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._status: dict[str, str] = {}
         self._shapes: dict[tuple[Any, ...], str] = {}
-        self._read_versions = self.redis.register_script(READ_WITH_VERSIONS)
+        source = resources.files("blackboard.supervisor").joinpath("lua", "read_versions.lua")
+        self._read_versions = self.redis.register_script(source.read_text())
 
     # -- declaration ----------------------------------------------------------------
 
@@ -992,7 +978,10 @@ class Supervisor:
     async def _passed(self, board_id: str, outcome: Outcome) -> None:
         """Record that the committed ``outcome``'s version passed its audits, at once;
         if an audit rollback dropped it meanwhile, say so in the outcome (nothing is
-        recorded: that content is gone, and its author is asked to redo it)."""
+        recorded: that content is gone, and its author is asked to redo it). Nothing to
+        record without audits, nor for a commit that changed nothing."""
+        if not self.app.audits or not outcome.keys or outcome.status != "committed":
+            return
         assert outcome.version is not None
         dropped = await self.compliance.passed(board_id, outcome.version)
         if dropped is not None:
@@ -1067,17 +1056,6 @@ class Supervisor:
         was read with the commit; ``versions``: the versions of the keys joins wait on,
         read with it."""
         board_id = sub.board_id
-        if (
-            self.app.audits
-            and outcome.status == "committed"
-            and outcome.keys
-            and not outcome.audit
-            and not outcome.reason
-        ):
-            # Recorded again (audited, it was as soon as its audits passed), for a
-            # commit no audit saw (an approval, a person's set), and to learn whether a
-            # rollback dropped it since: then nothing follows from it.
-            await self._passed(board_id, outcome)
         step = Routing(
             routing_id=sub.proposal_id,
             version=outcome.version or 0,

@@ -18,7 +18,7 @@ from blackboard.agents import Context, Output, agent, when_all
 from blackboard.supervisor import Deployment
 from pydantic import BaseModel
 
-from blackboard import App, Audit, BoardStore, Key
+from blackboard import App, Audit, BoardStore, Gate, Key
 from blackboard.records import Submission
 
 
@@ -275,3 +275,19 @@ async def test_resume_after_a_rollback_of_an_escalated_board_redoes_what_it_took
         info = await d.settle("f2")
     assert info.status == "done"
     assert (await store.read("f2")).data == {"a": 1, "b": 2, "total": 3}
+
+
+async def test_a_persons_writes_count_as_compliant_in_an_audited_app(store: BoardStore) -> None:
+    """No audit runs on an approval or a set: each records its own pass, so the
+    compliant version follows it (an audit rollback later never goes behind it)."""
+    gate = Gate("decision", ("amount",), lambda updates, board: "decision" in updates)
+    app = build_app(gates=[gate], audits=[Audit("fine", ("income",), lambda b: True)])
+    async with Deployment(app, store) as d:
+        await d.start("c1")
+        assert (await d.settle("c1")).status == "awaiting_approval"
+        approved = await d.command("c1", "approve", by="human:alice")
+        info = await d.settle("c1")
+        assert (info.status, info.compliant) == ("done", approved.version)
+        done = await d.command("c1", "set", by="human:ann", values={"max_amount": 10.0})
+        info = await d.settle("c1")
+    assert (info.status, info.compliant, info.version) == ("done", done.version, done.version)
