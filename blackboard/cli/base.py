@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -14,6 +13,14 @@ from urllib.parse import urlsplit
 import click
 from redis import exceptions as redis_errors
 from rich.console import Console
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from blackboard.config import Settings
 from blackboard.errors import BlackboardError, ConfigError, StoreUnavailable
@@ -137,36 +144,39 @@ async def wait_for_redis(ctx: Ctx, store: BoardStore, seconds: float) -> None:
     Raises:
         StoreUnavailable: no answer in time, or the server refused the credentials.
     """
-    url, deadline, step, told = ctx.shown_url, time.monotonic() + seconds, 0.1, False
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            # A connection attempt to a host that drops packets would hang for minutes.
-            async with asyncio.timeout(min(max(left, 2.0), 10.0)):
-                await store.redis.ping()
-            return
-        except _REFUSED as exc:
-            raise StoreUnavailable(
-                f"Redis at {url} refused the connection: {_reason(exc)}. Fix the user or "
-                "password in --redis / BLACKBOARD_REDIS_URL."
-            ) from exc
-        except _UNREACHABLE as exc:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                waited = f" after {seconds:g} s" if seconds else ""
-                longer = "longer " if seconds else ""
-                raise StoreUnavailable(
-                    f"Redis unreachable at {url}{waited}: {_reason(exc)}. Start the server "
-                    "or point --redis / BLACKBOARD_REDIS_URL at it (--wait-for-redis "
-                    f"SECONDS waits {longer}for it)."
-                ) from exc
-            if not told:
-                click.echo(
-                    f"waiting up to {seconds:g} s for Redis at {url}: {_reason(exc)}", err=True
-                )
-                told = True
-            await asyncio.sleep(min(step, left))
-            step = min(step * 2, WAIT_STEP_MAX)
+    url = ctx.shown_url
+
+    def tell(state: RetryCallState) -> None:
+        if state.attempt_number == 1 and state.outcome is not None:
+            why = _reason(state.outcome.exception() or Exception())
+            click.echo(f"waiting up to {seconds:g} s for Redis at {url}: {why}", err=True)
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(_UNREACHABLE) & retry_if_not_exception_type(_REFUSED),
+        stop=stop_after_delay(seconds),
+        wait=wait_exponential(multiplier=0.1, max=WAIT_STEP_MAX),
+        before_sleep=tell,
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                # A connection attempt to a host that drops packets would hang for minutes.
+                async with asyncio.timeout(min(max(seconds, 2.0), 10.0)):
+                    await store.redis.ping()
+    except _REFUSED as exc:
+        raise StoreUnavailable(
+            f"Redis at {url} refused the connection: {_reason(exc)}. Fix the user or "
+            "password in --redis / BLACKBOARD_REDIS_URL."
+        ) from exc
+    except _UNREACHABLE as exc:
+        waited = f" after {seconds:g} s" if seconds else ""
+        longer = "longer " if seconds else ""
+        raise StoreUnavailable(
+            f"Redis unreachable at {url}{waited}: {_reason(exc)}. Start the server or point "
+            f"--redis / BLACKBOARD_REDIS_URL at it (--wait-for-redis SECONDS waits {longer}for "
+            "it)."
+        ) from exc
 
 
 def emit(ctx: Ctx, data: Any, as_json: bool, render: Callable[[], None]) -> None:
