@@ -22,6 +22,7 @@ import logging
 import time
 import zlib
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
@@ -55,18 +56,6 @@ FORGET_MS = 86_400_000
 (the idle-time reclaim took its entries long ago)."""
 
 
-FORGET_CONSUMER = """
---[[ Remove a dead consumer from a group, only if it holds nothing: XGROUP DELCONSUMER
-drops the entries a consumer holds, so the check and the removal are one atomic step.
-KEYS[1] the stream
-ARGV[1] the group    ARGV[2] the consumer
-Returns 1 if removed, else 0. ]]
-if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) > 0 then return 0 end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-
 class Liveness:
     """Keeps one consumer name alive while its process runs: a key with a short TTL,
     refreshed every fifth of it, and the name in the set of consumers that beat. A
@@ -92,11 +81,13 @@ class Liveness:
 
     async def beat(self) -> None:
         now = int(time.time() * 1000)
-        await self.redis.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
-        await self.redis.zadd(self.keys.consumers, {self.consumer: now})
+        pipe = self.redis.pipeline(transaction=False)  # one round trip a beat
+        pipe.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
+        pipe.zadd(self.keys.consumers, {self.consumer: now})
+        if self._beats % 1000 == 0:  # now and then: the long-gone are forgotten
+            pipe.zremrangebyscore(self.keys.consumers, "-inf", now - FORGET_MS)
+        await pipe.execute()
         self._beats += 1
-        if self._beats % 1000 == 1:  # now and then: the long-gone are forgotten
-            await self.redis.zremrangebyscore(self.keys.consumers, "-inf", now - FORGET_MS)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop`` is set (surviving outages), then let go of the name: what
@@ -158,7 +149,8 @@ class WorkQueue:
         self.claim_idle_ms = claim_idle_ms
         self.keys = keys
         self.liveness_ms = liveness_ms
-        self._forget = redis.register_script(FORGET_CONSUMER)
+        source = resources.files("blackboard").joinpath("lua", "forget_consumer.lua")
+        self._forget = redis.register_script(source.read_text())
         self._beat_s = min(liveness_ms / 5000, 1.0)
         """The longest time between two looks for entries to reclaim."""
         self._ready = False
