@@ -81,13 +81,11 @@ class Liveness:
 
     async def beat(self) -> None:
         now = int(time.time() * 1000)
-        pipe = self.redis.pipeline(transaction=False)  # one round trip a beat
-        pipe.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
-        pipe.zadd(self.keys.consumers, {self.consumer: now})
-        if self._beats % 1000 == 0:  # now and then: the long-gone are forgotten
-            pipe.zremrangebyscore(self.keys.consumers, "-inf", now - FORGET_MS)
-        await pipe.execute()
+        await self.redis.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
+        await self.redis.zadd(self.keys.consumers, {self.consumer: now})
         self._beats += 1
+        if self._beats % 1000 == 1:  # now and then: the long-gone are forgotten
+            await self.redis.zremrangebyscore(self.keys.consumers, "-inf", now - FORGET_MS)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Beat until ``stop`` is set (surviving outages), then let go of the name: what
