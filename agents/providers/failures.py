@@ -41,9 +41,9 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         return None
     try:
         return max(0.0, float(raw))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(raw) if raw.strip() else None
-        return None if when is None else max(0.0, when.timestamp() - time.time())
+    except ValueError:  # an HTTP date, or something no server should send
+        parsed = email.utils.parsedate_tz(raw)
+        return None if parsed is None else max(0.0, email.utils.mktime_tz(parsed) - time.time())
 
 
 def _message(exc: Any) -> str:

@@ -4,6 +4,7 @@ what they send, what they make of the answer, and how failures are classified.""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -439,3 +440,18 @@ def test_a_missing_sdk_names_the_extra_to_install(
 
 def test_completion_is_still_built_positionally() -> None:
     assert Completion("t", 1, 2, "offline").tool_calls == []
+
+
+def test_retry_after_reads_seconds_milliseconds_and_dates_and_ignores_the_rest() -> None:
+    """A header no server should send waits as if there were none: before, a malformed
+    date raised ValueError, which turned a rate limit into a rewrite."""
+    from email.utils import formatdate
+
+    from blackboard.agents.providers.failures import retry_after
+
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert 8 <= (retry_after({"retry-after": formatdate(time.time() + 10)}) or 0) <= 10
+    assert retry_after({"retry-after": formatdate(time.time() - 60)}) == 0.0  # past: at once
+    for junk in ("soon", " ", "Mon, 99 Foo"):
+        assert retry_after({"retry-after": junk}) is None
