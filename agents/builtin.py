@@ -9,14 +9,13 @@ and the ratio still holds. The raw content stays in the board's log.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from blackboard.agents.agent import Agent, Context, Output
-from blackboard.agents.models import Metered, Model
+from blackboard.agents.models import Model
 
 from blackboard import codec
 from blackboard.errors import ConfigError, NeedsHuman, SemanticError
@@ -203,9 +202,6 @@ class Summariser(Agent):
         key = str(ctx.payload.get("key", ""))
         if key not in ctx.board:
             raise SemanticError(f"nothing to summarise: key {key!r} is not on the board")
-        own = Metered(self.model) if self.model is not None else None
-        if own is not None:
-            ctx = dataclasses.replace(ctx, model=own)
         value = ctx.board[key]
         if isinstance(value, list) and all(isinstance(i, str) for i in value):
             condensed: Any = await self._list(ctx, value)
@@ -217,10 +213,7 @@ class Summariser(Agent):
                 f"{key!r} holds {type(value).__name__}. Give the app a summariser agent "
                 "that understands it."
             )
-        out = Output(updates={key: condensed}, reason=f"summarised {key}")
-        if own is not None:
-            out.tokens_in, out.tokens_out, out.cost = own.tokens_in, own.tokens_out, own.cost
-        return out
+        return Output(updates={key: condensed}, reason=f"summarised {key}")
 
     async def digest(self, ctx: Context, texts: Sequence[str], budget: int) -> str:
         """The condensed text of ``texts``, in about ``budget`` characters: by the

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
 
 import pytest
 from blackboard.agents import Context, OfflineModel, Summariser, condense, cost_of
 from blackboard.agents.builtin import RATIO
-from blackboard.agents.models import Completion
+from blackboard.agents.models import Completion, Metered
+from blackboard.agents.pricing import Prices
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -144,17 +144,23 @@ async def test_summariser_with_the_apps_model() -> None:
     assert "at most" in call[0]["content"]  # the model is told its budget
 
 
-async def test_summariser_with_a_model_of_its_own_is_metered() -> None:
-    """``Summariser(model=...)``: a model-backed summariser, whatever the app's model;
-    its tokens are reported, and a digest longer than the ratio allows is cut."""
-    own = OfflineModel(default=lambda m: "Long. " * 200, name="gpt-4o-mini")
-    apps = OfflineModel()
-    out = await Summariser(keep_recent=2, model=own).run(ctx({"n": NOTES}, "n", apps))
+async def test_summariser_with_a_model_of_its_own_is_metered_at_the_apps_prices() -> None:
+    """``Summariser(model=...)`` is the agent's own model: the runtime hands it over
+    metered at the app's prices (before, the summariser metered it again at the default
+    prices, so a model only the app prices cost $0). A digest longer than the ratio
+    allows is cut."""
+    own = OfflineModel(default=lambda m: "Long. " * 200, name="my-local")
+    summariser = Summariser(keep_recent=2, model=own)
+    assert summariser.model is own  # what the runtime meters for this agent
+    meter = Metered(own, Prices({"my-local": (1000.0, 1000.0)}))
+    out = await summariser.run(ctx({"n": NOTES}, "n", meter))
     notes = out.updates["n"]
     assert notes[1].startswith("[summary of 5 earlier entries] Long. Long.")
     assert notes[1].endswith("…") and size(notes) <= RATIO * size(NOTES)
-    assert len(own.calls) == 1 and apps.calls == []
-    assert out.tokens_in > 0 and out.tokens_out > 0 and out.cost > 0
+    assert len(own.calls) == 1
+    assert meter.tokens_in > 0 and meter.tokens_out > 0
+    assert meter.cost == (meter.tokens_in + meter.tokens_out) * 1000.0 / 1e6
+    assert (out.tokens_in, out.tokens_out, out.cost) == (0, 0, 0.0)  # counted once
 
 
 async def test_a_subclass_writes_the_digest() -> None:
@@ -182,9 +188,9 @@ class _Fixed:
 
 
 async def test_summariser_takes_any_model_of_the_protocol() -> None:
-    out = await Summariser(keep_recent=2, model=_Fixed("All checks done.")).run(
-        dataclasses.replace(ctx({"n": NOTES}, "n"))
-    )
+    summariser = Summariser(keep_recent=2, model=_Fixed("All checks done."))
+    # the runtime hands an agent its own model, metered (runtime._context)
+    out = await summariser.run(ctx({"n": NOTES}, "n", Metered(summariser.model)))
     assert out.updates["n"][1] == "[summary of 5 earlier entries] All checks done."
 
 
