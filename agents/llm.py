@@ -222,27 +222,5 @@ def _json(value: Mapping[str, Any]) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
-def llm_agent(
-    name: str,
-    *,
-    instructions: str,
-    model: str | Model | None = None,
-    reads: Sequence[str] = (),
-    owns: Sequence[str] = (),
-    triggers: Sequence[Trigger] = (),
-    handoffs: Sequence[str] | None = None,
-    tools: Sequence[str] = (),
-    max_tool_rounds: int = 8,
-) -> LLMAgent:
-    """Declare an LLM agent (see :class:`LLMAgent`): no code, only what it is for."""
-    return LLMAgent(
-        name,
-        instructions=instructions,
-        model=model,
-        reads=reads,
-        owns=owns,
-        triggers=triggers,
-        handoffs=handoffs,
-        tools=tools,
-        max_tool_rounds=max_tool_rounds,
-    )
+llm_agent = LLMAgent
+"""Declare an LLM agent (see :class:`LLMAgent`): no code, only what it is for."""
