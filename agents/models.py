@@ -9,7 +9,8 @@ examples are reproducible. Real providers live in ``blackboard.agents.providers`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +30,7 @@ __all__ = [
     "ToolCall",
     "ToolSpec",
     "cost_of",
+    "paid_for",
     "parse_output",
 ]
 
@@ -154,12 +156,20 @@ class OfflineModel:
         tokens_in = sum(_tokens(str(m.get("content") or "")) for m in messages)
         result = Completion(text, tokens_in, _tokens(text), self.name)
         if schema is not None:
-            try:
+            with paid_for(result):
                 result.parsed = parse_output(schema, text)
-            except SemanticError as exc:
-                exc.spent = result
-                raise
         return result
+
+
+@contextmanager
+def paid_for(spent: Completion) -> Iterator[None]:
+    """An answer found unusable (a :class:`SemanticError` raised inside) was still paid
+    for: the error carries what it used, so budgets count it."""
+    try:
+        yield
+    except SemanticError as exc:
+        exc.spent = spent
+        raise
 
 
 class Metered:

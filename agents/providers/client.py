@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from blackboard.errors import ConfigError
 
 __all__ = ["PerLoop", "api_key", "missing_sdk"]
 
-T = TypeVar("T")
+
+class _Client(Protocol):
+    async def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=_Client)
 
 
 def missing_sdk(package: str, exc: ImportError) -> ConfigError:
@@ -56,7 +61,8 @@ class PerLoop(Generic[T]):
             self._client, self._loop = self._make(), loop
         return self._client
 
-    def take(self) -> T | None:
-        """The client made in this loop (to close it), forgetting it."""
+    async def aclose(self) -> None:
+        """Close the client made here (a given one is its owner's to close)."""
         client, self._client, self._loop = self._client, None, None
-        return client
+        if client is not None:
+            await client.close()

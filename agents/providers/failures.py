@@ -55,8 +55,8 @@ def _message(exc: Any) -> str:
     return str(getattr(exc, "message", "") or exc)
 
 
-def classify(sdk: ModuleType, provider: str, exc: Exception) -> AgentError | None:
-    """The framework error for an SDK exception, or None if it is not the SDK's."""
+def classify(sdk: ModuleType, provider: str, exc: Exception) -> AgentError:
+    """The framework error for one of the SDK's exceptions (its ``APIError``)."""
     if isinstance(exc, sdk.APITimeoutError):
         return TransientError(f"{provider} request timed out; it will be retried.")
     if isinstance(exc, sdk.APIConnectionError):
@@ -78,6 +78,5 @@ def classify(sdk: ModuleType, provider: str, exc: Exception) -> AgentError | Non
             f"{provider} rejected the request with HTTP {status}: {message}. Retrying cannot "
             "help: fix the model spec, the key or the request."
         )
-    if isinstance(exc, sdk.APIError):  # e.g. an answer that does not parse as the API's
-        return FatalError(f"{provider} answered something unusable: {exc}.")
-    return None
+    # anything else of the SDK's, e.g. an answer that does not parse as the API's
+    return FatalError(f"{provider} answered something unusable: {exc}.")

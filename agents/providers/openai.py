@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from blackboard.agents.models import Completion, Message, ToolCall, ToolSpec, parse_output
+from blackboard.agents.models import (
+    Completion,
+    Message,
+    ToolCall,
+    ToolSpec,
+    paid_for,
+    parse_output,
+)
 from blackboard.agents.providers.client import PerLoop, api_key, missing_sdk
 from blackboard.agents.providers.failures import classify
 from pydantic import BaseModel
@@ -85,9 +92,7 @@ class OpenAIModel:
         return client
 
     async def aclose(self) -> None:
-        client = self._clients.take()
-        if client is not None:
-            await client.close()
+        await self._clients.aclose()
 
     async def complete(
         self,
@@ -116,12 +121,9 @@ class OpenAIModel:
         try:
             answer = await self._clients.get().chat.completions.create(**request)
         except self._sdk.APIError as exc:
-            raise (classify(self._sdk, self._who, exc) or exc) from exc
-        try:
+            raise classify(self._sdk, self._who, exc) from exc
+        with paid_for(Completion("", *_usage(answer), self.name, provider=self.provider)):
             return self._completion(answer, schema)
-        except SemanticError as exc:  # an unusable answer was still paid for
-            exc.spent = Completion("", *_usage(answer), self.name, provider=self.provider)
-            raise
 
     @property
     def _who(self) -> str:
