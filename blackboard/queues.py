@@ -28,21 +28,12 @@ from typing import Any, cast
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from blackboard.errors import StoreUnavailable
 from blackboard.keys import GlobalKeys
+from blackboard.outages import OUTAGE
 from blackboard.records import Submission
 
 __all__ = ["LIVENESS_MS", "OUTAGE", "Delivery", "Liveness", "WorkQueue", "shard_of", "submit"]
 
-OUTAGE = (
-    StoreUnavailable,
-    redis_errors.ConnectionError,  # not a subclass of the built-in ConnectionError
-    redis_errors.TimeoutError,  # (BusyLoadingError, during a restart, is one of these)
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
-"""What a worker loop treats as Redis being away: back off and try again, never crash."""
 
 log = logging.getLogger(__name__)
 
