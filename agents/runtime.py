@@ -303,7 +303,7 @@ class AgentWorker:
         if entry_id is None:
             await self._submit_local(submission, act)
             return
-        stream = self.keys.proposals(shard_of(act.board_id, self.shards))
+        stream = self.keys.submissions(shard_of(act.board_id, self.shards))
         pipe = self.redis.pipeline(transaction=False)
         pipe.xadd(stream, {"s": submission.model_dump_json()})
         pipe.hset(

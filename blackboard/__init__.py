@@ -17,6 +17,7 @@ from blackboard.errors import (
     ConfigError,
     ConflictError,
     CorruptData,
+    Escalated,
     FatalError,
     LoopDetected,
     NeedsHuman,
@@ -37,6 +38,7 @@ from blackboard.records import (
     LogEntry,
     Outcome,
     Proposal,
+    SettledBoard,
     Submission,
 )
 from blackboard.schema import HUMAN, SUPERVISOR, BoardSchema, Key, KeySpec
@@ -62,6 +64,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CorruptData",
+    "Escalated",
     "FatalError",
     "Gate",
     "HUMAN",
@@ -80,6 +83,7 @@ __all__ = [
     "SUPERVISOR",
     "SemanticError",
     "Settings",
+    "SettledBoard",
     "StoreUnavailable",
     "Submission",
     "TransientError",

@@ -17,18 +17,23 @@
     │   ├── SemanticError      the output is unusable: sent back as a rewrite request
     │   ├── FatalError         fails the activation and escalates the board
     │   └── NeedsHuman         the board waits for a person's answer
-    ├── LoopDetected           a handoff cycle tripped the circuit breaker
-    ├── BudgetExceeded         an activation, token, cost or time budget is spent
+    ├── Escalated              a board stopped for a person (``settle(raise_on_escalation=True)``)
+    │   ├── LoopDetected       a handoff cycle tripped the circuit breaker
+    │   └── BudgetExceeded     an activation, token, cost or time budget is spent
     ├── StoreUnavailable       Redis could not be reached (wraps the redis error)
     └── CorruptData            a value stored in Redis does not decode (not written by us)
 
 Every message says what happened and what to do about it. A rejection never changes
-state: the commit script either applies a whole proposal or nothing.
+state: the commit script either applies a whole proposal or nothing. Redis errors reach
+callers as :class:`StoreUnavailable` through one translation, :func:`redis_failures`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+
+from redis import exceptions as redis_errors
 
 __all__ = [
     "AgentError",
@@ -41,6 +46,7 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "CorruptData",
+    "Escalated",
     "FatalError",
     "LoopDetected",
     "NeedsHuman",
@@ -50,6 +56,8 @@ __all__ = [
     "StoreUnavailable",
     "TransientError",
     "ValidationFailed",
+    "escalation",
+    "redis_failures",
 ]
 
 
@@ -199,16 +207,74 @@ class NeedsHuman(AgentError):
     """The activation asks a person: the board waits for an operator's ``set``."""
 
 
-class LoopDetected(BlackboardError):
-    """The same handoff repeated with no change to the board; the board is escalated."""
+class Escalated(BlackboardError):
+    """A board stopped for a person: escalated (a loop, a budget, a deadline, a timeout,
+    rewrites exhausted) or failed (an agent's fatal error). Raised by
+    ``Deployment.settle(..., raise_on_escalation=True)`` and ``Deployment.run_sync``;
+    the board is left as it is, for an operator (``blackboard resume``, ``rollback``).
+
+    Attributes:
+        board_id: the board.
+        kind: what stopped it, as recorded (``loop``, ``budget``, ``deadline``,
+            ``timeout``, ``rewrites``, ``failed``…).
+        detail: the recorded detail (which handoffs repeated, which budget…).
+    """
+
+    def __init__(self, board_id: str, kind: str, detail: str) -> None:
+        self.board_id = board_id
+        self.kind = kind
+        self.detail = detail
+        super().__init__(
+            f"board {board_id!r} stopped for a person ({kind}: {detail}). See "
+            f"`blackboard incidents {board_id}`; resume it (`blackboard resume`) or roll "
+            "it back once the cause is fixed."
+        )
 
 
-class BudgetExceeded(BlackboardError):
-    """An activation, token, cost or time budget of a board is spent."""
+class LoopDetected(Escalated):
+    """The same handoff repeated with no change to the board; the board is escalated.
+    If the repetition is meant, raise ``Limits.loop_threshold``."""
+
+
+class BudgetExceeded(Escalated):
+    """A board's activation, token or cost budget is spent, or its deadline passed;
+    the board is escalated. If the board really needs more, raise the app's
+    ``Limits.max_activations``, ``max_tokens``, ``max_cost`` or ``deadline_s``."""
+
+
+_ESCALATIONS: dict[str, type[Escalated]] = {
+    "loop": LoopDetected,
+    "budget": BudgetExceeded,
+    "deadline": BudgetExceeded,
+}
+
+
+def escalation(board_id: str, reason: str) -> Escalated:
+    """The error for a board stopped with ``reason`` as recorded in its metadata
+    (``"<kind>: <detail>"``): :class:`LoopDetected` for a loop, :class:`BudgetExceeded`
+    for a budget or a deadline, :class:`Escalated` for anything else."""
+    kind, _, detail = reason.partition(": ")
+    cls = _ESCALATIONS.get(kind, Escalated)
+    return cls(board_id, kind or "unknown", detail or "no reason was recorded")
 
 
 class StoreUnavailable(BlackboardError):
     """Redis could not be reached or answered with an error; see ``__cause__``."""
+
+
+@asynccontextmanager
+async def redis_failures(what: str) -> AsyncIterator[None]:
+    """Redis failures surface as StoreUnavailable, the redis error kept as the cause
+    (``what``: what was being done, for the message)."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+        raise StoreUnavailable(
+            f"Redis unreachable while trying to {what}: {str(exc).rstrip('.')}. Check that "
+            "the server is up and BLACKBOARD_REDIS_URL points at it."
+        ) from exc
+    except redis_errors.RedisError as exc:
+        raise StoreUnavailable(f"Redis refused to {what}: {str(exc).rstrip('.')}.") from exc
 
 
 class CorruptData(BlackboardError):

@@ -88,8 +88,9 @@ class BoardKeys:
         return self._k("log")
 
     @cached_property
-    def proposals(self) -> str:
-        """Hash: proposal id -> version it committed as (idempotency)."""
+    def committed(self) -> str:
+        """Hash: proposal id -> version it committed as (idempotency). Stored under the
+        suffix ``proposals``, its name before ``submissions`` took that word."""
         return self._k("proposals")
 
     @cached_property
@@ -189,7 +190,7 @@ class BoardKeys:
             self.state,
             self.kver,
             self.log,
-            self.proposals,
+            self.committed,
             self.snapshots,
             self.snapshot_index,
             self.khash,
@@ -219,7 +220,7 @@ class BoardKeys:
             self.kver,
             self.khash,
             self.log,
-            self.proposals,
+            self.committed,
             self.snapshots,
             self.snapshot_index,
             self.declaration,
@@ -255,8 +256,9 @@ class GlobalKeys:
         """Sorted set of archived board ids, score = archive time in ms."""
         return f"{self.prefix}:archived"
 
-    def proposals(self, shard: int) -> str:
-        """Stream of agents' submissions and operators' commands for the supervisor."""
+    def submissions(self, shard: int) -> str:
+        """Stream of :class:`~blackboard.records.Submission`: agents' proposals and
+        failure reports, operators' commands, for the supervisor (one per shard)."""
         return f"{self.prefix}:proposals:{shard}"
 
     def queue(self, agent: str) -> str:

@@ -384,5 +384,5 @@ def shard_of(board_id: str, shards: int) -> int:
 
 async def submit(redis: Redis, prefix: str, submission: Submission, shards: int = 1) -> str:
     """Append a submission to the supervisor's stream (what agents and the CLI call)."""
-    stream = GlobalKeys(prefix).proposals(shard_of(submission.board_id, shards))
+    stream = GlobalKeys(prefix).submissions(shard_of(submission.board_id, shards))
     return cast(str, await redis.xadd(stream, {"s": submission.model_dump_json()}))

@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from blackboard.keys import BOARD_ID
+from blackboard.status import BoardStatus
 
 __all__ = [
     "Activation",
@@ -26,6 +27,7 @@ __all__ = [
     "Preview",
     "Proposal",
     "ProposalFields",
+    "SettledBoard",
     "Submission",
 ]
 
@@ -145,13 +147,28 @@ class BoardInfo(BaseModel):
     board_id: str
     schema_name: str
     digest: str
-    status: str
+    """The digest of the declaration it was created under."""
+    status: BoardStatus
     version: int
     compliant: int
+    """The latest version whose audits passed (0: none yet)."""
     bytes: int
     tokens: int
+    """Approximate tokens of its content (what an agent reading it all would pay)."""
     created_ms: int
     updated_ms: int
+    escalated_reason: str = ""
+    """Why it stopped for a person, as recorded (``"<kind>: <detail>"``, kind ``loop``,
+    ``budget``, ``deadline``…); set while escalated, empty otherwise."""
+
+
+class SettledBoard(BaseModel):
+    """A board where it settled (``Deployment.run_sync``): its metadata and content."""
+
+    info: BoardInfo
+    """Where it stands: ``info.status`` says done, awaiting approval, escalated…"""
+    state: BoardState
+    """Its content at that point."""
 
 
 class BoardSize(BaseModel):

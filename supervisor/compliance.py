@@ -49,7 +49,7 @@ class Compliance:
 
     def _keys(self, board_id: str) -> list[str]:
         bk = self.keys.board(board_id)
-        return [bk.meta, bk.passed, bk.claims, bk.proposals]
+        return [bk.meta, bk.passed, bk.claims, bk.committed]
 
     async def passed(self, board_id: str, version: int) -> Dropped | None:
         """Record that ``version`` passed its audits (it becomes compliant if it is the
@@ -105,7 +105,7 @@ class Compliance:
         """The rollback claimed under ``proposal_id`` and the agents' writes it dropped
         (the newest of each author), once it committed; None if it did not."""
         claim = await self.decided(board_id, proposal_id)
-        at = await self.redis.hget(self.keys.board(board_id).proposals, proposal_id)
+        at = await self.redis.hget(self.keys.board(board_id).committed, proposal_id)
         if claim is None or at is None:
             return None
         newest: dict[str, LogEntry] = {}

@@ -9,6 +9,9 @@ until its routing closes it, and a deployment started after a crash runs the unf
 ones again, or resends what they had submitted (commits stay exactly-once; agent work
 is at least once, as with queues). Two deployments of one app on one Redis would each
 recover the other's activations in hand when they start: run one per app.
+
+:meth:`Deployment.run_sync` is the one door for code outside asyncio: it runs a board
+from start to where it settles in its own event loop.
 """
 
 from __future__ import annotations
@@ -22,11 +25,20 @@ from typing import Any
 
 from blackboard.agents.runtime import AgentWorker
 from blackboard.supervisor.process import Supervisor
+from tenacity import RetryCallState
 
 from blackboard.app import App
-from blackboard.errors import BlackboardError
-from blackboard.queues import OUTAGE
-from blackboard.records import Activation, BoardInfo, ContextRead, Outcome, Submission
+from blackboard.errors import BlackboardError, ConfigError, Escalated, escalation
+from blackboard.outages import OUTAGE, ride_out
+from blackboard.records import (
+    Activation,
+    BoardInfo,
+    ContextRead,
+    Outcome,
+    SettledBoard,
+    Submission,
+)
+from blackboard.status import SETTLED, BoardStatus
 from blackboard.store import BoardStore
 
 __all__ = ["Deployment"]
@@ -34,8 +46,6 @@ __all__ = ["Deployment"]
 log = logging.getLogger(__name__)
 
 _Handed = tuple[str, str, Activation | None, ContextRead | None]
-
-SETTLED = ("done", "escalated", "failed", "awaiting_approval", "paused")
 
 
 class Deployment:
@@ -123,33 +133,55 @@ class Deployment:
             if self.supervisor.stopped(board_id):  # stopped while this one waited
                 self._finished(board_id, activation_id)
                 continue
-            backoff = 0.05
+
+            def afresh(_: RetryCallState) -> None:
+                # what was handed over predates the outage: the next attempt reads anew
+                nonlocal record, context
+                record, context = None, None
+
             try:
-                while True:
-                    try:
+                async for attempt in ride_out(
+                    f"agent {worker.name}",
+                    log,
+                    stop=lambda _: self._stop.is_set(),
+                    before_retry=afresh,
+                ):
+                    with attempt:  # run it again once Redis is back
                         await worker.run_local(board_id, activation_id, record, context)
-                        break
-                    except OUTAGE as exc:  # run it again once Redis is back
-                        if self._stop.is_set():
-                            break
-                        log.warning("agent %s: Redis unavailable, retrying: %s", worker.name, exc)
-                        await asyncio.sleep(backoff)
-                        backoff, record, context = min(backoff * 2, 2.0), None, None
+            except OUTAGE:  # the deployment stopped during an outage: a restart reruns it
+                pass
             except Exception:  # left open: the watchdog times it out, a restart reruns it
                 log.exception("agent %s failed on board %s", worker.agent.name, board_id)
             finally:
                 self._finished(board_id, activation_id)
 
     async def start(self, board_id: str, initial: Mapping[str, Any] | None = None) -> BoardInfo:
+        """Create the board and activate the app's start agents."""
         return await self.supervisor.start(board_id, initial)
 
     async def settle(
-        self, board_id: str, timeout: float = 30.0, *, poll_s: float = 0.005
+        self,
+        board_id: str,
+        timeout: float = 30.0,
+        *,
+        poll_s: float = 0.005,
+        raise_on_escalation: bool = False,
     ) -> BoardInfo:
         """Wait until the board is done, stopped, held, or has nothing left to do.
 
         While agents here hold its activations, it waits for them to finish; otherwise
-        (activations with agents elsewhere) it looks at Redis every ``poll_s``."""
+        (activations with agents elsewhere) it looks at Redis every ``poll_s``.
+
+        Args:
+            board_id: the board.
+            timeout: seconds to wait before giving up (``BlackboardError``).
+            poll_s: how often to look at Redis when no agent here holds its work.
+            raise_on_escalation: raise instead of returning a board that stopped for a
+                person: :class:`~blackboard.errors.LoopDetected` for a loop,
+                :class:`~blackboard.errors.BudgetExceeded` for a spent budget or a
+                passed deadline, :class:`~blackboard.errors.Escalated` for any other
+                escalation or a failed board. The board is left as it is either way.
+        """
         bk = self.supervisor.keys.board(board_id)
         deadline = time.monotonic() + timeout
         while True:
@@ -164,22 +196,67 @@ class Deployment:
                         await quiet.wait()
                 continue
             pipe = self.store.redis.pipeline(transaction=True)  # one consistent look
-            self.store._read_info(pipe, board_id)
+            self.store.info_reads(pipe, board_id)
             pipe.zcard(bk.open)
             pipe.hlen(bk.outbox)
             meta, decl, open_, outbox = await pipe.execute()
-            info = self.store._info(board_id, meta, decl)
+            info = self.store.info_from(board_id, meta, decl)
             if info is None:
-                raise await self.store._not_found(board_id)
-            status = info.status
-            if status in SETTLED or (open_ == 0 and outbox == 0):
+                raise await self.store.not_found(board_id)
+            if info.status in SETTLED or (open_ == 0 and outbox == 0):
+                if raise_on_escalation:
+                    _raise_if_stopped(info)
                 return info
             if left <= 0:
                 raise BlackboardError(
                     f"board {board_id!r} did not settle in {timeout:g} s "
-                    f"(status {status}, {open_} open activations)."
+                    f"(status {info.status}, {open_} open activations)."
                 )
             await asyncio.sleep(poll_s)
+
+    @classmethod
+    def run_sync(
+        cls,
+        app: App,
+        board_id: str,
+        initial: Mapping[str, Any] | None = None,
+        *,
+        url: str | None = None,
+        workers: int = 1,
+        timeout: float = 30.0,
+        raise_on_escalation: bool = True,
+    ) -> SettledBoard:
+        """Run one board from start to where it settles, for code outside asyncio:
+        ``Deployment.run_sync(app, "case-1", {...}).state.data``.
+
+        Starts a deployment of ``app`` on ``url`` (default: ``BLACKBOARD_REDIS_URL``,
+        else an embedded Redis that lives only as long as this call), starts the board,
+        settles it (see :meth:`settle`), reads it, and stops, all in an event loop of
+        its own (``asyncio.run``).
+
+        Raises:
+            ConfigError: called inside a running event loop (there, use ``async with
+                Deployment(app) as d`` and await :meth:`start` and :meth:`settle`).
+            Escalated: with ``raise_on_escalation`` (the default), the board stopped
+                for a person; ``LoopDetected`` and ``BudgetExceeded`` are its kinds.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # no loop running here: the one case run_sync is for
+        else:
+            raise ConfigError(
+                "Deployment.run_sync() was called inside a running event loop; there, use "
+                "`async with Deployment(app) as d:` and await d.start() and d.settle()."
+            )
+
+        async def run() -> SettledBoard:
+            async with BoardStore.from_url(url) as store, cls(app, store, workers=workers) as d:
+                await d.start(board_id, initial)
+                info = await d.settle(board_id, timeout, raise_on_escalation=raise_on_escalation)
+                return SettledBoard(info=info, state=await store.read(board_id))
+
+        return asyncio.run(run())
 
     async def command(
         self,
@@ -200,4 +277,14 @@ class Deployment:
                 args=args,
                 reason=reason,
             )
+        )
+
+
+def _raise_if_stopped(info: BoardInfo) -> None:
+    """Raise the :class:`Escalated` error of a board that stopped for a person."""
+    if info.status is BoardStatus.ESCALATED:
+        raise escalation(info.board_id, info.escalated_reason)
+    if info.status is BoardStatus.FAILED:
+        raise Escalated(
+            info.board_id, "failed", "an agent reported a fatal error (see its incidents)"
         )

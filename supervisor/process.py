@@ -137,7 +137,7 @@ class Supervisor:
         self.queues = [
             WorkQueue(
                 self.redis,
-                self.keys.proposals(s),
+                self.keys.submissions(s),
                 GROUP,
                 dead_letters=self.keys.dead_letters,
                 max_deliveries=app.limits.max_deliveries,

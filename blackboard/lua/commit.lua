@@ -5,7 +5,7 @@ KEYS[1] meta       hash   version, status, decl, bytes, tokens, since_snap, upda
 KEYS[2] state      hash   key -> JSON value (unset keys absent)
 KEYS[3] kver       hash   key -> version of its last change (absent = 0)
 KEYS[4] log        stream one entry per commit, id <version>-0
-KEYS[5] proposals  hash   proposal id -> version (idempotency, checked here and not
+KEYS[5] committed  hash   proposal id -> version (idempotency, checked here and not
                           around the call: a client retry may send the script twice)
 KEYS[6] snaps      hash   version -> JSON object of the whole board
 KEYS[7] snapidx    zset   snapshot versions
@@ -47,7 +47,7 @@ Key names, the board id and the kind are written into JSON here unescaped: the P
 side admits only names and ids that need no escaping (matched whole, blackboard.keys and
 blackboard.schema), so no quote, backslash or control character reaches this script.
 ]]
-local meta, state, kver, log, proposals, snaps, snapidx, khash =
+local meta, state, kver, log, committed, snaps, snapidx, khash =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
 local m = redis.call('HMGET', meta, 'version', 'status', 'decl', 'bytes', 'tokens', 'since_snap')
@@ -56,7 +56,7 @@ if not m[1] then return {'notfound'} end
 -- A redelivered proposal that already committed is a duplicate, whatever else changed.
 local pid = ARGV[3]
 if pid ~= '' then
-  local prev = redis.call('HGET', proposals, pid)
+  local prev = redis.call('HGET', committed, pid)
   if prev then
     local reply = {'dup', prev}
     local entry = redis.call('XRANGE', log, prev .. '-0', prev .. '-0')
@@ -167,7 +167,7 @@ redis.call('XADD', log, newv .. '-0',
   'author', ARGV[8], 'kind', ARGV[10], 'keys', keys_csv, 'patch', ARGV[11],
   'undo', undo_json, 'proposal', pid, 'activation', ARGV[13], 'trace', ARGV[14],
   'ts', now, 'reason', ARGV[15], 'outcome', ARGV[16])
-if pid ~= '' then redis.call('HSET', proposals, pid, newv) end
+if pid ~= '' then redis.call('HSET', committed, pid, newv) end
 
 -- Snapshot when the history written since the last one outweighs the board: storage
 -- then grows with the size of the changes, and any version is one snapshot plus at

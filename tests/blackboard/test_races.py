@@ -13,7 +13,7 @@ from blackboard import BoardStore, ConfigError, ConflictError, Proposal, Validat
 
 def inject_before_script(store: BoardStore, action: Callable[[], Awaitable[Any]]) -> None:
     """Run ``action`` (another commit) right before the next commit script call."""
-    script = store._commit_script
+    script = store.committer.script
     fired = False
 
     async def wrapped(keys: list[str], args: list[Any]) -> Any:
@@ -23,7 +23,7 @@ def inject_before_script(store: BoardStore, action: Callable[[], Awaitable[Any]]
             await action()
         return await script(keys=keys, args=args)
 
-    store._commit_script = wrapped  # type: ignore[assignment]
+    store.committer.script = wrapped  # type: ignore[assignment]
 
 
 async def test_written_but_unchanged_key_is_still_checked(store: BoardStore, board: str) -> None:

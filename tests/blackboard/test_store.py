@@ -568,18 +568,18 @@ async def test_read_of_undeclared_key_and_history_misuse(store: BoardStore, boar
 
 
 async def test_declaration_cache_is_bounded(store: BoardStore, loan_schema: BoardSchema) -> None:
-    store.CACHE_LIMIT = 2  # type: ignore[misc]
+    store.declarations.CACHE_LIMIT = 2  # type: ignore[misc]
     for i in range(5):
         await store.create(f"c{i}", loan_schema)
         await store.commit(f"c{i}", Proposal.updates("risk", 0, {"risk_rating": "low"}))
-    assert len(store._board_digest) <= 2
+    assert len(store.declarations) <= 2
     other = BoardStore(store.redis, store.settings)
     other.register(loan_schema)
-    other.CACHE_LIMIT = 2  # type: ignore[misc]
+    other.declarations.CACHE_LIMIT = 2  # type: ignore[misc]
     for i in range(5):  # a fresh process rebuilds what it needs from Redis
         result = await other.commit(f"c{i}", Proposal.updates("risk", 1, {"risk_rating": "high"}))
         assert result.version == 2
-    assert len(other._board_digest) <= 2
+    assert len(other.declarations) <= 2
 
 
 async def test_warm_reads_new_boards_declarations_in_one_round_trip(
@@ -617,7 +617,8 @@ async def test_warm_is_only_a_speed_up_and_keeps_what_was_learnt_meanwhile(
     fresh = BoardStore(store.redis, store.settings)
     fresh.register(loan_schema)
     await fresh.warm(["odd", "w1"])  # no error: odd is reported where it is used
-    assert "odd" not in fresh._board_digest and fresh._board_digest["w1"] == loan_schema.digest
+    assert fresh.declarations.known("odd") is None
+    assert fresh.declarations.known("w1") == loan_schema.digest
     with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
         await fresh.commit("odd", Proposal.updates("risk", 0, {"credit_score": 700}))
     # w2 re-created under another declaration while warm's round trip was out: the
@@ -631,7 +632,7 @@ async def test_warm_is_only_a_speed_up_and_keeps_what_was_learnt_meanwhile(
 
         async def run(*ea: Any, **ek: Any) -> Any:
             replies = await execute(*ea, **ek)
-            fresh._remember("w2", "newer")
+            fresh.declarations.remember("w2", "newer")
             return replies
 
         pipe.execute = run
@@ -642,4 +643,4 @@ async def test_warm_is_only_a_speed_up_and_keeps_what_was_learnt_meanwhile(
         await fresh.warm(["w2"])
     finally:
         fresh.redis.pipeline = pipeline  # type: ignore[method-assign]
-    assert fresh._board_digest["w2"] == "newer"
+    assert fresh.declarations.known("w2") == "newer"

@@ -132,7 +132,7 @@ async def holders(client: Redis) -> list[str]:
     names: list[str] = []
     for example, app in APPS.items():
         keys = GlobalKeys(example)
-        streams = [(keys.proposals(0), "supervisor")]
+        streams = [(keys.submissions(0), "supervisor")]
         streams += [(keys.queue(a.name), "workers") for a in app.agents]
         for stream, group in streams:
             try:
