@@ -26,6 +26,9 @@ class BoardStatus(StrEnum):
     ARCHIVED = "archived"
     """Its content is gone from Redis; its log was exported."""
 
+    def __repr__(self) -> str:  # as stored: a record prints status='done'
+        return repr(self.value)
+
 
 STOPPED = frozenset({BoardStatus.ESCALATED, BoardStatus.DONE, BoardStatus.FAILED})
 """No agent acts on a board in these until an operator reopens it."""

@@ -156,6 +156,14 @@ async def test_corrupt_metadata_is_a_typed_error(store: BoardStore, board: str) 
         await store.info(board)
 
 
+async def test_a_status_outside_the_vocabulary_is_corrupt_metadata(
+    store: BoardStore, board: str
+) -> None:
+    await store.redis.hset(store.keys(board).meta, "status", "sleeping")
+    with pytest.raises(CorruptData, match=r"metadata of board 'loan-1'.*'sleeping'"):
+        await store.info(board)
+
+
 def test_corrupt_record_is_a_typed_error() -> None:
     with pytest.raises(
         CorruptData, match=r"the outcome of x stored in Redis is not a valid Outcome \(status"

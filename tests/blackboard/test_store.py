@@ -25,6 +25,7 @@ from blackboard import (
     ValidationFailed,
     connect,
 )
+from blackboard.status import BoardStatus
 
 
 async def snapshot_of(store: BoardStore, board_id: str) -> tuple[int, dict[str, Any], int]:
@@ -37,6 +38,8 @@ async def test_create_starts_at_version_zero_with_defaults(
 ) -> None:
     info = await store.create("loan-7", loan_schema, initial={"loan_amount": 5000.0})
     assert (info.version, info.status, info.compliant, info.schema_name) == (0, "active", 0, "Loan")
+    assert info.status is BoardStatus.ACTIVE  # the enum, not a bare string
+    assert info.escalated_reason == ""
     state = await store.read("loan-7")
     assert state.version == 0
     assert state.data == {
@@ -254,7 +257,7 @@ async def test_archive_keeps_history_but_refuses_commits(store: BoardStore, boar
     assert (await store.read(board)).data["risk_rating"] == "low"
     assert [b.board_id for b in await store.boards(archived=True)] == [board]
     assert await store.boards() == []
-    assert (await store.info(board)).status == "archived"
+    assert (await store.info(board)).status is BoardStatus.ARCHIVED
 
 
 async def test_delete_removes_every_key(store: BoardStore, board: str) -> None:

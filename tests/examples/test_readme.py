@@ -16,12 +16,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def blocks() -> list[str]:
     found = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
-    assert len(found) == 3
+    assert len(found) == 4
     return found
 
 
 def test_readme_python_examples_run(tmp_path: Path) -> None:
-    board_api, agents, _ = blocks()
+    board_api, agents, _, _ = blocks()
     script = tmp_path / "readme.py"
     # The agents example reuses LoanBoard from the board example.
     script.write_text(board_api + "\n" + agents + "\nasyncio.run(main())\n")
@@ -34,11 +34,22 @@ def test_readme_python_examples_run(tmp_path: Path) -> None:
     assert "status='done' version=2" in lines[-1]
 
 
+def test_readme_sync_example_runs_outside_asyncio(tmp_path: Path) -> None:
+    board_api, agents, sync, _ = blocks()
+    script = tmp_path / "readme_sync.py"
+    script.write_text(board_api + "\n" + agents + "\n" + sync)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "done low"
+
+
 def test_readme_real_model_example_runs_on_the_openai_adapter(
     tmp_path: Path, llm_stub: LLMStub
 ) -> None:
     """As written, with the SDK pointed at the scripted server by its own variable."""
-    board_api, agents, real = blocks()
+    board_api, agents, _, real = blocks()
     answer = {"team": "billing", "summary": "Charged twice this month."}
     llm_stub.script(openai_text(json.dumps(answer)))
     script = tmp_path / "readme_real.py"
