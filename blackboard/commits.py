@@ -7,8 +7,9 @@ records the proposal id, keeps size accounting and snapshots, and publishes an e
 Before it, :meth:`Committer.prepare` validates (patch shape, declared keys, ownership,
 types, size limits) and computes the script's KEYS and ARGV; after it,
 :meth:`Committer.finish` turns the reply into a result or a typed rejection. A
-rejected proposal changes nothing. ``commit`` is the three in a row; the supervisor
-runs the parts itself, to send the commit and its routing as one script.
+rejected proposal changes nothing. ``BoardStore.commit`` is ``prepare``, :meth:`run`
+and ``finish`` in a row; the supervisor runs the parts itself, to send the commit and
+its routing as one script.
 """
 
 from __future__ import annotations
@@ -139,20 +140,6 @@ class Committer:
 
     # -- the protocol -----------------------------------------------------------------
 
-    async def commit(
-        self,
-        board_id: str,
-        proposal: Proposal,
-        *,
-        kind: CommitKind = "write",
-        outcome: str = "",
-    ) -> CommitResult:
-        """Validate and commit one proposal atomically (see ``BoardStore.commit``)."""
-        prepared = await self.prepare(board_id, proposal, kind=kind, outcome=outcome)
-        if isinstance(prepared, CommitResult):
-            return prepared
-        return await self.run(board_id, proposal, prepared)
-
     async def run(
         self, board_id: str, proposal: ProposalFields, call: PreparedCommit
     ) -> CommitResult:
@@ -170,14 +157,10 @@ class Committer:
         return await self.finish(board_id, proposal, reply, replicas=acked)
 
     async def prepare(
-        self,
-        board_id: str,
-        proposal: ProposalFields,
-        *,
-        kind: CommitKind = "write",
-        outcome: str = "",
+        self, board_id: str, proposal: ProposalFields, kind: CommitKind, outcome: str
     ) -> PreparedCommit | CommitResult:
-        """The script call for a valid proposal (see ``BoardStore.prepare``)."""
+        """The script call for a valid proposal (see ``BoardStore.prepare``; the
+        defaults are the store's)."""
         if kind not in _COMMIT_KINDS:
             raise ConfigError(
                 f"unknown commit kind {kind!r}; use one of {', '.join(_COMMIT_KINDS)}."

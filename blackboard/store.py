@@ -381,17 +381,18 @@ class BoardStore:
         return ops
 
     # -- commits (the protocol is commits.Committer's) -------------------------------
-    # Plain methods returning the committer's coroutine: the caller awaits it directly,
-    # so a commit through the store costs no extra coroutine.
+    # commit awaits the protocol's steps as it always did; the other steps are plain
+    # methods returning the committer's coroutine, awaited by the caller directly, so
+    # the supervisor's commit path costs no extra coroutine.
 
-    def commit(
+    async def commit(
         self,
         board_id: str,
         proposal: Proposal,
         *,
         kind: CommitKind = "write",
         outcome: str = "",
-    ) -> Coroutine[Any, Any, CommitResult]:
+    ) -> CommitResult:
         """Validate and commit one proposal atomically.
 
         ``kind="write"`` requires the author to own every key written. Other kinds are
@@ -402,7 +403,10 @@ class BoardStore:
             BoardNotFound, ValidationFailed, OwnershipError, ConflictError,
             ProposalRejected (archived board), StoreUnavailable.
         """
-        return self.committer.commit(board_id, proposal, kind=kind, outcome=outcome)
+        prepared = await self.committer.prepare(board_id, proposal, kind, outcome)
+        if isinstance(prepared, CommitResult):
+            return prepared
+        return await self.committer.run(board_id, proposal, prepared)
 
     def prepare(
         self,
@@ -418,7 +422,7 @@ class BoardStore:
         :meth:`commit` is ``prepare`` + the script + :meth:`finish`; the supervisor uses
         the parts to run the commit and its routing as one script.
         """
-        return self.committer.prepare(board_id, proposal, kind=kind, outcome=outcome)
+        return self.committer.prepare(board_id, proposal, kind, outcome)
 
     def finish(
         self,
