@@ -32,6 +32,9 @@ __all__ = [
 ]
 
 CommitKind = Literal["write", "rollback", "summary", "approval", "system"]
+"""Who authorised a commit: ``write`` is an agent's own keys (ownership checked); the
+others are the supervisor's (a rollback, a summary, an approved held proposal, an
+operator's ``set`` or a system fix), authorised by it and recorded with their author."""
 
 # pydantic matches a pattern with Rust's regex engine, whose `$` is the end of the text
 # (Python's `re.match` would also take "id\n"): these patterns match whole.
@@ -41,6 +44,7 @@ _BOARD_ID = f"^{BOARD_ID}$"
 
 
 def new_id() -> str:
+    """A fresh random id (proposal, activation, trace): 32 hex digits."""
     return uuid.uuid4().hex
 
 
@@ -62,8 +66,11 @@ class Proposal(BaseModel):
     """Keys the decision depended on besides those written: a change to any of them after
     ``base`` makes this proposal a conflict (no write skew)."""
     activation_id: str = Field(default="", pattern=_ACTIVATION_ID)
+    """The activation that produced it ('' for a write made outside one)."""
     trace_id: str = Field(default="", max_length=128)
+    """Carried through every step the proposal causes, for tracing a case end to end."""
     reason: str = Field(default="", max_length=2000)
+    """Why, in words: recorded in the log entry."""
 
     @classmethod
     def updates(cls, author: str, base: int, values: Mapping[str, Any], **fields: Any) -> Proposal:
@@ -196,6 +203,8 @@ class Handoff(BaseModel):
 
 
 SubmissionKind = Literal["proposal", "failure", "command"]
+"""What a :class:`Submission` carries: an agent's proposal (maybe only a handoff), an
+agent's failure report, or an operator's command."""
 
 
 class Submission(BaseModel):
@@ -207,11 +216,13 @@ class Submission(BaseModel):
     kind: SubmissionKind
     board_id: str = Field(pattern=_BOARD_ID)
     proposal_id: str = Field(default_factory=new_id, pattern=_ID)
+    """Idempotency key: the supervisor decides each id once per board."""
     author: str = Field(min_length=1, max_length=64)
     base: int = Field(default=0, ge=0)
     patch: list[dict[str, Any]] = Field(default_factory=list)
     reads: list[str] = Field(default_factory=list)
     handoff: Handoff | None = None
+    """Who should act next, if the author names someone."""
     activation_id: str = Field(default="", pattern=_ACTIVATION_ID)  # a Proposal's limits
     trace_id: str = Field(default="", max_length=128)
     reason: str = Field(default="", max_length=2000)
@@ -256,6 +267,8 @@ class Outcome(BaseModel):
 
 
 ActivationStatus = Literal["queued", "running", "submitted", "timed_out", "failed", "cancelled"]
+"""Where an activation is: waiting in its agent's queue, being run, done (its agent
+submitted), or ended without a submission (timed out, failed, cancelled)."""
 
 
 class Activation(BaseModel):
