@@ -286,5 +286,5 @@ def _raise_if_stopped(info: BoardInfo) -> None:
         raise escalation(info.board_id, info.escalated_reason)
     if info.status is BoardStatus.FAILED:
         raise Escalated(
-            info.board_id, "failed", "an agent reported a fatal error (see its incidents)"
+            info.board_id, BoardStatus.FAILED, "an agent reported a fatal error (see its incidents)"
         )
