@@ -223,6 +223,25 @@ class _Group(click.Group):
         )
         super().add_command(cmd, name)
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """As click's, but a usage error is one line like every other error (click
+        prints the usage block first), with where to read more."""
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "blackboard"
+            what = exc.format_message().rstrip(".")
+            click.echo(f"error: {what}; see `{where} --help`.", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted.", err=True)
+            sys.exit(EXIT_FAILED)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 @click.group(cls=_Group)
 @click.option(
