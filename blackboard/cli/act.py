@@ -96,13 +96,14 @@ def unanswered(command: str, board: str, wait: float, sub: Submission, live: lis
 
 def report(command: str, board: str, outcome: Outcome) -> None:
     """One line for the outcome; exit 0 if committed, else 1."""
-    line = f"{command} {board}: {outcome.status}"
+    failed = outcome.status != "committed"
+    line = f"{'error: ' if failed else ''}{command} {board}: {outcome.status}"
     if outcome.version is not None:
         line += f" (version {outcome.version})"
     if outcome.message:
         line += f" - {outcome.message}"
-    click.echo(line, err=outcome.status != "committed")
-    sys.exit(0 if outcome.status == "committed" else 1)
+    click.echo(line, err=failed)
+    sys.exit(1 if failed else 0)
 
 
 def _command(
