@@ -27,7 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 from blackboard import codec
 from blackboard.errors import ConfigError, ValidationFailed
 from blackboard.keys import GlobalKeys, check_board_id
-from blackboard.records import BoardInfo, LogEntry, Proposal
+from blackboard.records import BoardInfo, CommitResult, LogEntry, Proposal
 from blackboard.schema import BoardSchema
 from blackboard.store import BoardStore
 
@@ -108,10 +108,8 @@ async def import_board(
     """
     export = _checked(data)
     board_id = check_board_id(board_id or export["board"])
-    schema = BoardSchema.from_json(codec.dumps(export["declaration"]), "the export's declaration")
-    replay = BoardStore(store.redis, store.settings)  # its own schemas: see _logged
-    replay.register(_logged(schema))
-    await replay.create(board_id, _logged(schema), export["initial"])
+    replay, schema = _replaying(store, export["declaration"])
+    await replay.create(board_id, schema, export["initial"])
     for entry in export["log"]:
         await _land(replay, board_id, entry)
     await _restore(store, board_id, export)
@@ -119,6 +117,16 @@ async def import_board(
 
 
 async def _land(store: BoardStore, board_id: str, entry: LogEntry) -> None:
+    if not entry.patch:  # a rollback that found nothing to restore
+        result = await store.rollback(
+            board_id,
+            to=entry.version - 1,
+            author=entry.author,
+            reason=entry.reason,
+            trace_id=entry.trace_id,
+            proposal_id=entry.proposal_id,
+        )
+        return _landed(board_id, entry, result)
     proposal = Proposal(
         author=entry.author,
         base=entry.version - 1,
@@ -129,6 +137,10 @@ async def _land(store: BoardStore, board_id: str, entry: LogEntry) -> None:
         reason=entry.reason,
     )
     result = await store.commit(board_id, proposal, kind=entry.kind, outcome=entry.outcome)
+    _landed(board_id, entry, result)
+
+
+def _landed(board_id: str, entry: LogEntry, result: CommitResult) -> None:
     if result.version != entry.version or result.duplicate:
         raise codec.corrupt(
             f"entry {entry.version} of the export of board {board_id!r}",
@@ -200,17 +212,22 @@ def _checked(data: Any) -> dict[str, Any]:
 
 
 class _Value(BaseModel):
-    """Stands in for the board model while replaying (see :func:`_logged`)."""
+    """Stands in for the board model while replaying (see :func:`_replaying`)."""
 
 
-def _logged(schema: BoardSchema) -> BoardSchema:
-    """``schema`` with every key accepting any JSON value: what the log holds was
-    validated when it was first committed. Registered only in the replay's own
-    :class:`BoardStore`, so no other writer ever validates with it."""
+def _replaying(store: BoardStore, declaration: Any) -> tuple[BoardStore, BoardSchema]:
+    """A store on ``store``'s client for replaying a log under ``declaration``, and the
+    schema it validates with: every key accepts any JSON value, since what the log holds
+    was validated when it was first committed. The schema is registered in this store
+    alone, so no other writer ever validates with it."""
+    stored = BoardSchema.from_json(codec.dumps(declaration), "the board's declaration")
     adapter: TypeAdapter[Any] = TypeAdapter(Any)
-    return BoardSchema(
-        schema.name, schema.keys, schema.digest, _Value, {k: adapter for k in schema.keys}
+    schema = BoardSchema(
+        stored.name, stored.keys, stored.digest, _Value, {k: adapter for k in stored.keys}
     )
+    replay = BoardStore(store.redis, store.settings)
+    replay.register(schema)
+    return replay, schema
 
 
 async def archive_board(store: BoardStore, board_id: str, path: str | Path) -> Path:
@@ -246,12 +263,16 @@ async def delete_board(store: BoardStore, board_id: str) -> None:
     await pipe.execute()
 
 
-async def fork_board(store: BoardStore, board_id: str, at: int, new_board_id: str) -> BoardInfo:
+async def fork_board(
+    store: BoardStore, board_id: str, at: int, new_board_id: str, *, author: str = "system"
+) -> BoardInfo:
     """A new board whose history is ``board_id``'s up to version ``at`` (so it reads the
-    same at every version up to ``at``), active, with ``forked_from`` =
-    ``"<board_id>@<at>"`` in its metadata. The original is not touched. A supervisor
-    carries the fork on when told to ``resume`` it (the CLI's ``fork`` does): it routes
-    as after version ``at``.
+    same at every version up to ``at``), then a commit by ``author`` that changes
+    nothing and says ``forked from <board_id>@<at>`` (its provenance in history: a no-op
+    rollback to ``at``; also ``forked_from`` in its metadata, :func:`provenance`). The
+    original is not touched.
+    A supervisor carries the fork on when told to ``resume`` it (the CLI's ``fork``
+    does): it routes as after version ``at``.
 
     Raises:
         BoardNotFound, BoardExists; ValidationFailed: ``at`` is not a version of it.
@@ -284,7 +305,10 @@ async def fork_board(store: BoardStore, board_id: str, at: int, new_board_id: st
             "passed": [v for v in records["passed"] if v <= at],
         },
     )
-    return await import_board(store, data, new_board_id)
+    await import_board(store, data, new_board_id)
+    replay, _ = _replaying(store, data["declaration"])
+    await replay.rollback(new_board_id, to=at, author=author, reason=f"forked from {board_id}@{at}")
+    return await store.info(new_board_id)
 
 
 async def provenance(store: BoardStore, board_id: str) -> str | None:

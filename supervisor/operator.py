@@ -468,12 +468,15 @@ class Operator:
         log = await sup.store.history(board_id)
         last = log[-1] if log else None
         version = last.version if last is not None else 0
+        # route as after the last commit that changed something (not a fork's provenance
+        # note or a no-op rollback)
+        work = next((e for e in reversed(log) if e.patch), None)
         wanted = await self._timed_out_since(board_id, last.ts_ms if last is not None else 0)
         done, how = False, "timed out since the last commit, activated again"
         if rerun := [str(name) for name in sub.args.get("rerun", ())]:  # e.g. on a fork
             wanted, how = [Wanted(name, "start") for name in rerun], "re-run as asked"
         elif not wanted:
-            wanted, done, how = await self._after_last(sub, last)
+            wanted, done, how = await self._after_last(sub, work)
             if not repeat:
                 wanted = []
         step = Routing(routing_id=f"resume.{sub.proposal_id}", version=version)

@@ -54,6 +54,8 @@ async def test_export_then_import_gives_back_the_same_board(store: BoardStore) -
         await loan.run_case(d, "income-slip")  # a write, an audit rollback, the redo
         await d.start("aml", {"application": loan.CASES["aml-hit"]})
         await d.settle("aml")  # held at the gate
+    current = await store.version("aml")
+    await store.rollback("aml", to=current, author="human:ann", reason="nothing to undo")
     for board in ("loan-income-slip", "aml"):
         before = await everything(store, board)
         data = await export_board(store, board)
@@ -162,7 +164,7 @@ async def test_a_fork_before_the_bad_commit_settles_done_with_the_agent_fixed(
     bad = next(e for e in await store.history("case") if e.author == "scorer")
     async with Deployment(case_app(fixed_scorer), store) as d:
         forked = await fork_board(store, "case", bad.version - 1, "case-fix")
-        assert (forked.status, forked.version) == ("active", bad.version - 1)
+        assert (forked.status, forked.version) == ("active", bad.version)
         assert await provenance(store, "case-fix") == f"case@{bad.version - 1}"
         outcome = await d.command("case-fix", "resume")
         assert outcome.status == "committed", outcome
@@ -171,7 +173,13 @@ async def test_a_fork_before_the_bad_commit_settles_done_with_the_agent_fixed(
     fixed = (await store.read("case-fix")).data
     assert fixed == {"amount": 100, "score": 700, "decision": "approve"}
     fork_log = await store.history("case-fix")
-    assert [e.author for e in fork_log] == ["intake", "scorer", "decider"]
+    assert [(e.kind, e.author) for e in fork_log] == [
+        ("write", "intake"),
+        ("rollback", "system"),
+        ("write", "scorer"),
+        ("write", "decider"),
+    ]
+    assert fork_log[1].reason == f"forked from case@{bad.version - 1}"
     assert await everything(store, "case") == original  # the original is untouched
     assert await provenance(store, "case") is None
 
