@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import json
 import os
 import signal
@@ -13,7 +12,6 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
@@ -317,25 +315,3 @@ def start(ctx: Ctx, app_spec: str, board_id: str, input_file: Any) -> None:
         )
 
     run_async(ctx, go)
-
-
-@main.command()
-@click.option("--fast", is_flag=True, help="No pauses between steps.")
-@click.pass_obj
-def demo(ctx: Ctx, fast: bool) -> None:
-    """The loan example on the embedded store, with a readable live timeline."""
-    root = Path(__file__).resolve().parents[2]
-    example = root / "examples" / "loan.py"
-    if not example.exists():
-        click.echo(
-            "error: examples/loan.py not found: run the demo from a checkout of the "
-            "repository (pip install -e .).",
-            err=True,
-        )
-        sys.exit(2)
-    sys.path.insert(0, str(root))
-    loan: Any = importlib.import_module("examples.loan")
-
-    started = time.monotonic()
-    run_async(ctx, lambda: loan.main(pause=0.0 if fast else 0.3))
-    click.echo(f"({time.monotonic() - started:.1f} s)")
