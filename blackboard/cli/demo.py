@@ -136,7 +136,7 @@ async def _timeline(store: BoardStore, started: float) -> None:
                     f"{', '.join(e['keys'])}"
                 )
     finally:
-        await pubsub.aclose()
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def _why(store: BoardStore, board: str) -> None:
@@ -150,7 +150,8 @@ async def _why(store: BoardStore, board: str) -> None:
     for act in acts:
         if act.reason == "rewrite":
             click.echo(f"  -> {act.agent} asked to rewrite: {act.feedback}")
-    for _, incident in await store.redis.xrange(keys.incidents):
+    incidents = cast("list[tuple[str, dict[str, str]]]", await store.redis.xrange(keys.incidents))
+    for _, incident in incidents:
         click.echo(f"  incident {incident['kind']}: {incident['detail']}")
 
 
