@@ -1,8 +1,8 @@
 """``blackboard demo``: every mechanism of the framework once, on the embedded store,
 offline and in about a second: commits, a trigger, the human gate, the audit rollback, a
 policy's rejection with its reason, a validation failure rewritten, and the loop
-breaker. Each commit prints as it lands (from the boards' event channels); rewrites and
-incidents print with their reasons after each case.
+breaker. Each commit prints as it lands (the loan example's timeline, from the boards'
+event channels); rewrites and incidents print with their reasons after each case.
 
 It runs the repository's examples (loan approval and procurement) plus one small board
 of its own, so it needs a checkout (``pip install -e .``)."""
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import sys
 import time
@@ -121,24 +120,6 @@ def _cases(loan: Any, procurement: Any) -> list[Case]:
     ]
 
 
-async def _timeline(store: BoardStore, started: float) -> None:
-    """Print every commit of every board as it lands."""
-    pubsub = store.redis.pubsub()
-    await pubsub.psubscribe(f"{store.settings.key_prefix}:*:events")
-    try:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-            if message is not None:
-                e = json.loads(message["data"])
-                click.echo(
-                    f"  {time.monotonic() - started:6.3f}s  {e['board']:<17} "
-                    f"v{e['version']:<2} {e['kind']:<9} {e['author']:<18} "
-                    f"{', '.join(e['keys'])}"
-                )
-    finally:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
 async def _why(store: BoardStore, board: str) -> None:
     """The rewrites (with the reason the proposal was refused) and the incidents."""
     keys = store.keys(board)
@@ -170,9 +151,9 @@ async def _run(case: Case, store: BoardStore) -> str:
     return f"{info.status} at version {info.version}"
 
 
-async def tour(cases: list[Case], pause: float) -> None:
+async def tour(loan: Any, cases: list[Case], pause: float) -> None:
     store = BoardStore.from_url(None)
-    live = asyncio.create_task(_timeline(store, time.monotonic()))
+    live = asyncio.create_task(loan.timeline(store, time.monotonic()))
     try:
         for number, case in enumerate(cases, 1):
             click.echo(f"\n== {number}. {case.shows}")
@@ -207,5 +188,5 @@ def demo(ctx: Ctx, fast: bool) -> None:
     if not ctx.debug:  # the escalation the tour provokes is narrated, not a warning
         logging.getLogger("blackboard").setLevel(logging.ERROR)
     started = time.monotonic()
-    run_async(ctx, lambda: tour(_cases(loan, procurement), pause=0.0 if fast else 0.3))
+    run_async(ctx, lambda: tour(loan, _cases(loan, procurement), pause=0.0 if fast else 0.3))
     click.echo(f"({time.monotonic() - started:.1f} s)")
