@@ -404,3 +404,11 @@ async def a(ctx: Context) -> Output:
 
 app = App(board=Note, agents=[a], start=["a"], done=lambda b: False, done_reads=["text"])
 """
+
+
+def test_readme_lists_every_command() -> None:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The `blackboard` command line") : text.index("## Examples")]
+    missing = [name for name in main.commands if f"`{name}" not in section]
+    assert missing == [], f"README's command line section does not mention {missing}"
+    assert "PYTHONPATH" not in text  # --app imports from the current folder
