@@ -18,6 +18,7 @@ import click
 
 from blackboard import codec
 from blackboard.app import App, load_app
+from blackboard.cli.act import live_supervisors
 from blackboard.cli.base import EXIT_USAGE, Ctx, main, run_async, wait_for_redis, wait_option
 from blackboard.errors import ConfigError
 from blackboard.keys import GlobalKeys
@@ -313,5 +314,11 @@ def start(ctx: Ctx, app_spec: str, board_id: str, input_file: Any) -> None:
             f"started {info.board_id} ({info.schema_name}); follow it with "
             f"`blackboard watch {info.board_id}`"
         )
+        if not await live_supervisors(store):
+            click.echo(
+                f"note: no supervisor is running; board {board_id} waits until one starts "
+                f"(`blackboard supervisor --app {app_spec}`).",
+                err=True,
+            )
 
     run_async(ctx, go)
