@@ -412,3 +412,13 @@ def test_readme_lists_every_command() -> None:
     missing = [name for name in main.commands if f"`{name}" not in section]
     assert missing == [], f"README's command line section does not mention {missing}"
     assert "PYTHONPATH" not in text  # --app imports from the current folder
+
+
+def test_start_says_when_no_supervisor_runs(redis_servers: Any) -> None:
+    url = redis_servers().url
+    started = invoke(url, "start", "--app", APP, "--board", "alone")
+    assert started.exit_code == 0, started.output
+    assert started.stderr == (
+        "note: no supervisor is running; board alone waits until one starts "
+        f"(`blackboard supervisor --app {APP}`).\n"
+    )
