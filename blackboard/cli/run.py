@@ -249,6 +249,7 @@ def run_app(
         store = ctx.store(embedded_ok=True)
         if ctx.redis is not None:
             await wait_for_redis(ctx, store, wait_s)
+            await _refuse_other_app(store, app)  # its declaration would replace theirs
         stop = _stop_on_signals(f"the activations in hand on board {board}")
         async with Deployment(app, store) as d:
             await d.start(board, initial)

@@ -231,12 +231,13 @@ def test_set_with_no_time_to_wait_says_what_became_of_the_command(deployed: str)
     _wait_for(lambda: asyncio.run(landed()), "the queued set to land")
 
 
-def test_start_and_agent_refuse_another_deployed_app(deployed: str, tmp_path: Path) -> None:
+def test_start_agent_and_run_refuse_another_deployed_app(deployed: str, tmp_path: Path) -> None:
     (tmp_path / "other.py").write_text(OTHER_APP)
     env = {**_no_pythonpath(), "BLACKBOARD_REDIS_URL": deployed}
     for args in (
         ["start", "--app", "other:app", "--board", "o1"],
         ["agent", "a", "--app", "other:app", "--wait-for-redis", "0"],
+        ["run", "--app", "other:app", "--wait-for-redis", "0"],
     ):
         done = subprocess.run(
             [sys.executable, "-m", "blackboard", *args],
