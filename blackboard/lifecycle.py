@@ -7,7 +7,8 @@ and the supervisor's records (activations, outcomes, held proposals, incidents).
 **Import** rebuilds the board by replaying the log through the commit script, so every
 version reads, diffs and lists in history as in the original (each entry's ``ts_ms`` is
 the import's: the original times stay in the file). **Fork** is an import of the log up
-to a version, under a new id, with its provenance (``forked_from``) in the metadata.
+to a version, under a new id, then a no-op commit saying where it was forked from (also
+``forked_from`` in the metadata).
 
 Replaying needs no Python board model: the values were validated when they were first
 committed, so the replay checks only that each entry lands as the version it was.
@@ -15,6 +16,7 @@ committed, so the replay checks only that each entry lands as the version it was
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -40,6 +42,7 @@ __all__ = [
     "import_board",
     "provenance",
     "read_export",
+    "write_export",
 ]
 
 EXPORT_FORMAT = "blackboard.board/1"
@@ -230,23 +233,45 @@ def _replaying(store: BoardStore, declaration: Any) -> tuple[BoardStore, BoardSc
     return replay, schema
 
 
+ARCHIVE_ATTEMPTS = 3
+"""Exports :func:`archive_board` makes of a board that commits meanwhile, before it
+gives up (nothing is removed then)."""
+
+
 async def archive_board(store: BoardStore, board_id: str, path: str | Path) -> Path:
     """Export ``board_id`` to the JSON file ``path``, then remove it from Redis (the
-    file is complete on disk before anything is removed). Returns the file's path.
+    file is complete on disk, and holds every commit, before anything is removed).
+    Returns the file's path. Meant for boards that are done or stopped.
 
     Raises:
-        BoardNotFound, StoreUnavailable; OSError when the file cannot be written.
+        BoardNotFound, StoreUnavailable; OSError when the file cannot be written;
+        ConfigError: the board kept committing (see :data:`ARCHIVE_ATTEMPTS`).
     """
     target = Path(path)
-    data = await export_board(store, board_id)
+    for _ in range(ARCHIVE_ATTEMPTS):
+        data = await export_board(store, board_id)
+        await asyncio.to_thread(write_export, target, data)
+        if await store.version(board_id) == len(data["log"]):
+            break  # nothing committed meanwhile: the file holds all of it
+    else:
+        raise ConfigError(
+            f"board {board_id!r} kept changing while it was archived; pause it "
+            "(`blackboard pause`) or let it finish, then archive it."
+        )
+    await delete_board(store, board_id)
+    return target
+
+
+def write_export(path: str | Path, data: dict[str, Any]) -> None:
+    """Write an export to ``path`` whole or not at all (a partial file, synced, then
+    renamed over it)."""
+    target = Path(path)
     partial = target.with_name(target.name + ".partial")
     with partial.open("w", encoding="utf-8") as out:
         json.dump(data, out, ensure_ascii=False)
         out.flush()
         os.fsync(out.fileno())
     partial.replace(target)
-    await delete_board(store, board_id)
-    return target
 
 
 async def delete_board(store: BoardStore, board_id: str) -> None:

@@ -5,6 +5,7 @@ agents carry it on (``--rerun AGENT`` activates that agent at once instead)."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any, cast
@@ -23,6 +24,7 @@ from blackboard.lifecycle import (
     fork_board,
     import_board,
     read_export,
+    write_export,
 )
 from blackboard.records import BoardInfo
 from blackboard.store import BoardStore
@@ -69,7 +71,7 @@ def archive(ctx: Ctx, board: str, path: Path, keep: bool) -> None:
         store = ctx.store()
         if keep:
             data = await export_board(store, board)
-            path.write_text(codec.dumps(data), encoding="utf-8")
+            await asyncio.to_thread(write_export, path, data)
             return len(data["log"])
         version = (await store.info(board)).version
         await archive_board(store, board, path)

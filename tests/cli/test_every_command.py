@@ -278,6 +278,11 @@ def test_delete_archive_import_and_fork(deployed: str, tmp_path: Path) -> None:
     assert "removed from Redis" in archived.stdout
     check(invoke(deployed, "show", "copy"), 1)
     check(invoke(deployed, "archive", "loan-clean", "--to", str(export)), 2)  # exists
+    kept = invoke(deployed, "archive", "loan-clean", "--to", str(tmp_path / "kept.json"), "--keep")
+    check(kept, 0)
+    assert "kept in Redis" in kept.stdout
+    assert json.loads((tmp_path / "kept.json").read_text())["board"] == "loan-clean"
+    check(invoke(deployed, "show", "loan-clean"), 0)
     check(invoke(deployed, "import", str(export)), 0)
     after = check(invoke(deployed, "history", "copy", "--json"), 0, json_board="tax_id")
     assert [{**e, "ts_ms": 0} for e in after] == [{**e, "ts_ms": 0} for e in before]
