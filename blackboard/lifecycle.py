@@ -31,6 +31,7 @@ from blackboard.errors import ConfigError, ValidationFailed
 from blackboard.keys import GlobalKeys, check_board_id
 from blackboard.records import BoardInfo, CommitResult, LogEntry, Proposal
 from blackboard.schema import BoardSchema
+from blackboard.status import BoardStatus
 from blackboard.store import BoardStore
 
 __all__ = [
@@ -174,9 +175,9 @@ async def _restore(store: BoardStore, board_id: str, export: dict[str, Any]) -> 
     if records["saga"]:
         pipe.rpush(keys.saga, *records["saga"])
     status = meta.get("status")
-    if status in ("escalated", "awaiting_approval"):
+    if status in (BoardStatus.ESCALATED, BoardStatus.AWAITING_APPROVAL):
         pipe.zadd(gk.escalations, {board_id: int(meta.get("updated") or time.time() * 1000)})
-    if status == "archived":
+    if status == BoardStatus.ARCHIVED:
         pipe.zadd(gk.archived, {board_id: time.time() * 1000})
         pipe.zrem(gk.boards, board_id)
     await pipe.execute()
@@ -316,7 +317,7 @@ async def fork_board(
     records = data["records"]
     meta = {k: v for k, v in data["meta"].items() if k in ("deadline_ms",)}
     meta.update(
-        status="active",
+        status=BoardStatus.ACTIVE,
         compliant=str(min(int(data["meta"].get("compliant", 0)), at)),
         forked_from=f"{board_id}@{at}",
     )

@@ -27,6 +27,7 @@ from blackboard.app import App
 from blackboard.cli.base import EXIT_USAGE, Ctx, main, run_async
 from blackboard.records import Activation
 from blackboard.schema import Key
+from blackboard.status import BoardStatus
 from blackboard.store import BoardStore
 
 __all__: list[str] = []
@@ -142,7 +143,7 @@ async def _run(case: Case, store: BoardStore) -> str:
     async with Deployment(case.app, store) as d:
         await d.start(case.board, case.initial)
         info = await d.settle(case.board)
-        if info.status == "awaiting_approval":
+        if info.status == BoardStatus.AWAITING_APPROVAL:
             click.echo("  (held at the gate: human:officer approves it)")
             await d.command(case.board, "approve", by="human:officer", note="AML review done")
             info = await d.settle(case.board)

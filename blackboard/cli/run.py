@@ -22,6 +22,7 @@ from blackboard.cli.act import live_supervisors
 from blackboard.cli.base import EXIT_USAGE, Ctx, main, run_async, wait_for_redis, wait_option
 from blackboard.errors import ConfigError
 from blackboard.keys import GlobalKeys
+from blackboard.status import BoardStatus
 from blackboard.store import BoardStore
 
 __all__: list[str] = []
@@ -286,7 +287,7 @@ def run_app(
         return info.status
 
     status = run_async(ctx, go)
-    sys.exit(0 if status == "done" else 1)
+    sys.exit(0 if status == BoardStatus.DONE else 1)
 
 
 @main.command()
