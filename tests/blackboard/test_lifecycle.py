@@ -195,3 +195,21 @@ async def test_fork_refuses_a_version_the_board_does_not_have(store: BoardStore)
     with pytest.raises(BoardNotFound):
         await fork_board(store, "nope", 1, "ok-3")
     assert [b.board_id for b in await store.boards()] == ["ok"]
+
+
+async def test_a_fork_with_rerun_activates_that_agent_on_it(store: BoardStore) -> None:
+    async with Deployment(case_app(buggy_scorer), store) as d:
+        await d.start("case")
+        await d.settle("case")
+    bad = next(e for e in await store.history("case") if e.author == "scorer")
+    async with Deployment(case_app(fixed_scorer), store) as d:
+        await fork_board(store, "case", bad.version, "case-rerun")  # the bad score kept
+        refused = await d.command("case-rerun", "resume", rerun=["scorr"])
+        assert refused.status == "rejected"
+        assert "cannot re-run scorr: not an agent of the app" in refused.message
+        outcome = await d.command("case-rerun", "resume", rerun=["scorer"])
+        assert outcome.status == "committed" and "re-run as asked" in outcome.message
+        assert (await d.settle("case-rerun")).status == "done"
+    authors = [e.author for e in await store.history("case-rerun")]
+    assert authors == ["intake", "scorer", "system", "scorer", "decider"]
+    assert await store.read_key("case-rerun", "score") == 700
