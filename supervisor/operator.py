@@ -416,6 +416,13 @@ class Operator:
         """Back to active: loop counters reset (a human looked), and whatever the board
         needs to go on activated (:meth:`_set_going`): after resume a board is never
         active with nothing to do."""
+        names = self.sup.app.agent_names
+        if unknown := sorted(set(map(str, args.get("rerun", ()))) - set(names)):
+            raise ValidationFailed(
+                f"cannot re-run {', '.join(unknown)}: not an agent of the app; its agents "
+                f"are {', '.join(names)}.",
+                rule="usage",
+            )
         bk = self.sup.keys.board(sub.board_id)
         if await self.sup.redis.hexists(bk.routed, f"resume.{sub.proposal_id}"):
             # a redelivered resume whose routing ran: it set the status already
@@ -461,10 +468,15 @@ class Operator:
         log = await sup.store.history(board_id)
         last = log[-1] if log else None
         version = last.version if last is not None else 0
+        # route as after the last commit that changed something (not a fork's provenance
+        # note or a no-op rollback)
+        work = next((e for e in reversed(log) if e.patch), None)
         wanted = await self._timed_out_since(board_id, last.ts_ms if last is not None else 0)
         done, how = False, "timed out since the last commit, activated again"
-        if not wanted:
-            wanted, done, how = await self._after_last(sub, last)
+        if rerun := [str(name) for name in sub.args.get("rerun", ())]:  # e.g. on a fork
+            wanted, how = [Wanted(name, "start") for name in rerun], "re-run as asked"
+        elif not wanted:
+            wanted, done, how = await self._after_last(sub, work)
             if not repeat:
                 wanted = []
         step = Routing(routing_id=f"resume.{sub.proposal_id}", version=version)

@@ -13,6 +13,7 @@ import time
 from typing import Any, cast
 
 import click
+from redis import exceptions as redis_errors
 
 from blackboard import codec
 from blackboard.cli.base import Ctx, main, run_async
@@ -20,13 +21,89 @@ from blackboard.errors import ConfigError
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submit
 from blackboard.records import Outcome, Submission
+from blackboard.store import BoardStore
 
-__all__: list[str] = []
+__all__ = ["live_supervisors", "report", "send_command", "unanswered"]
 
 
 def _operator(name: str | None) -> str:
     who = name or os.environ.get("BLACKBOARD_OPERATOR") or getpass.getuser()
     return who if who.startswith("human:") else f"human:{who}"
+
+
+SUPERVISORS = "supervisor"
+"""The consumer group of the supervisor replicas on the submission streams."""
+
+
+async def send_command(
+    ctx: Ctx,
+    store: BoardStore,
+    board: str,
+    command: str,
+    operator: str | None,
+    wait: float,
+    reason: str = "",
+    **args: Any,
+) -> tuple[Submission, Outcome | None]:
+    """Submit an operator command and wait up to ``wait`` seconds for its recorded
+    outcome (looked at once more when the time is up, however short it was)."""
+    sub = Submission(
+        kind="command",
+        board_id=board,
+        author=_operator(operator),
+        command=command,
+        args=args,
+        reason=reason,
+    )
+    await submit(store.redis, store.settings.key_prefix, sub)
+    deadline = time.monotonic() + wait
+    results = store.keys(board).results
+    with ctx.progress.status(f"{command} {board}: waiting for the supervisor..."):
+        while True:
+            raw = await store.redis.hget(results, sub.proposal_id)
+            if raw is not None:
+                return sub, codec.load_model(Outcome, raw, f"the outcome of {command} {board}")
+            if time.monotonic() >= deadline:
+                return sub, None
+            await asyncio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+
+
+async def live_supervisors(store: BoardStore) -> list[str]:
+    """Supervisor replicas beating now (their liveness key is there)."""
+    gk = GlobalKeys(store.settings.key_prefix)
+    try:
+        consumers = await store.redis.xinfo_consumers(gk.proposals(0), SUPERVISORS)
+    except redis_errors.ResponseError:  # no stream or group: none ever ran
+        return []
+    return [str(c["name"]) for c in consumers if await store.redis.exists(gk.live(c["name"]))]
+
+
+def unanswered(command: str, board: str, wait: float, sub: Submission, live: list[str]) -> str:
+    """What happened to a command no supervisor answered in time, and what to do."""
+    if live:
+        return (
+            f"error: no answer within {wait:g} s; the {command} command is queued "
+            f"(proposal {sub.proposal_id}) and supervisor {live[0]} is running: it will "
+            f"run it. See what it did with `blackboard history {board}`, or pass a longer "
+            "--wait."
+        )
+    return (
+        f"error: no supervisor answered within {wait:g} s and none is running; the "
+        f"{command} command stays queued (proposal {sub.proposal_id}) and runs when a "
+        "supervisor starts (`blackboard supervisor --app ...`)."
+    )
+
+
+def report(command: str, board: str, outcome: Outcome) -> None:
+    """One line for the outcome; exit 0 if committed, else 1."""
+    failed = outcome.status != "committed"
+    line = f"{'error: ' if failed else ''}{command} {board}: {outcome.status}"
+    if outcome.version is not None:
+        line += f" (version {outcome.version})"
+    if outcome.message:
+        line += f" - {outcome.message}"
+    click.echo(line, err=failed)
+    sys.exit(1 if failed else 0)
 
 
 def _command(
@@ -38,43 +115,19 @@ def _command(
     reason: str = "",
     **args: Any,
 ) -> None:
-    async def go() -> Outcome | None:
+    async def go() -> tuple[Submission, Outcome | None, list[str]]:
         store = ctx.store()
         await store.info(board)  # unknown boards fail here, with suggestions
-        sub = Submission(
-            kind="command",
-            board_id=board,
-            author=_operator(operator),
-            command=command,
-            args=args,
-            reason=reason,
+        sub, outcome = await send_command(
+            ctx, store, board, command, operator, wait, reason, **args
         )
-        await submit(store.redis, store.settings.key_prefix, sub)
-        deadline = time.monotonic() + wait
-        results = store.keys(board).results
-        with ctx.progress.status(f"{command} {board}: waiting for the supervisor..."):
-            while time.monotonic() < deadline:
-                raw = await store.redis.hget(results, sub.proposal_id)
-                if raw is not None:
-                    return codec.load_model(Outcome, raw, f"the outcome of {command} {board}")
-                await asyncio.sleep(0.05)
-        return None
+        return sub, outcome, [] if outcome else await live_supervisors(store)
 
-    outcome = run_async(ctx, go)
+    sub, outcome, live = run_async(ctx, go)
     if outcome is None:
-        click.echo(
-            f"error: no supervisor answered within {wait:g} s; the {command} command "
-            "stays queued and runs when a supervisor starts.",
-            err=True,
-        )
+        click.echo(unanswered(command, board, wait, sub, live), err=True)
         sys.exit(1)
-    line = f"{command} {board}: {outcome.status}"
-    if outcome.version is not None:
-        line += f" (version {outcome.version})"
-    if outcome.message:
-        line += f" - {outcome.message}"
-    click.echo(line, err=outcome.status != "committed")
-    sys.exit(0 if outcome.status == "committed" else 1)
+    report(command, board, outcome)
 
 
 def _common(fn: Any) -> Any:
@@ -201,8 +254,14 @@ def set_keys(
             sys.exit(2)
         try:
             values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw  # a bare word is a string
+        except json.JSONDecodeError as exc:
+            click.echo(
+                f"error: the value of {key} is not valid JSON ({exc.msg} at column "
+                f"{exc.colno}): {raw}. A string is quoted in JSON, e.g. "
+                f"""{key}='"some text"'.""",
+                err=True,
+            )
+            sys.exit(2)
     _command(ctx, board, "set", operator, wait, reason=reason, values=values)
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -113,6 +114,7 @@ def run_async(ctx: Ctx, fn: Callable[[], Awaitable[T]]) -> T:
         click.echo(f"error: Redis at {ctx.shown_url} refused: {_reason(exc)}.", err=True)
         sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
+        click.echo(f"interrupted: stopped at {time.strftime('%H:%M:%S')}.", err=True)
         sys.exit(130)
 
 
@@ -187,7 +189,61 @@ def emit(ctx: Ctx, data: Any, as_json: bool, render: Callable[[], None]) -> None
         render()
 
 
-@click.group()
+def _late(param: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """The callback of a group option given again after the subcommand: it wins."""
+
+    def set_it(click_ctx: click.Context, _: click.Parameter, value: Any) -> None:
+        if value:  # not given: the group's value (or environment) stands
+            setattr(click_ctx.find_object(Ctx), param, value)
+
+    return set_it
+
+
+class _Group(click.Group):
+    """Every subcommand also takes ``--redis`` and ``--debug`` after its name
+    (``blackboard show b1 --redis URL``), as people type them."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(
+            click.Option(
+                ["--redis", "late_redis"],
+                expose_value=False,
+                callback=_late("redis"),
+                help="redis:// or unix:// URL (also accepted before the command).",
+            )
+        )
+        cmd.params.append(
+            click.Option(
+                ["--debug", "late_debug"],
+                is_flag=True,
+                expose_value=False,
+                callback=_late("debug"),
+                help="Show tracebacks.",
+            )
+        )
+        super().add_command(cmd, name)
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """As click's, but a usage error is one line like every other error (click
+        prints the usage block first), with where to read more."""
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "blackboard"
+            what = exc.format_message().rstrip(".")
+            click.echo(f"error: {what}; see `{where} --help`.", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted.", err=True)
+            sys.exit(EXIT_FAILED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Group)
 @click.option(
     "--redis",
     "redis_url",

@@ -3,42 +3,121 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-import importlib
 import json
+import os
 import signal
 import sys
 import time
 import uuid
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
 
 import click
 
+from blackboard import codec
 from blackboard.app import App, load_app
-from blackboard.cli.base import Ctx, main, run_async, wait_for_redis, wait_option
+from blackboard.cli.act import live_supervisors
+from blackboard.cli.base import EXIT_USAGE, Ctx, main, run_async, wait_for_redis, wait_option
 from blackboard.errors import ConfigError
+from blackboard.keys import GlobalKeys
+from blackboard.status import BoardStatus
+from blackboard.store import BoardStore
 
 __all__: list[str] = []
 
+T = TypeVar("T")
 
-def _stop_on_signals() -> asyncio.Event:
-    """SIGTERM/SIGINT set the event: the work in hand finishes, then the process exits."""
+
+def _stop_on_signals(what: str) -> asyncio.Event:
+    """SIGTERM/SIGINT set the event: the work in hand finishes, then the process exits.
+    One line says what is being finished (``what``); :func:`_stopped` says when it
+    stopped."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stopping(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            click.echo(f"{sig.name}: stopping; finishing {what}...", err=True)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stopping, sig)
     return stop
 
 
+def _stopped(who: str, stop: asyncio.Event) -> None:
+    if stop.is_set():
+        click.echo(f"{who} stopped at {time.strftime('%H:%M:%S')}.", err=True)
+
+
 def _load(ctx: Ctx, spec: str) -> App:
+    """The app, importable from the current directory as uvicorn and gunicorn do; any
+    failure to import it is one line (exit 2), with the traceback under --debug."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         return load_app(spec)
-    except ConfigError as exc:
+    except Exception as exc:
         if ctx.debug:
             raise
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        click.echo(f"error: {_not_loaded(spec, exc)}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _not_loaded(spec: str, exc: Exception) -> str:
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    if isinstance(exc, SyntaxError):
+        return (
+            f"--app {spec!r}: syntax error in {exc.filename}, line {exc.lineno}: {exc.msg}. "
+            "Fix the module."
+        )
+    return (
+        f"--app {spec!r}: importing it raised {type(exc).__name__}: {exc}. Fix the module "
+        "(--debug shows the traceback)."
+    )
+
+
+def _initial(input_file: Any) -> dict[str, Any] | None:
+    """The --input file's JSON object, or one line (exit 2) saying what is wrong."""
+    if input_file is None:
+        return None
+    name = getattr(input_file, "name", "--input")
+    try:
+        data = json.load(input_file)
+    except json.JSONDecodeError as exc:
+        problem = f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    except UnicodeDecodeError:
+        problem = "is not UTF-8 text"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"holds a JSON {type(data).__name__}"
+    click.echo(
+        f"error: --input {name} {problem}; give a JSON object of initial board values, "
+        'e.g. {"application": {"amount": 1000}}.',
+        err=True,
+    )
+    sys.exit(EXIT_USAGE)
+
+
+async def _refuse_other_app(store: BoardStore, app: App) -> None:
+    """Refuse to work beside another app deployed in this Redis, as the supervisor does:
+    a board started for it, or an agent serving it, would wait for ever."""
+    raw = await store.redis.get(GlobalKeys(store.settings.key_prefix).app)
+    if raw is None:
+        return
+    deployed = codec.loads(cast(str, raw), "the app declaration in Redis")
+    mine = app.declaration()
+    if deployed.get("digest") != mine["digest"]:
+        raise ConfigError(
+            f"Redis runs app {deployed.get('name')!r} (declaration {deployed.get('digest')}), "
+            f"not this {app.name!r} ({mine['digest']}): no supervisor here would serve it. "
+            "Point --redis at that app's Redis, or deploy this app's supervisor first "
+            "(--replace-declaration)."
+        )
 
 
 GC_THRESHOLD = 10_000
@@ -85,10 +164,11 @@ def supervisor(
         await wait_for_redis(ctx, store, wait_s)
         sup = Supervisor(app, store, name=name, shards=shards)
         await sup.publish(replace=replace_declaration)
-        stop = _stop_on_signals()
+        stop = _stop_on_signals("the batch in hand and the one read ahead")
         click.echo(f"supervisor {sup.name} running app {app.name}", err=True)
         _tune_gc()
         await sup.run(stop)
+        _stopped(f"supervisor {sup.name}", stop)
 
     run_async(ctx, go)
 
@@ -111,12 +191,28 @@ def agent(
     async def go() -> None:
         store = ctx.store()
         await wait_for_redis(ctx, store, wait_s)
+        await _refuse_other_app(store, app)
         worker = AgentWorker(app, agent_name, store, name=name, shards=shards)
-        stop = _stop_on_signals()
+        stop = _stop_on_signals("the activation in hand")
         click.echo(f"agent {worker.name} running", err=True)
         await worker.run(stop)
+        _stopped(f"agent {worker.name}", stop)
 
     run_async(ctx, go)
+
+
+async def _settle_unless(stop: asyncio.Event, settling: Awaitable[T]) -> T | None:
+    """``settling``'s result, or None once ``stop`` is set first."""
+    task = asyncio.ensure_future(settling)
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 @main.command("run")
@@ -147,17 +243,23 @@ def run_app(
     from blackboard.supervisor import Deployment
 
     app = _load(ctx, app_spec)
-    initial = json.load(input_file) if input_file else None
+    initial = _initial(input_file)
     board = board_id or f"{app.name.lower()}-{uuid.uuid4().hex[:6]}"
 
     async def go() -> str:
         store = ctx.store(embedded_ok=True)
         if ctx.redis is not None:
             await wait_for_redis(ctx, store, wait_s)
+            await _refuse_other_app(store, app)  # its declaration would replace theirs
+        stop = _stop_on_signals(f"the activations in hand on board {board}")
         async with Deployment(app, store) as d:
             await d.start(board, initial)
             with ctx.progress.status(f"running {app.name} on board {board}..."):
-                info = await d.settle(board, timeout=timeout)
+                info = await _settle_unless(stop, d.settle(board, timeout=timeout))
+        if info is None:
+            info = await store.info(board)
+            _stopped(f"run (board {board} at version {info.version}, {info.status})", stop)
+            return "stopped"
         state = await store.read(board)
         history = await store.history(board)
         if as_json:
@@ -185,7 +287,7 @@ def run_app(
         return info.status
 
     status = run_async(ctx, go)
-    sys.exit(0 if status == "done" else 1)
+    sys.exit(0 if status == BoardStatus.DONE else 1)
 
 
 @main.command()
@@ -204,36 +306,21 @@ def start(ctx: Ctx, app_spec: str, board_id: str, input_file: Any) -> None:
     from blackboard.supervisor import Supervisor
 
     app = _load(ctx, app_spec)
-    initial = json.load(input_file) if input_file else None
+    initial = _initial(input_file)
 
     async def go() -> None:
         store = ctx.store()
+        await _refuse_other_app(store, app)
         info = await Supervisor(app, store).start(board_id, initial)
         click.echo(
             f"started {info.board_id} ({info.schema_name}); follow it with "
             f"`blackboard watch {info.board_id}`"
         )
+        if not await live_supervisors(store):
+            click.echo(
+                f"note: no supervisor is running; board {board_id} waits until one starts "
+                f"(`blackboard supervisor --app {app_spec}`).",
+                err=True,
+            )
 
     run_async(ctx, go)
-
-
-@main.command()
-@click.option("--fast", is_flag=True, help="No pauses between steps.")
-@click.pass_obj
-def demo(ctx: Ctx, fast: bool) -> None:
-    """The loan example on the embedded store, with a readable live timeline."""
-    root = Path(__file__).resolve().parents[2]
-    example = root / "examples" / "loan.py"
-    if not example.exists():
-        click.echo(
-            "error: examples/loan.py not found: run the demo from a checkout of the "
-            "repository (pip install -e .).",
-            err=True,
-        )
-        sys.exit(2)
-    sys.path.insert(0, str(root))
-    loan: Any = importlib.import_module("examples.loan")
-
-    started = time.monotonic()
-    run_async(ctx, lambda: loan.main(pause=0.0 if fast else 0.3))
-    click.echo(f"({time.monotonic() - started:.1f} s)")

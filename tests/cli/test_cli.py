@@ -289,9 +289,17 @@ def test_demo_prints_a_live_timeline() -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "held at the AML gate" in done.stdout
-    assert "loan-income-slip   v2  rollback  supervisor" in done.stdout
-    assert done.stdout.count("done at version") == 4
+    assert done.stderr == ""
+    out = done.stdout
+    assert out.count("loan-clean         v") == 3  # commits
+    assert "loan-bad-tax-id    v2  write     clarification" in out  # a trigger
+    assert "held at the gate" in out and "v3  approval  human:officer" in out
+    assert "loan-income-slip   v2  rollback  supervisor" in out  # the audit rollback
+    assert "incident rollback: audit 'income_consistency' failed" in out
+    assert "negotiation asked to rewrite: agreed price is above max_budget" in out
+    assert "reader asked to rewrite: value of key 'amount' fails its type" in out
+    assert "incident loop: handoff negotiation>sourcing repeated 3 times" in out
+    assert "== stalemate: escalated" in out and out.count(": done at version") == 6
 
 
 @pytest.mark.slow
