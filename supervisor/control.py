@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from blackboard.app import App
 from blackboard.records import Handoff
@@ -14,7 +14,11 @@ from blackboard.records import Handoff
 if TYPE_CHECKING:
     from blackboard.agents.agent import Trigger
 
-__all__ = ["Plan", "Wanted", "join_keys", "plan_after_commit", "reads_for"]
+__all__ = ["Plan", "Reason", "Wanted", "join_keys", "plan_after_commit", "reads_for"]
+
+Reason = Literal["start", "handoff", "trigger", "router", "rewrite", "summarise"]
+"""Why an agent is activated: the values of :attr:`blackboard.records.Activation.reason`
+(mypy checks the two agree wherever a wanted activation becomes a record)."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class Wanted:
     """One activation the supervisor wants."""
 
     agent: str
-    reason: str
+    reason: Reason
     payload: dict[str, Any] = field(default_factory=dict)
     feedback: str = ""
     """For a rewrite (or a summarisation redone): what to fix. Apart from the payload,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from blackboard.agents.runtime import GROUP as WORKERS
 from blackboard.supervisor.control import Wanted, plan_after_commit
-from blackboard.supervisor.loops import Routing
+from blackboard.supervisor.routing import Routing
 
 from blackboard import codec
 from blackboard.errors import BlackboardError, ValidationFailed
@@ -31,6 +31,7 @@ from blackboard.records import (
     new_id,
 )
 from blackboard.schema import HUMAN
+from blackboard.status import BoardStatus
 
 if TYPE_CHECKING:
     from blackboard.supervisor.process import Supervisor
@@ -162,8 +163,8 @@ class Operator:
         """Back to active, only from awaiting_approval: a redelivered command must not
         reopen a board its first run already finished."""
         bk = self.sup.keys.board(board_id)
-        if await self.sup.redis.hget(bk.meta, "status") == "awaiting_approval":
-            await self.sup.redis.hset(bk.meta, "status", "active")
+        if await self.sup.redis.hget(bk.meta, "status") == BoardStatus.AWAITING_APPROVAL:
+            await self.sup.redis.hset(bk.meta, "status", BoardStatus.ACTIVE)
             await self.sup.redis.zrem(self.sup.keys.escalations, board_id)
 
     async def _release(self, sub: Submission, held: Submission, answer: Outcome) -> None:
@@ -344,11 +345,11 @@ class Operator:
             return  # a redelivered command: its routing ran (and set the status) already
         # The content went back: handoffs meeting it again are not a cycle of the agents'.
         await redis.hdel(bk.loops, "recent")
-        if await redis.hget(bk.meta, "status") == "done":
-            await redis.hset(bk.meta, "status", "active")  # decided again just below
+        if await redis.hget(bk.meta, "status") == BoardStatus.DONE:
+            await redis.hset(bk.meta, "status", BoardStatus.ACTIVE)  # decided again just below
         step = Routing(routing_id=routing_id, version=0, rewrite=rewrite)
         if check_done and await self._done_now(board_id):
-            step.status, redo = "done", []
+            step.status, redo = BoardStatus.DONE, []
         elif not redo:
             await self._stall_if_idle(board_id, what)
             return
@@ -395,7 +396,7 @@ class Operator:
 
     async def _not_done(self, sub: Submission) -> None:
         status = await self.sup.redis.hget(self.sup.keys.board(sub.board_id).meta, "status")
-        if status == "done":
+        if status == BoardStatus.DONE:
             raise ValidationFailed(
                 f"board {sub.board_id!r} is done; {sub.command} applies to active, paused or "
                 "escalated boards. To reopen a done board, roll it back (`blackboard "
@@ -408,7 +409,7 @@ class Operator:
     async def pause(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         bk = self.sup.keys.board(sub.board_id)
         await self.sup.redis.hset(
-            bk.meta, mapping={"status": "paused", "updated": int(time.time() * 1000)}
+            bk.meta, mapping={"status": BoardStatus.PAUSED, "updated": int(time.time() * 1000)}
         )
         return Outcome(status="committed", message=f"paused by {sub.author}")
 
@@ -423,14 +424,14 @@ class Operator:
         status, why = await self.sup.redis.hmget(bk.meta, ["status", "escalated_reason"])
         # what stopped it, if it is stopped (a reason left from an earlier escalation
         # says nothing about a board paused since)
-        stopped_by = str(why or "").split(":")[0] if status == "escalated" else ""
+        stopped_by = str(why or "").split(":")[0] if status == BoardStatus.ESCALATED else ""
         await self.sup.redis.hdel(bk.meta, "escalated_reason")
         loops = await self.sup.redis.hkeys(bk.loops)
         stale = [k for k in map(str, loops) if not k.startswith("sum:")]
         if stale:
             await self.sup.redis.hdel(bk.loops, *stale)
         await self.sup.redis.hset(
-            bk.meta, mapping={"status": "active", "updated": int(time.time() * 1000)}
+            bk.meta, mapping={"status": BoardStatus.ACTIVE, "updated": int(time.time() * 1000)}
         )
         await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
         going = await self._set_going(sub, repeat=stopped_by not in REPEATS)
@@ -469,7 +470,7 @@ class Operator:
                 wanted = []
         step = Routing(routing_id=f"resume.{sub.proposal_id}", version=version)
         if done:
-            step.status, how = "done", "its done condition holds: done"
+            step.status, how = BoardStatus.DONE, "its done condition holds: done"
         elif not wanted:
             how = (
                 "nothing to activate and its done condition not met: waiting for a human "
@@ -607,11 +608,11 @@ class Operator:
                 "set needs values={key: value, ...} for keys owned by 'human'.", rule="usage"
             )
         bk = self.sup.keys.board(sub.board_id)
-        reopened = await self.sup.redis.hget(bk.meta, "status") == "done" and not (
+        reopened = await self.sup.redis.hget(bk.meta, "status") == BoardStatus.DONE and not (
             await self.sup.redis.hexists(bk.routed, f"set.{sub.proposal_id}")
         )  # (a redelivered set whose routing ran: that routing set the status already)
         if reopened:  # a person's write reopens a done board; routing decides again
-            await self.sup.redis.hset(bk.meta, "status", "active")
+            await self.sup.redis.hset(bk.meta, "status", BoardStatus.ACTIVE)
         base = await self.sup.store.version(sub.board_id)
         proposal = Proposal.updates(
             HUMAN,
@@ -623,10 +624,10 @@ class Operator:
         decision = await self.sup.validator.decide(sub.board_id, proposal, gates=False)
         if decision.status != "committed" or decision.commit is None:
             if reopened:  # nothing changed: done as it was
-                await self.sup.redis.hset(bk.meta, "status", "done")
+                await self.sup.redis.hset(bk.meta, "status", BoardStatus.DONE)
             return Outcome(status="rejected", reason=decision.reason, message=decision.message)
-        if await self.sup.redis.hget(bk.meta, "status") == "awaiting_approval":
-            await self.sup.redis.hset(bk.meta, "status", "active")
+        if await self.sup.redis.hget(bk.meta, "status") == BoardStatus.AWAITING_APPROVAL:
+            await self.sup.redis.hset(bk.meta, "status", BoardStatus.ACTIVE)
             await self.sup.redis.zrem(self.sup.keys.escalations, sub.board_id)
         outcome = Outcome(
             status="committed", version=decision.commit.version, keys=decision.commit.keys

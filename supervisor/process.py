@@ -26,9 +26,9 @@ from importlib import resources
 from typing import Any, cast
 
 from blackboard.supervisor.compliance import Compliance, Dropped
-from blackboard.supervisor.control import Wanted, join_keys, plan_after_commit, reads_for
-from blackboard.supervisor.loops import Router, Routing
+from blackboard.supervisor.control import Reason, Wanted, join_keys, plan_after_commit, reads_for
 from blackboard.supervisor.operator import Operator
+from blackboard.supervisor.routing import RouteStep, Routing
 from blackboard.supervisor.summarisation import Crossings
 from blackboard.supervisor.validation import Decision, Validator
 
@@ -48,6 +48,7 @@ from blackboard.records import (
     Submission,
     new_id,
 )
+from blackboard.status import STOPPED, BoardStatus
 from blackboard.store import BoardStore, PreparedCommit, redis_failures
 
 __all__ = ["Supervisor"]
@@ -55,9 +56,8 @@ __all__ = ["Supervisor"]
 log = logging.getLogger(__name__)
 
 GROUP = "supervisor"
-ACTIVE = "active"
-STOPPED = ("escalated", "done", "failed")
-WAITING = ("escalated", "failed", "awaiting_approval")
+ACTIVE, AWAITING_APPROVAL = BoardStatus.ACTIVE, BoardStatus.AWAITING_APPROVAL
+WAITING = frozenset({BoardStatus.ESCALATED, BoardStatus.FAILED, AWAITING_APPROVAL})
 """Statuses that put a board on the escalations list (a human is needed)."""
 ATOMIC, READ, GENERAL = "atomic", "read", "general"
 """How a proposal is handled: commit and routing in one script; the commit with the
@@ -130,7 +130,7 @@ class Supervisor:
         self.name = name or f"sup-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.shards = shards
         self.validator = Validator(app, store)
-        self.router = Router(self.redis, self.keys, app.limits)
+        self.router = RouteStep(self.redis, self.keys, app.limits)
         self.operator = Operator(self)
         self.crossings = Crossings(self.redis, app)
         self.compliance = Compliance(self.redis, self.keys)
@@ -547,7 +547,7 @@ class Supervisor:
             pipe.hgetall(bk.outbox)
             pipe.zrange(bk.open, 0, -1)
             status, outbox, still_open = await pipe.execute()
-            if status not in (ACTIVE, "awaiting_approval"):  # paused: resume dispatches
+            if status not in (ACTIVE, AWAITING_APPROVAL):  # paused: resume dispatches
                 continue
             for aid in set(outbox) & set(still_open):
                 recovered += local(board_id, aid, codec.loads(outbox[aid])["agent"], None, None)
@@ -1077,7 +1077,7 @@ class Supervisor:
                 step.pairs.append(f"{sub.author}>{sub.handoff.to}")
             wanted, done = await self._next(sub, outcome, board, versions)
             if done:
-                step.status = "done"
+                step.status = BoardStatus.DONE
         elif outcome.status in ("rejected", "failed") and sub.error in ("", "semantic"):
             if agent_known:
                 step.rewrite = sub.author
@@ -1089,7 +1089,7 @@ class Supervisor:
             wanted = [await self._rewrite(sub, activation, outcome.message)]
             wanted += await self._redo_dropped(sub, outcome)
         elif outcome.status == "held":
-            step.status = "awaiting_approval"
+            step.status = AWAITING_APPROVAL
         else:
             wanted = await self._after_failure(sub, step, activation, deadline)
         parent = sub.activation_id or sub.proposal_id
@@ -1117,7 +1117,7 @@ class Supervisor:
             activation = codec.load_model(Activation, raw, what) if raw else None
         if activation is None:
             return Wanted(sub.author, "rewrite", feedback=feedback)
-        reason = "summarise" if activation.reason == "summarise" else "rewrite"
+        reason: Reason = "summarise" if activation.reason == "summarise" else "rewrite"
         return Wanted(sub.author, reason, dict(activation.payload), feedback=feedback)
 
     async def _after_failure(
@@ -1140,10 +1140,10 @@ class Supervisor:
             if escalate:
                 step.escalate = f"timeout|{sub.reason}"
         elif sub.error == "human":
-            step.status = "awaiting_approval"
+            step.status = AWAITING_APPROVAL
             await self._incident(sub.board_id, "human_input", sub.reason)
         elif sub.error == "fatal":
-            step.status = "failed"
+            step.status = BoardStatus.FAILED
             await self._incident(sub.board_id, "fatal", f"{sub.author}: {sub.reason}")
             await self._compensate(sub.board_id)
         return wanted
@@ -1281,7 +1281,7 @@ class Supervisor:
                     base=step.version if base is None else base,
                     trace_id=trace_id,
                     parent=parent,
-                    reason=w.reason,  # type: ignore[arg-type]
+                    reason=w.reason,
                     feedback=feedback,
                     payload=payload,
                     deadline_ms=due,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from blackboard.supervisor.summarisation import OnTop, check_summary
 from tenacity import (
@@ -39,8 +39,7 @@ class PolicyViolation(ProposalRejected):
 class Decision:
     """What validation decided about one proposal."""
 
-    status: str
-    """``committed``, ``rejected`` or ``held``."""
+    status: Literal["committed", "rejected", "held"]
     commit: CommitResult | None = None
     reason: str = ""
     message: str = ""

@@ -45,7 +45,7 @@ async def test_one_activation_delivered_three_times_commits_once(store: BoardSto
         await store.create("c1", app.schema)
         # The same queue entry three times, as a redelivery storm would produce.
         from blackboard.supervisor.control import Wanted
-        from blackboard.supervisor.loops import Routing
+        from blackboard.supervisor.routing import Routing
 
         await d.supervisor._route(
             "c1",

@@ -12,8 +12,8 @@ import pytest
 from bbtest import counting, outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
-from blackboard.supervisor.loops import Routing
 from blackboard.supervisor.process import ATOMIC, BATCH, GENERAL
+from blackboard.supervisor.routing import Routing
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
@@ -188,7 +188,7 @@ async def test_a_batch_commits_each_boards_next_proposal_in_one_round_trip(
     for board in boards:
         await store.create(board, APP.schema)
     subs = [blind(b, f"{b}{i}", i, 10 * i + n) for i in range(3) for n, b in enumerate(boards)]
-    await store.redis.script_load(sup.router._commit_route.script)  # no first-use reload
+    await store.redis.script_load(sup.router.commit_route_script.script)  # no first-use reload
     sizes = await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 3)))
     # three waves of three commits, then one XACK for all nine entries
     assert sizes == [3, 3, 3, 1]
@@ -394,7 +394,7 @@ async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore
     for board in boards:
         await store.create(board, APP.schema)
     subs = [blind(b, f"{b}-{i}", i, 10 * i + n) for i in range(3) for n, b in enumerate(boards)]
-    await store.redis.script_load(sup.router._commit_route.script)
+    await store.redis.script_load(sup.router.commit_route_script.script)
     spans: list[tuple[str, frozenset[str]]] = []
     send = sup._send_wave
 

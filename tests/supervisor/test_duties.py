@@ -11,7 +11,7 @@ from bbtest import Case, activations, build_app, incidents, outcomes
 from blackboard.agents import Context, Handoff, Output, agent, when_all, when_changed
 from blackboard.supervisor import Deployment, Supervisor
 from blackboard.supervisor.control import Wanted
-from blackboard.supervisor.loops import Routing
+from blackboard.supervisor.routing import Routing
 from pydantic import BaseModel
 
 from blackboard import App, Audit, BoardStore, ConfigError, Gate, Key, Limits, Policy, Proposal
