@@ -135,10 +135,10 @@ class Operator:
                 status="committed", version=decision.commit.version, keys=decision.commit.keys
             )
             followed = held.model_copy(update={"proposal_id": f"approved.{held.proposal_id}"})
-            await self.sup._passed(sub.board_id, outcome)  # a person's: no audit runs on it
+            await self.sup.decider.passed(sub.board_id, outcome)  # a person's: no audit runs on it
         await self._record(held, outcome)
-        await self.sup._follow_up(followed, outcome, None)
-        await self._release(sub, held, outcome)
+        await self.sup.follow_up.after_decision(followed, outcome, None)
+        await self.release(sub, held, outcome)
         return outcome
 
     async def reject(self, sub: Submission, args: dict[str, Any]) -> Outcome:
@@ -152,11 +152,11 @@ class Operator:
             message=f"{sub.author} rejected the proposal: {note}",
         )
         await self._record(held, outcome)
-        await self.sup._follow_up(
+        await self.sup.follow_up.after_decision(
             held.model_copy(update={"proposal_id": f"rejected.{held.proposal_id}"}), outcome, None
         )
         answer = Outcome(status="committed", message=outcome.message)
-        await self._release(sub, held, answer)
+        await self.release(sub, held, answer)
         return answer
 
     async def _reopen(self, board_id: str) -> None:
@@ -167,7 +167,7 @@ class Operator:
             await self.sup.redis.hset(bk.meta, "status", BoardStatus.ACTIVE)
             await self.sup.redis.zrem(self.sup.keys.escalations, board_id)
 
-    async def _release(self, sub: Submission, held: Submission, answer: Outcome) -> None:
+    async def release(self, sub: Submission, held: Submission, answer: Outcome) -> None:
         """The command's answer and the hold's release, together and last."""
         bk = self.sup.keys.board(sub.board_id)
         pipe = self.sup.redis.pipeline(transaction=True)
@@ -243,7 +243,7 @@ class Operator:
         """The rewrite request for an agent whose ``write`` was taken back: given what the
         activation that made it was given, with ``feedback``."""
         made = sub.model_copy(update={"author": write.author, "activation_id": write.activation_id})
-        return await self.sup._rewrite(made, None, feedback)
+        return await self.sup.follow_up.rewrite(made, None, feedback)
 
     async def before_agent(self, board_id: str, agent: str) -> int:
         for entry in reversed(await self.sup.store.history(board_id)):
@@ -289,7 +289,7 @@ class Operator:
             board_id, to, by=by, why=why, proposal_id=proposal_id, keep=keep, claim="flag"
         )
         await self.sup.compliance.passed(board_id, result.version)  # the target's content
-        await self.sup._incident(board_id, "rollback", f"{why} (to v{to})", result.version)
+        await self.sup.incidents.record(board_id, "rollback", f"{why} (to v{to})", result.version)
         return to
 
     async def flag(self, sub: Submission, args: dict[str, Any]) -> Outcome:
@@ -353,7 +353,9 @@ class Operator:
         elif not redo:
             await self._stall_if_idle(board_id, what)
             return
-        await self.sup._route(board_id, step, redo, parent=routing_id, trace_id=sub.trace_id)
+        await self.sup.follow_up.route(
+            board_id, step, redo, parent=routing_id, trace_id=sub.trace_id
+        )
 
     async def _stall_if_idle(self, board_id: str, what: str) -> None:
         """With a done condition that does not hold, a board still active with nothing
@@ -479,7 +481,7 @@ class Operator:
             # atomically, before the routing that marks this resume done (a redelivery
             # redoes it): an agent's routing that finished meanwhile stands
             await self._wait_for_a_person(board_id, f"resumed by {sub.author}: {how}")
-        await sup._route(
+        await sup.follow_up.route(
             board_id,
             step,
             wanted,
@@ -530,7 +532,7 @@ class Operator:
         rows = []
         now = int(time.time() * 1000)
         due = now + int(sup.app.limits.activation_timeout_s * 1000)
-        if deadline := await sup._deadline(board_id):
+        if deadline := await sup.boards.deadline(board_id):
             due = min(due, deadline)
         for aid in lost:
             raw = await sup.redis.hget(bk.activations, aid)
@@ -632,11 +634,11 @@ class Operator:
         outcome = Outcome(
             status="committed", version=decision.commit.version, keys=decision.commit.keys
         )
-        await self.sup._passed(sub.board_id, outcome)  # a person's: no audit runs on it
+        await self.sup.decider.passed(sub.board_id, outcome)  # a person's: no audit runs on it
         human = sub.model_copy(
             update={"author": HUMAN, "proposal_id": f"set.{sub.proposal_id}", "handoff": None}
         )
-        await self.sup._follow_up(human, outcome, None)
+        await self.sup.follow_up.after_decision(human, outcome, None)
         # Only the idle check, atomic: an agent this commit activated may finish (and
         # make the board done) at any moment, which must stand.
         await self._stall_if_idle(sub.board_id, f"set by {sub.author}")

@@ -293,12 +293,12 @@ class RouteStep:
         result: RouteResult,
         *,
         ack: tuple[str, str, str] | None = None,
-        batch: list[Command] | None = None,
+        outgoing: list[Command] | None = None,
         fresh: Sequence[Activation] = (),
         context: ContextRead | None = None,
     ) -> None:
         """Move outbox entries to agent queues (if the board is active), then
-        acknowledge the submission's stream entry. With ``batch``, the commands are
+        acknowledge the submission's stream entry. With ``outgoing``, the commands are
         collected and sent once for the whole consumer batch (:meth:`flush`); either way
         each submission's ack follows its dispatch, and Redis runs a pipeline in order.
 
@@ -307,7 +307,7 @@ class RouteStep:
         process leaves it there to be recovered. ``fresh``: the activation records this
         step just created, and ``context`` the board as the next agent sees it (read
         with the commit), so the local agent need not read them back."""
-        commands: list[Command] = batch if batch is not None else []
+        commands: list[Command] = outgoing if outgoing is not None else []
         if result.status == ACTIVE:
             bk = self.keys.board(board_id)
             records = {a.activation_id: a for a in fresh}
@@ -320,7 +320,7 @@ class RouteStep:
                 commands.append(("hdel", (bk.outbox, activation_id), {}))
         if ack is not None:
             commands.append(("xack", ack, {}))
-        if batch is None:
+        if outgoing is None:
             for error in await self.flush(commands):
                 raise error  # what did not go stays in the outbox (resume dispatches it)
 

@@ -47,7 +47,7 @@ async def test_one_activation_delivered_three_times_commits_once(store: BoardSto
         from blackboard.supervisor.control import Wanted
         from blackboard.supervisor.routing import Routing
 
-        await d.supervisor._route(
+        await d.supervisor.follow_up.route(
             "c1",
             Routing(routing_id="s", version=0),
             [Wanted("intake", "start")],
