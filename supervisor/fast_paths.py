@@ -18,19 +18,16 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-from blackboard.supervisor.boards import Boards
 from blackboard.supervisor.control import Wanted, join_keys, key_versions, reads_for
 from blackboard.supervisor.follow_up import WAITING, FollowUp
-from blackboard.supervisor.routing import RouteStep, Routing
+from blackboard.supervisor.routing import Routing
 
 from blackboard import codec
-from blackboard.app import App
 from blackboard.connection import Command
 from blackboard.errors import ProposalRejected
-from blackboard.keys import GlobalKeys
 from blackboard.patch import is_blind
 from blackboard.records import CommitResult, Outcome, ProposalFields, Submission
-from blackboard.store import BoardStore, PreparedCommit, redis_failures
+from blackboard.store import PreparedCommit, redis_failures
 
 __all__ = ["ATOMIC", "GENERAL", "READ", "FastPaths", "Path", "Planned"]
 
@@ -59,33 +56,14 @@ class Planned:
 
 
 class FastPaths:
-    """The atomic and read paths of one supervisor process.
+    """The atomic and read paths of one supervisor process: follow-up planned before
+    the commit and sent with it, so they work with :class:`FollowUp`'s parts (the app,
+    the store, the routing step, the per-board caches)."""
 
-    Args:
-        app: the deployment's declaration.
-        store: the board store.
-        keys: the deployment's key names.
-        router: runs the routing step, alone or with a commit, and dispatches.
-        boards: this process's per-board caches.
-        follow_up: routes after a commit (the read path) and builds activations.
-    """
-
-    def __init__(
-        self,
-        app: App,
-        store: BoardStore,
-        keys: GlobalKeys,
-        router: RouteStep,
-        boards: Boards,
-        follow_up: FollowUp,
-    ) -> None:
-        self.app = app
-        self.store = store
-        self.redis = store.redis
-        self.keys = keys
-        self.router = router
-        self.boards = boards
+    def __init__(self, follow_up: FollowUp) -> None:
         self.follow_up = follow_up
+        self.app, self.store, self.keys = follow_up.app, follow_up.store, follow_up.keys
+        self.redis, self.router, self.boards = follow_up.redis, follow_up.router, follow_up.boards
         self._shapes: dict[tuple[Any, ...], Path] = {}
         source = resources.files("blackboard.supervisor").joinpath("lua", "read_versions.lua")
         self._read_versions = self.redis.register_script(source.read_text())
@@ -260,13 +238,13 @@ class FastPaths:
             wanted.append(Wanted(sub.handoff.to, "handoff", dict(sub.handoff.payload)))
         now = int(time.time() * 1000)
         due = self.follow_up.add_activations(
-            sub.board_id,
             step,
             wanted,
-            sub.activation_id or sub.proposal_id,
-            sub.trace_id,
-            await self.boards.deadline(sub.board_id),
-            now,
+            board_id=sub.board_id,
+            parent=sub.activation_id or sub.proposal_id,
+            trace_id=sub.trace_id,
+            deadline=await self.boards.deadline(sub.board_id),
+            now=now,
             base=-1,
         )
         commands = [self.router.watch(sub.board_id, due)] if step.activations else []

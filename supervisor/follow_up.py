@@ -316,7 +316,15 @@ class FollowUp:
         now = int(time.time() * 1000)
         if deadline is None:
             deadline = await self.boards.deadline(board_id)
-        due = self.add_activations(board_id, step, wanted, parent, trace_id, deadline, now)
+        due = self.add_activations(
+            step,
+            wanted,
+            board_id=board_id,
+            parent=parent,
+            trace_id=trace_id,
+            deadline=deadline,
+            now=now,
+        )
         context: list[str] = []
         if self.router.local is not None:  # what the agents here will read, read now
             for w in wanted:
@@ -338,16 +346,19 @@ class FollowUp:
 
     def add_activations(
         self,
-        board_id: str,
         step: Routing,
         wanted: list[Wanted],
+        *,
+        board_id: str,
         parent: str,
         trace_id: str,
         deadline: int,
         now: int,
         base: int | None = None,
     ) -> int:
-        """Add the wanted activations to the step; returns their deadline."""
+        """Add the wanted activations of ``board_id`` to the step (made by ``parent``,
+        due by ``deadline`` at the latest; ``base``: the version they read, else the
+        step's); returns their deadline."""
         due = now + int(self.app.limits.activation_timeout_s * 1000)
         if deadline:
             due = min(due, deadline)

@@ -9,57 +9,50 @@ run again with the same submission: its recorded outcome is followed up, not re-
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import NamedTuple, cast
 
-from blackboard.supervisor.boards import Boards
 from blackboard.supervisor.follow_up import FollowUp
 from blackboard.supervisor.operator import Operator
-from blackboard.supervisor.routing import RouteStep
 from blackboard.supervisor.validation import Decider
 
 from blackboard.connection import Command
 from blackboard.errors import BoardNotFound
-from blackboard.keys import GlobalKeys
 from blackboard.records import Activation, Outcome, Submission
 from blackboard.status import STOPPED
-from blackboard.store import BoardStore
 
 __all__ = ["GeneralPath"]
 
 
+class Decided(NamedTuple):
+    """A submission decided, with what following it up needs."""
+
+    outcome: Outcome
+    activation: Activation | None
+    """The activation that made it, if it was read (a rewrite is given what it was)."""
+    record: bool
+    """Whether the outcome is new (recorded with the routing) or was recorded before."""
+    deadline: int
+    """The board's deadline (ms; 0: none)."""
+
+
 class GeneralPath:
-    """Decides, then follows up, one submission at a time.
+    """Decides, then follows up, one submission at a time, with :class:`FollowUp`'s
+    parts (the app, the store, the routing step, the per-board caches).
 
     Args:
-        store: the board store.
-        keys: the deployment's key names.
-        router: its round trips carry commands sent first (``before``).
-        boards: this process's per-board caches.
         decider: decides a proposal.
         follow_up: routes after the decision.
         operator: runs operators' commands.
     """
 
-    def __init__(
-        self,
-        store: BoardStore,
-        keys: GlobalKeys,
-        router: RouteStep,
-        boards: Boards,
-        decider: Decider,
-        follow_up: FollowUp,
-        operator: Operator,
-    ) -> None:
-        self.store = store
-        self.redis = store.redis
-        self.keys = keys
-        self.router = router
-        self.boards = boards
+    def __init__(self, decider: Decider, follow_up: FollowUp, operator: Operator) -> None:
         self.decider = decider
         self.follow_up = follow_up
         self.operator = operator
+        self.app, self.store, self.keys = follow_up.app, follow_up.store, follow_up.keys
+        self.redis, self.router, self.boards = follow_up.redis, follow_up.router, follow_up.boards
 
-    async def proposal(
+    async def handle(
         self,
         sub: Submission,
         ack: tuple[str, str, str] | None,
@@ -67,40 +60,47 @@ class GeneralPath:
         report: str,
         before: Sequence[Command] = (),
     ) -> Outcome:
-        """An agent's proposal: decided, then routed. The commit script itself refuses a
-        proposal already decided (a redelivery: its recorded outcome is followed up) and
-        writes to a stopped board, so nothing needs reading first."""
+        """Decide ``sub`` and route after it (``Supervisor.handle`` says what the
+        arguments are)."""
         if before:
             await self.router.pipeliner.execute(*before)
+        if sub.kind == "proposal" and sub.author != self.app.summariser:
+            decided = await self._proposal(sub)
+        else:
+            answered = await self._other(sub, ack, report)
+            if isinstance(answered, Outcome):  # nothing follows it
+                return answered
+            decided = answered
+        await self.follow_up.after_decision(
+            sub,
+            decided.outcome,
+            decided.activation,
+            record=decided.record,
+            deadline=decided.deadline,
+            ack=ack,
+            outgoing=outgoing,
+            report=report,
+        )
+        return decided.outcome
+
+    async def _proposal(self, sub: Submission) -> Decided:
+        """An agent's proposal. The commit script itself refuses a proposal already
+        decided (a redelivery: its recorded outcome is followed up) and writes to a
+        stopped board, so nothing needs reading first."""
         outcome = await self.decider.decide(sub, None)
         record = True
         if outcome.reason == "decided":
             raw = await self.redis.hget(self.keys.board(sub.board_id).results, sub.proposal_id)
             outcome, record = Outcome.model_validate_json(cast(str, raw)), False
-        await self.follow_up.after_decision(
-            sub,
-            outcome,
-            None,
-            record=record,
-            deadline=await self.boards.deadline(sub.board_id),
-            ack=ack,
-            outgoing=outgoing,
-            report=report,
-        )
-        return outcome
+        return Decided(outcome, None, record, await self.boards.deadline(sub.board_id))
 
-    async def submission(
-        self,
-        sub: Submission,
-        ack: tuple[str, str, str] | None,
-        outgoing: list[Command] | None,
-        report: str,
-        before: Sequence[Command] = (),
-    ) -> Outcome:
+    async def _other(
+        self, sub: Submission, ack: tuple[str, str, str] | None, report: str
+    ) -> Decided | Outcome:
         """A command, a failure report or a summary: what was recorded for it, the
-        board's status and its activation read first, in one round trip."""
-        if before:
-            await self.router.pipeliner.execute(*before)
+        board's status and its activation read first, in one round trip. An outcome
+        alone: answered and acknowledged, nothing to follow up (a command, a stale
+        report)."""
         bk = self.keys.board(sub.board_id)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hget(bk.results, sub.proposal_id)
@@ -145,14 +145,4 @@ class GeneralPath:
             outcome = Outcome(status="failed", reason=sub.error, message=sub.reason)
         else:
             outcome = await self.decider.decide(sub, activation)
-        await self.follow_up.after_decision(
-            sub,
-            outcome,
-            activation,
-            record=fresh,
-            deadline=int(deadline or 0),
-            ack=ack,
-            outgoing=outgoing,
-            report=report,
-        )
-        return outcome
+        return Decided(outcome, activation, fresh, int(deadline or 0))

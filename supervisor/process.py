@@ -117,11 +117,9 @@ class Supervisor:
             self.compliance,
             self.incidents,
         )
-        self.fast = FastPaths(app, store, self.keys, self.router, self.boards, self.follow_up)
+        self.fast = FastPaths(self.follow_up)
         self.operator = Operator(self)
-        self.general = GeneralPath(
-            store, self.keys, self.router, self.boards, self.decider, self.follow_up, self.operator
-        )
+        self.general = GeneralPath(self.decider, self.follow_up, self.operator)
         self.intake = Intake(self.name, store, self.router, self.boards, self.fast, self.handle)
 
     # -- declaration ----------------------------------------------------------------
@@ -278,7 +276,7 @@ class Supervisor:
         otherwise (or if those refuse it) it is decided, then routed.
         """
         if sub.kind != "proposal" or sub.author == self.app.summariser:
-            return await self.general.submission(sub, ack, outgoing, report, before)
+            return await self.general.handle(sub, ack, outgoing, report, before)
         path = self.fast.path(sub)
         if path == ATOMIC:
             done = await self.fast.commit_routed(sub, ack, outgoing, report)
@@ -289,4 +287,4 @@ class Supervisor:
             before = ()  # sent with the commit, whatever its answer
             if done is not None:
                 return done
-        return await self.general.proposal(sub, ack, outgoing, report, before)
+        return await self.general.handle(sub, ack, outgoing, report, before)
