@@ -240,11 +240,11 @@ class FastPaths:
         due = self.follow_up.add_activations(
             step,
             wanted,
-            board_id=sub.board_id,
-            parent=sub.activation_id or sub.proposal_id,
-            trace_id=sub.trace_id,
-            deadline=await self.boards.deadline(sub.board_id),
-            now=now,
+            sub.board_id,
+            sub.activation_id or sub.proposal_id,
+            sub.trace_id,
+            await self.boards.deadline(sub.board_id),
+            now,
             base=-1,
         )
         commands = [self.router.watch(sub.board_id, due)] if step.activations else []

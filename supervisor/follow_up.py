@@ -8,8 +8,8 @@ dispatches. The one seam the operator's commands use to route after their own ch
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from blackboard.supervisor.boards import Boards
@@ -50,43 +50,33 @@ def activation_id(parent: str, agent: str, extra: str = "") -> str:
     return "a" + codec.content_hash(f"{parent}>{agent}:{extra}")
 
 
+@dataclass(eq=False)
 class FollowUp:
-    """Routes after decisions, for one supervisor process.
+    """Routes after decisions, for one supervisor process."""
 
-    Args:
-        app: the deployment's declaration.
-        store: the board store.
-        keys: the deployment's key names.
-        router: runs the routing step and dispatches.
-        boards: this process's per-board caches.
-        watchdog: the words of a deadline escalation.
-        compliance: which writes an audit rollback dropped.
-        incidents: where a human request, a fatal error, a compensation is told.
-    """
+    app: App
+    store: BoardStore
+    keys: GlobalKeys
+    router: RouteStep
+    """Runs the routing step and dispatches."""
+    boards: Boards
+    """This process's per-board caches."""
+    watchdog: Watchdog
+    """The words of a deadline escalation."""
+    compliance: Compliance
+    """Which writes an audit rollback dropped."""
+    incidents: Incidents
+    """Where a human request, a fatal error, a compensation is told."""
+    redis: Redis = field(init=False)
+    crossings: Crossings = field(init=False)
+    """Which summarisable keys are due, once per threshold crossing."""
+    partial_joins: bool = field(init=False)
+    """Whether a trigger is a partial join (routing then reads the loop state)."""
 
-    def __init__(
-        self,
-        app: App,
-        store: BoardStore,
-        keys: GlobalKeys,
-        router: RouteStep,
-        boards: Boards,
-        watchdog: Watchdog,
-        compliance: Compliance,
-        incidents: Incidents,
-    ) -> None:
-        self.app = app
-        self.store = store
-        self.redis: Redis = store.redis
-        self.keys = keys
-        self.router = router
-        self.boards = boards
-        self.watchdog = watchdog
-        self.compliance = compliance
-        self.incidents = incidents
-        self.crossings = Crossings(store.redis, app)
-        self.partial_joins = any(t.join and t.partial for a in app.agents for t in a.triggers)
-        """Whether a trigger is a partial join (routing then reads the loop state)."""
+    def __post_init__(self) -> None:
+        self.redis = self.store.redis
+        self.crossings = Crossings(self.redis, self.app)
+        self.partial_joins = any(t.join and t.partial for a in self.app.agents for t in a.triggers)
 
     async def _redo_dropped(self, sub: Submission, outcome: Outcome) -> list[Wanted]:
         """The writes of other agents that the audit rollback after ``sub``'s commit
@@ -113,7 +103,7 @@ class FollowUp:
             # one that write's own failed audit would give it)
             made = sub.model_copy(update={"author": e.author, "activation_id": e.activation_id})
             redo = await self.rewrite(made, None, feedback)
-            wanted.append(dataclasses.replace(redo, origin=e.activation_id or e.proposal_id))
+            wanted.append(replace(redo, origin=e.activation_id or e.proposal_id))
         return wanted
 
     async def after_decision(
@@ -316,15 +306,7 @@ class FollowUp:
         now = int(time.time() * 1000)
         if deadline is None:
             deadline = await self.boards.deadline(board_id)
-        due = self.add_activations(
-            step,
-            wanted,
-            board_id=board_id,
-            parent=parent,
-            trace_id=trace_id,
-            deadline=deadline,
-            now=now,
-        )
+        due = self.add_activations(step, wanted, board_id, parent, trace_id, deadline, now)
         context: list[str] = []
         if self.router.local is not None:  # what the agents here will read, read now
             for w in wanted:
@@ -348,7 +330,6 @@ class FollowUp:
         self,
         step: Routing,
         wanted: list[Wanted],
-        *,
         board_id: str,
         parent: str,
         trace_id: str,

@@ -20,9 +20,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from blackboard.supervisor.boards import Boards
 from blackboard.supervisor.fast_paths import FastPaths, Planned
-from blackboard.supervisor.routing import RouteStep
 from tenacity import RetryCallState
 
 from blackboard.connection import Command
@@ -30,7 +28,6 @@ from blackboard.errors import BoardNotFound
 from blackboard.outages import OUTAGE, ride_out
 from blackboard.queues import Delivery, WorkQueue
 from blackboard.records import Outcome, Submission
-from blackboard.store import BoardStore
 
 __all__ = ["BATCH", "LANES", "Handle", "Intake"]
 
@@ -70,32 +67,20 @@ class Handle(Protocol):
 
 
 class Intake:
-    """Takes and works on the submissions of one supervisor process.
+    """Takes and works on the submissions of one supervisor process, with the fast
+    paths' parts (the store, the routing step and its Pipeliner, the per-board locks).
 
     Args:
         name: this replica's consumer name.
-        store: the board store (boards warmed per wave; its WAIT setting).
-        router: the round trips (its Pipeliner) and the batch's dispatches.
-        boards: the per-board locks.
         fast: plans and settles the atomic path.
         handle: handles one submission otherwise.
     """
 
-    def __init__(
-        self,
-        name: str,
-        store: BoardStore,
-        router: RouteStep,
-        boards: Boards,
-        fast: FastPaths,
-        handle: Handle,
-    ) -> None:
+    def __init__(self, name: str, fast: FastPaths, handle: Handle) -> None:
         self.name = name
-        self.store = store
-        self.router = router
-        self.boards = boards
         self.fast = fast
         self.handle = handle
+        self.store, self.router, self.boards = fast.store, fast.router, fast.boards
 
     async def consume(self, queue: WorkQueue, stop: asyncio.Event, batch: int) -> None:
         """Take and work on ``queue``'s submissions until ``stop`` is set (then what was

@@ -120,7 +120,7 @@ class Supervisor:
         self.fast = FastPaths(self.follow_up)
         self.operator = Operator(self)
         self.general = GeneralPath(self.decider, self.follow_up, self.operator)
-        self.intake = Intake(self.name, store, self.router, self.boards, self.fast, self.handle)
+        self.intake = Intake(self.name, self.fast, self.handle)
 
     # -- declaration ----------------------------------------------------------------
 

@@ -102,10 +102,10 @@ def read_commit_route(
     if reply[0] == "commit":
         _, commit = reply
         return commit, None, None
-    _, commit, routed, *rest = reply
-    if not rest:
+    if len(reply) == 3:
+        _, commit, routed = reply
         return commit, routed, None
-    version, values, loops = rest[0]
+    _, commit, routed, (version, values, loops) = reply
     read = ContextRead(
         version=int(version),
         values=dict(zip(context, values, strict=True)),
