@@ -149,7 +149,7 @@ async def routed_calls(store: BoardStore, sup: Supervisor) -> list[sbench.Call]:
     ids, calls = await boards(store), []
     for i in range(PER_BOARD):
         for b in ids:
-            planned = await sup._plan_routed(submission(b, i), "")
+            planned = await sup.fast.plan_routed(submission(b, i), "")
             assert planned is not None
             _, keys, args = planned.commands[-1][1]
             calls.append((keys, args))
