@@ -12,10 +12,11 @@ from typing import cast
 
 from blackboard.supervisor.routing import RouteStep, Routing
 from redis.asyncio import Redis
+from tenacity import RetryCallState
 
 from blackboard.app import Limits
 from blackboard.keys import GlobalKeys
-from blackboard.outages import OUTAGE
+from blackboard.outages import OUTAGE, ride_out
 from blackboard.queues import submit
 from blackboard.records import Activation, Submission
 from blackboard.status import BoardStatus
@@ -43,12 +44,19 @@ class Watchdog:
         self.shards = shards
 
     async def run(self, stop: asyncio.Event, every_s: float = 0.05) -> None:
-        """:meth:`check` every ``every_s`` until ``stop`` is set; an outage is waited out."""
+        """:meth:`check` every ``every_s`` until ``stop`` is set; an outage is ridden out
+        (:func:`~blackboard.outages.ride_out`)."""
+
+        def stopping(_: RetryCallState) -> bool:
+            return stop.is_set()
+
         while not stop.is_set():
             try:
-                await self.check()
-            except OUTAGE as exc:
-                log.warning("watchdog: Redis unavailable: %s", exc)
+                async for attempt in ride_out("watchdog", log, stop=stopping):
+                    with attempt:
+                        await self.check()
+            except OUTAGE:  # stopped while Redis was away
+                return
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
 

@@ -119,6 +119,8 @@ class Intake:
     ) -> None:
         """Take one batch (own entries first after an outage; the one read ahead; or
         new ones) and work on it."""
+        if stop.is_set() and reading.ahead is None:
+            return  # stopped while an outage was ridden out: nothing more is taken
         if reading.cancelled:  # the read-ahead an outage cancelled, finished with
             await reading.dropped()
         if reading.own is not None:

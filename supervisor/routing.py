@@ -248,7 +248,7 @@ class RouteStep:
         self, board_id: str, step: Routing, *, committing: bool = False
     ) -> tuple[list[str], list[Any]]:
         """route.lua's KEYS and ARGV; ``committing``: without the four ARGV the
-        commit_route driver fills in from the commit (see its docstring)."""
+        commit_route driver fills in from the commit (see lua/commit_route.lua)."""
         bk = self.keys.board(board_id)
         args: list[Any] = [] if committing else [step.routing_id, step.version]
         args += [
