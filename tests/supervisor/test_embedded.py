@@ -273,6 +273,8 @@ async def test_activations_queued_here_are_dropped_once_their_board_stopped(
         late = Activation(
             activation_id="a-late", board_id="p1", agent="second", base=0, trace_id="t"
         )
-        assert d._hand_over("p1", "a-late", "second", late, None)
+        hand_over = d.supervisor.router.local  # how the supervisor hands activations here
+        assert hand_over is not None
+        assert hand_over("p1", "a-late", "second", late, None)
         info = await d.settle("p1")
     assert (seen, info.version) == ([], 0)  # the agent never ran, nothing committed
