@@ -149,7 +149,7 @@ async def routed_calls(store: BoardStore, sup: Supervisor) -> list[sbench.Call]:
     ids, calls = await boards(store), []
     for i in range(PER_BOARD):
         for b in ids:
-            planned = await sup._plan_routed(submission(b, i), "")
+            planned = await sup.fast.plan_routed(submission(b, i), "")
             assert planned is not None
             _, keys, args = planned.commands[-1][1]
             calls.append((keys, args))
@@ -168,9 +168,9 @@ async def main() -> None:
         script = store._commit_script
         await store.redis.script_load(script.script)
         raw = await count(replay(store, script.sha, await raw_calls(store)))
-        await store.redis.script_load(sup.router._commit_route.script)
+        await store.redis.script_load(sup.router.commit_route_script.script)
         routed = await count(
-            replay(store, sup.router._commit_route.sha, await routed_calls(store, sup))
+            replay(store, sup.router.commit_route_script.sha, await routed_calls(store, sup))
         )
         proc = sbench.spawn_supervisor(url)
         try:

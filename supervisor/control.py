@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from blackboard.app import App
 from blackboard.records import Handoff
@@ -14,7 +14,19 @@ from blackboard.records import Handoff
 if TYPE_CHECKING:
     from blackboard.agents.agent import Trigger
 
-__all__ = ["Plan", "Wanted", "join_keys", "plan_after_commit", "reads_for"]
+__all__ = [
+    "Plan",
+    "Reason",
+    "Wanted",
+    "join_keys",
+    "key_versions",
+    "plan_after_commit",
+    "reads_for",
+]
+
+Reason = Literal["start", "handoff", "trigger", "router", "rewrite", "summarise"]
+"""Why an agent is activated: the values of :attr:`blackboard.records.Activation.reason`
+(mypy checks the two agree wherever a wanted activation becomes a record)."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +34,7 @@ class Wanted:
     """One activation the supervisor wants."""
 
     agent: str
-    reason: str
+    reason: Reason
     payload: dict[str, Any] = field(default_factory=dict)
     feedback: str = ""
     """For a rewrite (or a summarisation redone): what to fix. Apart from the payload,
@@ -51,6 +63,11 @@ def join_keys(app: App, changed: Sequence[str]) -> list[str]:
     """The keys joins watching ``changed`` wait on: their versions identify a join's
     activation (see :attr:`Wanted.origin`)."""
     return sorted({k for _, trig in app.triggers_for(changed) if trig.join for k in trig.watches})
+
+
+def key_versions(keys: Sequence[str], raw: Sequence[Any]) -> dict[str, int]:
+    """Keys' versions as read from the board's kver hash (absent: 0, never written)."""
+    return {k: int(v or 0) for k, v in zip(keys, raw, strict=True)}
 
 
 def plan_after_commit(

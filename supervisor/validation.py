@@ -1,15 +1,22 @@
 """Validating a proposal, in order: well-formed and within limits; the author owns every
 key it touches (ownership from the stored declaration, never from the proposal); values
 validate against the keys' types; every policy passes on the resulting board; no gate
-holds it. Then the atomic commit, retried on conflict by re-validating on fresh state.
+holds it. Then the atomic commit, retried on conflict by re-validating on fresh state
+(:class:`Validator`). Deciding a submission (:class:`Decider`) adds what comes around
+that: its handoff is checked first, a held proposal waits for a person, and the audits
+run on the committed version, a failed one rolling the board back.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from blackboard.supervisor.compliance import Compliance, Dropped
+from blackboard.supervisor.incidents import Incidents
 from blackboard.supervisor.summarisation import OnTop, check_summary
 from tenacity import (
     AsyncRetrying,
@@ -20,11 +27,12 @@ from tenacity import (
 
 from blackboard.app import App, verdict
 from blackboard.errors import ConflictError, ProposalRejected, ValidationFailed
+from blackboard.keys import GlobalKeys
 from blackboard.patch import is_blind
-from blackboard.records import CommitKind, CommitResult, Proposal
+from blackboard.records import Activation, CommitKind, CommitResult, Outcome, Proposal, Submission
 from blackboard.store import BoardStore
 
-__all__ = ["Decision", "Validator"]
+__all__ = ["Decider", "Decision", "Validator"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +47,7 @@ class PolicyViolation(ProposalRejected):
 class Decision:
     """What validation decided about one proposal."""
 
-    status: str
-    """``committed``, ``rejected`` or ``held``."""
+    status: Literal["committed", "rejected", "held"]
     commit: CommitResult | None = None
     reason: str = ""
     message: str = ""
@@ -213,3 +220,138 @@ def _rejected(exc: ProposalRejected) -> Decision:
     if isinstance(exc, ValidationFailed) and exc.rule.startswith("type"):
         reason = "schema"
     return Decision("rejected", reason=reason, message=str(exc))
+
+
+class Decider:
+    """Decides one submission: its handoff, then :class:`Validator` (commit, reject or
+    hold), then the audits on what it committed.
+
+    Args:
+        app: the deployment's declaration.
+        validator: validates and commits.
+        keys: the deployment's key names.
+        compliance: where audits' verdicts are recorded.
+        incidents: where an audit rollback is told.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        validator: Validator,
+        keys: GlobalKeys,
+        compliance: Compliance,
+        incidents: Incidents,
+    ) -> None:
+        self.app = app
+        self.validator = validator
+        self.store = validator.store
+        self.redis = validator.store.redis
+        self.keys = keys
+        self.compliance = compliance
+        self.incidents = incidents
+
+    async def decide(self, sub: Submission, activation: Activation | None) -> Outcome:
+        """The outcome of a proposal (``sub``) made by ``activation`` (None: not read)."""
+        if sub.handoff is not None:
+            problem = self.app.check_handoff(sub.author, sub.handoff)
+            if problem:
+                return Outcome(
+                    status="rejected",
+                    reason="handoff",
+                    message=f"{problem}. Hand off to a declared agent you may hand off to.",
+                )
+        if not sub.patch:
+            return Outcome(status="committed")
+        summary = (
+            activation is not None
+            and activation.reason == "summarise"
+            and sub.author == self.app.summariser
+        )
+        depends = (
+            list(self.app.agent(sub.author).reads) if sub.author in self.app.agent_names else []
+        )
+        decision = await self.validator.decide(
+            sub.board_id,
+            sub.proposal(),
+            kind="summary" if summary else "write",
+            gates=not summary,
+            depends_on=depends,
+            summarises=str(activation.payload.get("key", "")) if activation and summary else None,
+        )
+        if decision.status == "held":
+            bk = self.keys.board(sub.board_id)
+            await self.redis.hset(bk.held, sub.proposal_id, sub.model_dump_json())
+            await self.redis.zadd(self.keys.escalations, {sub.board_id: time.time() * 1000})
+            return Outcome(status="held", reason=f"gate:{decision.gate}", message=decision.message)
+        if decision.status == "rejected":
+            return Outcome(status="rejected", reason=decision.reason, message=decision.message)
+        assert decision.commit is not None
+        return await self._audit(sub, decision)
+
+    async def _audit(self, sub: Submission, decision: Decision) -> Outcome:
+        """Run the audits on the commit's version. What they decide is recorded at once
+        in Redis, whichever replica ran them: a pass makes the version a candidate
+        rollback target; a failure rolls back to the newest version below it that passed
+        (:class:`~blackboard.supervisor.compliance.Compliance`)."""
+        commit = decision.commit
+        assert commit is not None
+        outcome = Outcome(status="committed", version=commit.version, keys=commit.keys)
+        if not self.app.audits or not commit.keys:
+            return outcome
+        board_id, rollback_id = sub.board_id, f"audit-rb.{sub.proposal_id}"
+        # A failure decided before (this submission redelivered) is finished as decided,
+        # whatever the audits say on a second run.
+        decided = await self.compliance.decided(board_id, rollback_id)
+        if decided is not None:
+            failure: tuple[str, str] | None = (decided.audit, decided.message)
+        else:
+            failure = await self._run_audits(sub.board_id, commit.version)
+        if failure is None:
+            await self.passed(board_id, outcome)
+            return outcome
+        outcome.audit, outcome.message = failure
+        claim = await self.compliance.claim(board_id, commit.version, rollback_id, *failure)
+        if isinstance(claim, Dropped):
+            return outcome  # an earlier rollback took this version's content back already
+        why = f"audit {claim.audit!r} failed: {claim.message}"
+        result = await self.store.rollback(
+            board_id, to=claim.target, author="supervisor", reason=why, proposal_id=rollback_id
+        )
+        await self.compliance.passed(board_id, result.version)  # the target's content
+        await self.incidents.record(
+            board_id, "rollback", f"{why} (to v{claim.target})", result.version
+        )
+        return outcome
+
+    async def passed(self, board_id: str, outcome: Outcome) -> None:
+        """Record that the committed ``outcome``'s version passed its audits, at once;
+        if an audit rollback dropped it meanwhile, say so in the outcome (nothing is
+        recorded: that content is gone, and its author is asked to redo it). Nothing to
+        record without audits, nor for a commit that changed nothing."""
+        if not self.app.audits or not outcome.keys or outcome.status != "committed":
+            return
+        assert outcome.version is not None
+        dropped = await self.compliance.passed(board_id, outcome.version)
+        if dropped is not None:
+            outcome.reason = "rolled_back"
+            outcome.message = (
+                f"committed as v{outcome.version}, then rolled back to v{dropped.target} "
+                "(another commit failed its audit) before its own audits passed; its "
+                "author is asked to redo it."
+            )
+
+    async def _run_audits(self, board_id: str, version: int) -> tuple[str, str] | None:
+        """The first audit that fails on ``version`` and why, or None."""
+        reads = sorted({k for a in self.app.audits for k in a.reads})
+        view = (await self.store.read(board_id, at=version)).data
+        for audit in self.app.audits:
+            try:
+                result: Any = audit.check({k: view.get(k) for k in reads})
+                if inspect.isawaitable(result):
+                    result = await result
+                failed = verdict(result, audit.message or f"audit {audit.name!r} failed")
+            except Exception as exc:
+                failed = f"audit {audit.name!r} raised {type(exc).__name__}: {exc}"
+            if failed:
+                return audit.name, failed
+        return None

@@ -45,9 +45,9 @@ async def test_one_activation_delivered_three_times_commits_once(store: BoardSto
         await store.create("c1", app.schema)
         # The same queue entry three times, as a redelivery storm would produce.
         from blackboard.supervisor.control import Wanted
-        from blackboard.supervisor.loops import Routing
+        from blackboard.supervisor.routing import Routing
 
-        await d.supervisor._route(
+        await d.supervisor.follow_up.route(
             "c1",
             Routing(routing_id="s", version=0),
             [Wanted("intake", "start")],

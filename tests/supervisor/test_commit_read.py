@@ -13,7 +13,7 @@ import redis.asyncio.client as redis_client
 from bbtest import activations, outcome_of
 from blackboard.agents import Context, Output, agent, when_all
 from blackboard.supervisor import Deployment, Supervisor
-from blackboard.supervisor.process import GENERAL, READ
+from blackboard.supervisor.fast_paths import GENERAL, READ
 from pydantic import BaseModel
 
 from blackboard import App, BoardStore, Key, Settings, connect
@@ -58,7 +58,7 @@ def fan_app(seen: list[dict[str, Any]]) -> App:
 
 def forced(sup: Supervisor, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if path == GENERAL:
-        monkeypatch.setattr(sup, "_shape_path", lambda sub: GENERAL)
+        monkeypatch.setattr(sup.fast, "shape_path", lambda sub: GENERAL)
 
 
 def branch_sub(i: int, pid: str, base: int = 0, value: int | None = None) -> Submission:
@@ -74,7 +74,7 @@ def branch_sub(i: int, pid: str, base: int = 0, value: int | None = None) -> Sub
 
 def test_a_branch_of_a_join_takes_the_read_path(store: BoardStore) -> None:
     sup = Supervisor(fan_app([]), store)
-    assert sup._path(branch_sub(1, "x")) == READ
+    assert sup.fast.path(branch_sub(1, "x")) == READ
 
 
 @pytest.mark.parametrize("path", [READ, GENERAL])
@@ -172,13 +172,13 @@ async def test_an_invalid_branch_is_kept_before_it_is_routed(
         update={"activation_id": "a1", "patch": [{"op": "replace", "path": "/f1", "value": "x"}]}
     )
     kept: list[Any] = []
-    route = sup._route
+    route = sup.follow_up.route
 
     async def routing(*args: Any, **kwargs: Any) -> None:
         kept.append(await store.redis.hget(sup.keys.board("f").activations, "a1"))
         await route(*args, **kwargs)
 
-    monkeypatch.setattr(sup, "_route", routing)
+    monkeypatch.setattr(sup.follow_up, "route", routing)
     act = Activation(activation_id="a1", board_id="f", agent="f1", base=0, trace_id="")
     outcome = await sup.submit_local(sub, act)
     assert (outcome.status, outcome.reason) == ("rejected", "schema")

@@ -12,8 +12,9 @@ import pytest
 from bbtest import counting, outcome_of
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
-from blackboard.supervisor.loops import Routing
-from blackboard.supervisor.process import ATOMIC, BATCH, GENERAL
+from blackboard.supervisor.fast_paths import ATOMIC, GENERAL
+from blackboard.supervisor.intake import BATCH
+from blackboard.supervisor.routing import Routing
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, ResponseError
@@ -59,7 +60,7 @@ def blind(board: str, pid: str, base: int, value: int) -> Submission:
 async def test_commit_and_handoff_in_one_script(store: BoardStore) -> None:
     sup = Supervisor(APP, store)
     assert (
-        sup._path(
+        sup.fast.path(
             Submission(
                 kind="proposal",
                 board_id="p",
@@ -188,7 +189,7 @@ async def test_a_batch_commits_each_boards_next_proposal_in_one_round_trip(
     for board in boards:
         await store.create(board, APP.schema)
     subs = [blind(b, f"{b}{i}", i, 10 * i + n) for i in range(3) for n, b in enumerate(boards)]
-    await store.redis.script_load(sup.router._commit_route.script)  # no first-use reload
+    await store.redis.script_load(sup.router.commit_route_script.script)  # no first-use reload
     sizes = await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 3)))
     # three waves of three commits, then one XACK for all nine entries
     assert sizes == [3, 3, 3, 1]
@@ -203,7 +204,7 @@ def trace_batches(sup: Supervisor) -> list[str]:
     """Record, in order, each batch worked on ("batch of N" .. "done") and each read of
     new entries: "read", or "read ahead" while a batch is being worked on."""
     events: list[str] = []
-    work, take_new = sup._batch, sup.queues[0].take_new
+    work, take_new = sup.intake.work, sup.queues[0].take_new
 
     async def batch(queue: Any, deliveries: Any) -> None:
         if deliveries:  # (an empty one: the stream was empty)
@@ -217,7 +218,7 @@ def trace_batches(sup: Supervisor) -> list[str]:
         events.append("read ahead" if busy else "read")
         return await take_new(*a, **k)
 
-    sup._batch = batch  # type: ignore[method-assign]
+    sup.intake.work = batch  # type: ignore[method-assign]
     sup.queues[0].take_new = read  # type: ignore[method-assign]
     return events
 
@@ -290,16 +291,16 @@ async def test_after_an_outage_what_was_read_goes_first_in_stream_order(
     for i in range(3):
         for b in boards:
             await submit(sup.redis, sup.keys.prefix, blind(b, f"{b}{i}", i, i + 1))
-    lanes = sup._lanes
+    lanes = sup.intake.lanes
 
     async def first_fails(*a: Any, **k: Any) -> Any:
-        if sup._lanes is first_fails:  # once
-            sup._lanes = lanes  # type: ignore[method-assign]
+        if sup.intake.lanes is first_fails:  # once
+            sup.intake.lanes = lanes  # type: ignore[method-assign]
             await asyncio.sleep(0.05)  # the batch read ahead comes in meanwhile
             raise RedisConnectionError("connection lost (injected)")
         return await lanes(*a, **k)
 
-    sup._lanes = first_fails  # type: ignore[method-assign]
+    sup.intake.lanes = first_fails  # type: ignore[method-assign]
     sup.queues[0]._next_reclaim = float("inf")
     await run_until(sup, lambda: settled(store, dict.fromkeys(boards, 3)), batch=4)
     for board in boards:
@@ -332,7 +333,7 @@ async def test_a_consumer_cancelled_with_a_batch_being_read_ahead_cancels_that_r
         finally:
             ended.set()
 
-    work = sup._batch
+    work = sup.intake.work
 
     async def batch(q: Any, deliveries: Any) -> None:
         await work(q, deliveries)
@@ -340,7 +341,7 @@ async def test_a_consumer_cancelled_with_a_batch_being_read_ahead_cancels_that_r
         await asyncio.Event().wait()  # the consumer stays in its first batch
 
     queue.take_new = slow_ahead  # type: ignore[method-assign]
-    sup._batch = batch  # type: ignore[method-assign]
+    sup.intake.work = batch  # type: ignore[method-assign]
     task = asyncio.create_task(sup.run(asyncio.Event(), batch=2))
     async with asyncio.timeout(5):
         await reading.wait()
@@ -367,7 +368,7 @@ async def test_a_stop_works_on_the_batch_read_ahead_and_reads_no_more(
     for s in subs:
         await submit(sup.redis, sup.keys.prefix, s)
     stop = asyncio.Event()
-    work = sup._batch
+    work = sup.intake.work
     sizes: list[int] = []
 
     async def batch(queue: Any, deliveries: Any) -> None:
@@ -375,7 +376,7 @@ async def test_a_stop_works_on_the_batch_read_ahead_and_reads_no_more(
         stop.set()  # while the first batch is worked on
         await work(queue, deliveries)
 
-    sup._batch = batch  # type: ignore[method-assign]
+    sup.intake.work = batch  # type: ignore[method-assign]
     sup.queues[0]._next_reclaim = float("inf")  # reclaiming is not due in this test
     async with asyncio.timeout(10):
         await sup.run(stop, batch=4)
@@ -383,7 +384,7 @@ async def test_a_stop_works_on_the_batch_read_ahead_and_reads_no_more(
     stream = GlobalKeys(store.settings.key_prefix).submissions(0)
     assert (await store.redis.xpending(stream, "supervisor"))["pending"] == 0
     assert [await store.version(b) for b in boards] == [2, 2, 2, 2]
-    sup._batch = work  # type: ignore[method-assign]
+    sup.intake.work = work  # type: ignore[method-assign]
     await consume(sup, [], lambda: settled(store, dict.fromkeys(boards, 3)))
     assert [await store.version(b) for b in boards] == [3, 3, 3, 3]
 
@@ -394,9 +395,9 @@ async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore
     for board in boards:
         await store.create(board, APP.schema)
     subs = [blind(b, f"{b}-{i}", i, 10 * i + n) for i in range(3) for n, b in enumerate(boards)]
-    await store.redis.script_load(sup.router._commit_route.script)
+    await store.redis.script_load(sup.router.commit_route_script.script)
     spans: list[tuple[str, frozenset[str]]] = []
-    send = sup._send_wave
+    send = sup.intake.send_wave
 
     async def traced(wave: Any) -> Any:
         lane = frozenset(planned.sub.board_id for _, planned in wave)
@@ -406,9 +407,9 @@ async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore
         finally:
             spans.append(("answered", lane))
 
-    sup._send_wave = traced  # type: ignore[method-assign]
+    sup.intake.send_wave = traced  # type: ignore[method-assign]
     events: list[str] = []  # round trips written, proposals settled, in order
-    pipeline, settle = sup.router.pipeliner._pipeline, sup._settle_in_wave
+    pipeline, settle = sup.router.pipeliner._pipeline, sup.intake.settle_in_wave
 
     async def written(commands: Any) -> Any:
         events.append("written")
@@ -419,7 +420,7 @@ async def test_many_boards_go_in_two_lanes_whose_waves_overlap(store: BoardStore
         return await settle(*a, **k)
 
     sup.router.pipeliner._pipeline = written  # type: ignore[method-assign]
-    sup._settle_in_wave = settling  # type: ignore[method-assign]
+    sup.intake.settle_in_wave = settling  # type: ignore[method-assign]
     sizes = await consume(sup, subs, lambda: settled(store, dict.fromkeys(boards, 3)))
     # the second lane's wave goes out before the first lane's is settled
     assert events[:2] == ["written", "written"]
@@ -508,7 +509,7 @@ async def test_a_board_busy_in_this_process_is_not_committed_around(store: Board
     release = asyncio.Event()
 
     async def local_work() -> None:
-        async with sup._serial("p"):
+        async with sup.boards.serial("p"):
             busy.set()
             await release.wait()
 
@@ -540,12 +541,12 @@ def test_the_one_script_decision_is_kept_per_shape_not_per_author(store: BoardSt
             handoff=Handoff(to=to, reason="r") if to else None,
         )
 
-    assert sup._path(sub()) == ATOMIC
-    assert sup._path(sub(to="a")) == GENERAL  # a may not hand off to a
-    assert sup._path(sub(path="/x/deep")) == GENERAL  # not blind
-    assert sup._path(sub(op="test")) == GENERAL  # reads the board
-    assert sup._path(sub(to=None)) == ATOMIC
-    assert sup._path(sub()) == ATOMIC  # and the first answer still holds
+    assert sup.fast.path(sub()) == ATOMIC
+    assert sup.fast.path(sub(to="a")) == GENERAL  # a may not hand off to a
+    assert sup.fast.path(sub(path="/x/deep")) == GENERAL  # not blind
+    assert sup.fast.path(sub(op="test")) == GENERAL  # reads the board
+    assert sup.fast.path(sub(to=None)) == ATOMIC
+    assert sup.fast.path(sub()) == ATOMIC  # and the first answer still holds
 
 
 async def test_a_consumer_cancelled_while_planning_a_wave_frees_the_boards(
@@ -569,13 +570,13 @@ async def test_a_consumer_cancelled_while_planning_a_wave_frees_the_boards(
     store.prepare = slow_for_q  # type: ignore[method-assign]
     task = asyncio.create_task(sup.run(asyncio.Event()))
     await planning_q.wait()
-    assert "p" in sup._locks  # held for the wave being planned
+    assert "p" in sup.boards.locks  # held for the wave being planned
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert sup._locks == {}
+    assert sup.boards.locks == {}
     store.prepare = prepare  # type: ignore[method-assign]
-    async with asyncio.timeout(5), sup._serial("p"), sup._serial("q"):
+    async with asyncio.timeout(5), sup.boards.serial("p"), sup.boards.serial("q"):
         pass
 
 
@@ -590,7 +591,7 @@ async def test_an_outage_in_one_lane_stops_both_and_frees_every_board(
     for board in boards:
         await store.create(board, APP.schema)
     subs = [blind(b, f"{b}-{i}", i, i + 1) for i in range(2) for b in boards]
-    send = sup._send_wave
+    send = sup.intake.send_wave
     failed: list[frozenset[str]] = []
 
     async def first_fails(wave: Any) -> Any:
@@ -599,21 +600,21 @@ async def test_an_outage_in_one_lane_stops_both_and_frees_every_board(
             raise RedisConnectionError("connection lost (injected)")
         return await send(wave)
 
-    sup._send_wave = first_fails  # type: ignore[method-assign]
+    sup.intake.send_wave = first_fails  # type: ignore[method-assign]
     queue = sup.queues[0]
     for s in subs:
         await submit(sup.redis, sup.keys.prefix, s)
     deliveries = await queue.take(sup.name, count=100, block_ms=10)
     by_board: dict[str, Any] = {}
     for d in deliveries:
-        sub = sup._parse(d)
+        sub = sup.intake.parse(d)
         assert sub is not None
         by_board.setdefault(sub.board_id, deque()).append((d, sub))
     batch: list[Any] = []
     with pytest.raises(RedisConnectionError, match="injected"):
-        await sup._lanes(queue, by_board, batch)
+        await sup.intake.lanes(queue, by_board, batch)
     assert len(failed[0]) == 4  # one lane's boards
-    assert sup._locks == {}
+    assert sup.boards.locks == {}
     stream = GlobalKeys(store.settings.key_prefix).submissions(0)
     assert (await store.redis.xpending(stream, "supervisor"))["pending"] == len(subs)
     for board in failed[0]:
@@ -790,7 +791,7 @@ async def test_a_refused_dispatch_outside_a_batch_is_raised_and_kept_in_the_outb
     await store.redis.set(queue, "not a stream")
     sub = blind("p", "p0", 0, 1).model_copy(update={"handoff": Handoff(to="b")})
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        await sup.handle(sub)  # no batch: the caller hears it
+        await sup.handle(sub)  # nothing collected: the caller hears it
     assert await store.version("p") == 1  # the commit stands
     [aid] = await store.redis.hkeys(store.keys("p").outbox)
     await store.redis.delete(queue)

@@ -11,7 +11,7 @@ from bbtest import Case, activations, build_app, incidents, outcomes
 from blackboard.agents import Context, Handoff, Output, agent, when_all, when_changed
 from blackboard.supervisor import Deployment, Supervisor
 from blackboard.supervisor.control import Wanted
-from blackboard.supervisor.loops import Routing
+from blackboard.supervisor.routing import Routing
 from pydantic import BaseModel
 
 from blackboard import App, Audit, BoardStore, ConfigError, Gate, Key, Limits, Policy, Proposal
@@ -364,7 +364,7 @@ async def test_pause_holds_activations_and_resume_dispatches_them(store: BoardSt
     async with Deployment(app, store) as d:
         await store.create("c1", app.schema)  # created paused, before any activation
         await d.command("c1", "pause", by="human:dan")
-        await d.supervisor._route(
+        await d.supervisor.follow_up.route(
             "c1",
             Routing(routing_id="s", version=0),
             [Wanted("intake", "start")],

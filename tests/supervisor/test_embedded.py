@@ -217,18 +217,18 @@ async def test_a_kept_submission_is_resent_after_a_crash_not_rerun(store: BoardS
 
     app = build_app(agents=[intake, *[a for a in base.agents if a.name != "intake"]])
     async with Deployment(app, store) as d:
-        follow_up = d.supervisor._follow_up
+        follow_up = d.supervisor.follow_up.after_decision
 
         async def die(*args: Any, **kwargs: Any) -> None:
             raise asyncio.CancelledError  # the process stops between commit and routing
 
-        d.supervisor._follow_up = die  # type: ignore[method-assign]
+        d.supervisor.follow_up.after_decision = die  # type: ignore[method-assign]
         await d.start("c1")
         deadline = time.monotonic() + 5
         while await store.version("c1") < 1:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.01)
-        d.supervisor._follow_up = follow_up  # type: ignore[method-assign]
+        d.supervisor.follow_up.after_decision = follow_up  # type: ignore[method-assign]
     [kept] = await activations(store, "c1")
     assert kept["submission"]["patch"] and await store.redis.zcard(store.keys("c1").open) == 1
     async with Deployment(app, store) as d:
@@ -269,10 +269,12 @@ async def test_activations_queued_here_are_dropped_once_their_board_stopped(
     app = pair_app(seen)
     await store.create("p1", app.schema)
     async with Deployment(app, store) as d:
-        d.supervisor._saw("p1", "failed")  # as if its routing had just failed the board
+        d.supervisor.boards.saw("p1", "failed")  # as if its routing had just failed the board
         late = Activation(
             activation_id="a-late", board_id="p1", agent="second", base=0, trace_id="t"
         )
-        assert d._hand_over("p1", "a-late", "second", late, None)
+        hand_over = d.supervisor.router.local  # how the supervisor hands activations here
+        assert hand_over is not None
+        assert hand_over("p1", "a-late", "second", late, None)
         info = await d.settle("p1")
     assert (seen, info.version) == ([], 0)  # the agent never ran, nothing committed

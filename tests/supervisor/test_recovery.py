@@ -57,18 +57,18 @@ async def test_approval_interrupted_before_release_completes_on_redelivery(
         await d.start("c1")
         assert (await d.settle("c1")).status == "awaiting_approval"
         operator = d.supervisor.operator
-        release = operator._release
+        release = operator.release
 
         async def crash(*args: Any) -> None:
             raise ConnectionError("killed")
 
-        operator._release = crash  # type: ignore[method-assign]
+        operator.release = crash  # type: ignore[method-assign]
         command = Submission(
             kind="command", board_id="c1", author="human:a", command="approve", proposal_id="cmd1"
         )
         with pytest.raises(ConnectionError):
             await d.supervisor.handle(command)
-        operator._release = release  # type: ignore[method-assign]
+        operator.release = release  # type: ignore[method-assign]
         outcome = await d.supervisor.handle(command)  # the redelivery
         assert outcome.status == "committed"
         info = await d.settle("c1")

@@ -12,7 +12,7 @@ import pytest
 from bbtest import activations, outcome_of
 from blackboard.agents import Context, Output, agent, when_all
 from blackboard.supervisor import Supervisor
-from blackboard.supervisor.loops import Routing
+from blackboard.supervisor.routing import Routing
 from pydantic import BaseModel
 
 from blackboard import App, Audit, BoardStore, Key, Limits

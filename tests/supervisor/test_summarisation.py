@@ -371,7 +371,9 @@ async def test_the_crossing_marker_decides_once_per_crossing(store: BoardStore) 
     ) -> tuple[list[str], str | None]:
         pipe = store.redis.pipeline(transaction=True)
         routing = routing or f"p{version}"  # the commit's submission
-        assert await replicas[replica].crossings.queue(pipe, bk, ["notes"], author, routing)
+        assert await replicas[replica].follow_up.crossings.queue(
+            pipe, bk, ["notes"], author, routing
+        )
         [keys] = await pipe.execute()
         marker = await store.redis.hget(bk.loops, "sum:notes")
         return keys, marker and marker.split("|")[0]

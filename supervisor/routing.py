@@ -1,4 +1,4 @@
-"""The supervisor's atomic control step (``lua/route.lua``) and dispatch.
+"""The routing step: the supervisor's atomic control step (``lua/route.lua``) and dispatch.
 
 One call per submission counts tokens, cost, rewrites and handoffs (with the board's
 content fingerprint), trips the circuit breaker or a budget (the board is escalated and
@@ -24,8 +24,16 @@ from blackboard.connection import Command, Pipeliner
 from blackboard.errors import ConfigError
 from blackboard.keys import GlobalKeys
 from blackboard.records import Activation, ContextRead
+from blackboard.status import BoardStatus
 
-__all__ = ["LocalDispatch", "RouteResult", "Routing", "Router"]
+__all__ = [
+    "LocalDispatch",
+    "RouteResult",
+    "RouteStep",
+    "Routing",
+    "read_commit_route",
+    "read_route",
+]
 
 
 LocalDispatch = Callable[[str, str, str, "Activation | None", "ContextRead | None"], bool]
@@ -34,11 +42,13 @@ an activation to an agent in this process; False if that agent does not run here
 
 log = logging.getLogger(__name__)
 
+ACTIVE, ESCALATED = BoardStatus.ACTIVE, BoardStatus.ESCALATED
+
 
 @dataclass
 class Routing:
     """Everything one control step needs to know. Routed with a commit
-    (:meth:`Router.commit_and_route`), its ``routing_id`` must be the proposal's id, and
+    (:meth:`RouteStep.commit_and_route`), its ``routing_id`` must be the proposal's id, and
     ``version``, ``compliant`` and ``outcome`` are not sent: the script takes them from
     the commit's result."""
 
@@ -72,77 +82,58 @@ class RouteResult:
     """(activation id, agent, queue entry JSON) waiting in the outbox."""
 
 
-_DRIVER = """
---[[ commit_route: commit.lua then route.lua in one atomic call, for a proposal whose
-routing does not depend on what the commit changed (a handoff at most); or route.lua
-alone (no commit). Either can read the next agents' context in the same step.
+def read_route(reply: list[Any]) -> RouteResult:
+    """route.lua's reply (see "Returns" in its header), by name."""
+    if reply[0] == "tripped":
+        _, kind, detail = reply
+        return RouteResult("tripped", ESCALATED, kind, detail)
+    outcome, status, *rows = reply  # then (activation id, agent, queue entry) triples
+    outbox = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
+    return RouteResult(outcome, status, dispatch=outbox)
 
-KEYS: commit.lua's KEYS (NK of them), then route.lua's (with a commit, only its
-KEYS[2..7]: the other three are commit.lua's too), then (if C > 0) the board's state hash.
-ARGV: commit.lua's ARGV (NA of them: the script passes KEYS and ARGV to it as they are,
-which copies nothing), then route.lua's, then C board keys to read for the next agents'
-context, then NK, NA and C. With a commit, route.lua's ARGV come without their first two
-(routing id, version) and last two (compliant flag, outcome): filled in here from the
-commit's proposal id and result, as is each activation record's "base":-1 placeholder.
-Returns {'commit', commit reply} if the commit did not happen (nothing routed), else
-{'both', commit reply or {}, route reply[, {version, values of the C keys, loops}]}:
-the context read in the same atomic step (when C > 0 and the routing went through).
-]]
-local n = #ARGV
-local NK, NA, NC = tonumber(ARGV[n - 2]), tonumber(ARGV[n - 1]), tonumber(ARGV[n])
-local last = n - 3 - NC  -- route.lua's last argument
-local rk, c = KEYS, {}
-local v = ''
-if NK > 0 then
-  rk = {KEYS[1], KEYS[NK + 1], KEYS[NK + 2], KEYS[NK + 3], KEYS[NK + 4], KEYS[NK + 5],
-    KEYS[NK + 6], KEYS[9], KEYS[8]}  -- meta, results and khash: commit.lua's 1, 9 and 8
-  c = commit(KEYS, ARGV)
-  if c[1] ~= 'ok' then return {'commit', c} end
-  v = c[2]  -- the new version, as text
-end
--- route.lua's ARGV as a table of its own (it counts from its end)
-local ra = {}
-if last - NA >= 4000 then  -- more than unpack can return (the C stack's limit): a loop
-  local first = 0
-  if NK > 0 then ra, first = {ARGV[3], v}, 2 end
-  for i = NA + 1, last do ra[first + i - NA] = ARGV[i] end
-elseif NK > 0 then  -- unpack copies in C, several times faster than a loop here
-  ra = {ARGV[3], v, unpack(ARGV, NA + 1, last)}
-else
-  ra = {unpack(ARGV, NA + 1, last)}
-end
-if NK > 0 then
-  local changed = {}
-  for i = 4, #c do changed[#changed + 1] = '"' .. c[i] .. '"' end
-  ra[#ra + 1] = (#changed > 0) and '1' or '0'
-  ra[#ra + 1] = '{"status":"committed","version":' .. v .. ',"keys":[' ..
-    table.concat(changed, ',') .. '],"audit":"","reason":"","message":""}'
-  local P = tonumber(ra[11])
-  local A = tonumber(ra[12 + P])
-  for i = 0, A - 1 do
-    local o = 12 + P + 1 + 5 * i + 3
-    ra[o] = (string.gsub(ra[o], '"base":%-1,', '"base":' .. v .. ',', 1))
-  end
-end
-local r = route(rk, ra)
-if NC == 0 or r[1] ~= 'ok' then return {'both', c, r} end
-return {'both', c, r, {redis.call('HGET', rk[1], 'version'),
-  redis.call('HMGET', KEYS[#KEYS], unpack(ARGV, n - 2 - NC, n - 3)),
-  redis.call('HGETALL', rk[2])}}
-"""
+
+def read_commit_route(
+    reply: list[Any], context: Sequence[str]
+) -> tuple[list[Any], list[Any] | None, ContextRead | None]:
+    """commit_route.lua's reply (see "Returns" in its header), by name: the commit's
+    reply, route.lua's (None: the commit did not happen, nothing was routed) and the
+    ``context`` keys read with them (None: none asked, or the routing did not go
+    through)."""
+    if reply[0] == "commit":
+        _, commit = reply
+        return commit, None, None
+    if len(reply) == 3:
+        _, commit, routed = reply
+        return commit, routed, None
+    _, commit, routed, (version, values, loops) = reply
+    read = ContextRead(
+        version=int(version),
+        values=dict(zip(context, values, strict=True)),
+        loops=dict(zip(loops[::2], loops[1::2], strict=True)),
+    )
+    return commit, routed, read
+
+
+def _lua(name: str) -> str:
+    return resources.files("blackboard.supervisor").joinpath("lua", name).read_text()
 
 
 def _combined() -> str:
-    """commit.lua and route.lua, each wrapped as a function, plus the driver above."""
+    """commit.lua and route.lua, each wrapped as a function, then the driver
+    (``lua/commit_route.lua``) that calls them."""
     commit = resources.files("blackboard").joinpath("lua", "commit.lua").read_text()
-    route = resources.files("blackboard.supervisor").joinpath("lua", "route.lua").read_text()
     return (
         f"local function commit(KEYS, ARGV)\n{commit}\nend\n"
-        f"local function route(KEYS, ARGV)\n{route}\nend\n{_DRIVER}"
+        f"local function route(KEYS, ARGV)\n{_lua('route.lua')}\nend\n"
+        f"{_lua('commit_route.lua')}"
     )
 
 
-class Router:
+class RouteStep:
+    """Runs the control step (``lua/route.lua``), alone or with a commit
+    (``lua/commit_route.lua``), and dispatches what it activates. Not the app's
+    :data:`~blackboard.app.Router`, the user's callback that names who acts next."""
+
     def __init__(self, redis: Redis, keys: GlobalKeys, limits: Limits) -> None:
         self.redis = redis
         self.keys = keys
@@ -156,9 +147,9 @@ class Router:
                 limits.max_cost or 0,
             )
         )
-        source = resources.files("blackboard.supervisor").joinpath("lua", "route.lua")
-        self._script = redis.register_script(source.read_text())
-        self._commit_route = redis.register_script(_combined())
+        self._script = redis.register_script(_lua("route.lua"))
+        self.commit_route_script = redis.register_script(_combined())
+        """route.lua with a commit (and a context read) in one call."""
         self.pipeliner = Pipeliner(redis)
         self.local: LocalDispatch | None = None
         """Takes activations of agents running in this process (embedded mode)."""
@@ -236,7 +227,7 @@ class Router:
         if context:
             keys.append(self.keys.board(board_id).state)
         script = (
-            self._commit_route,
+            self.commit_route_script,
             [*commit_keys, *keys],
             (*commit_args, *args, *context, len(commit_keys), len(commit_args), len(context)),
         )
@@ -245,23 +236,19 @@ class Router:
     async def commit_route_reply(
         self, board_id: str, step: Routing, context: Sequence[str], reply: list[Any]
     ) -> tuple[list[Any], RouteResult | None, ContextRead | None]:
-        if reply[0] == "commit":
-            return reply[1], None, None
-        read = None
-        if len(reply) > 3:
-            version, values, loops = reply[3]
-            read = ContextRead(
-                version=int(version),
-                values=dict(zip(context, values, strict=True)),
-                loops=dict(zip(loops[::2], loops[1::2], strict=True)),
-            )
-        return reply[1], await self._parse(board_id, step, reply[2]), read
+        """:meth:`commit_route_call`'s reply: the commit's reply (as ``commit.lua``
+        gives it), the routing's (None if the commit did not happen) and the
+        ``context`` read with them."""
+        commit, routed, read = read_commit_route(reply, context)
+        if routed is None:
+            return commit, None, None
+        return commit, await self._parse(board_id, step, routed), read
 
     def _call(
         self, board_id: str, step: Routing, *, committing: bool = False
     ) -> tuple[list[str], list[Any]]:
         """route.lua's KEYS and ARGV; ``committing``: without the four ARGV the
-        commit_route driver fills in from the commit (see its docstring)."""
+        commit_route driver fills in from the commit (see lua/commit_route.lua)."""
         bk = self.keys.board(board_id)
         args: list[Any] = [] if committing else [step.routing_id, step.version]
         args += [
@@ -288,19 +275,17 @@ class Router:
         return list(bk.route), args
 
     async def _parse(self, board_id: str, step: Routing, reply: list[Any]) -> RouteResult:
-        if reply[0] == "tripped":
+        result = read_route(reply)
+        if result.outcome == "tripped":
             log.warning(
                 "board %s escalated: %s: %s",
                 board_id,
-                reply[1],
-                reply[2],
+                result.trip_kind,
+                result.trip_detail,
                 extra={"board": board_id, "version": step.version},
             )
             await self.redis.zadd(self.keys.escalations, {board_id: time.time() * 1000})
-            return RouteResult("tripped", "escalated", reply[1], reply[2])
-        rows = reply[2:]
-        outbox = [(rows[i], rows[i + 1], rows[i + 2]) for i in range(0, len(rows), 3)]
-        return RouteResult(reply[0], reply[1], dispatch=outbox)
+        return result
 
     async def dispatch(
         self,
@@ -308,12 +293,12 @@ class Router:
         result: RouteResult,
         *,
         ack: tuple[str, str, str] | None = None,
-        batch: list[Command] | None = None,
+        outgoing: list[Command] | None = None,
         fresh: Sequence[Activation] = (),
         context: ContextRead | None = None,
     ) -> None:
         """Move outbox entries to agent queues (if the board is active), then
-        acknowledge the submission's stream entry. With ``batch``, the commands are
+        acknowledge the submission's stream entry. With ``outgoing``, the commands are
         collected and sent once for the whole consumer batch (:meth:`flush`); either way
         each submission's ack follows its dispatch, and Redis runs a pipeline in order.
 
@@ -322,8 +307,8 @@ class Router:
         process leaves it there to be recovered. ``fresh``: the activation records this
         step just created, and ``context`` the board as the next agent sees it (read
         with the commit), so the local agent need not read them back."""
-        commands: list[Command] = batch if batch is not None else []
-        if result.status == "active":
+        commands: list[Command] = outgoing if outgoing is not None else []
+        if result.status == ACTIVE:
             bk = self.keys.board(board_id)
             records = {a.activation_id: a for a in fresh}
             for activation_id, agent, entry in result.dispatch:
@@ -335,7 +320,7 @@ class Router:
                 commands.append(("hdel", (bk.outbox, activation_id), {}))
         if ack is not None:
             commands.append(("xack", ack, {}))
-        if batch is None:
+        if outgoing is None:
             for error in await self.flush(commands):
                 raise error  # what did not go stays in the outbox (resume dispatches it)
 
