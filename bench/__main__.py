@@ -250,7 +250,7 @@ async def history_costs(store: BoardStore, versions: int) -> tuple[float, float]
         pipe = store.redis.pipeline(transaction=False)
         for v in range(start, min(versions, start + 2000)):
             proposal = Proposal.updates("a", v, {"x": v + 1}, proposal_id=f"p{v}")
-            call = store._commit_call(
+            call = store.committer.call(
                 board,
                 schema,
                 proposal,

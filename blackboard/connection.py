@@ -151,7 +151,7 @@ IN_FLIGHT = 3
 the server idles from sending a round trip's last reply until the next arrives (this
 process reads the replies, then packs and writes the next); with a few, the next is
 already queued on the socket. On the supervisor throughput bench (100 boards, 2 cores),
-three beat one, two, four and eight (see :data:`~blackboard.supervisor.process.LANES`)."""
+three beat one, two, four and eight (see :data:`~blackboard.supervisor.intake.LANES`)."""
 
 
 class Pipeliner:

@@ -548,23 +548,3 @@ class BoardStore:
                     board_id, proposal, kind="rollback", outcome=f"restored:{to}"
                 )
         raise AssertionError("unreachable")  # pragma: no cover
-
-    # -- transitional: names other packages reached before the commit protocol moved
-    # out (bench/ and supervisor/ are being reworked in the same change); remove once
-    # they use ``committer.script``, ``committer.call`` and ``not_found``.
-
-    @property
-    def _commit_script(self) -> Any:
-        return self.committer.script
-
-    @_commit_script.setter
-    def _commit_script(self, script: Any) -> None:
-        self.committer.script = script
-
-    @property
-    def _commit_call(self) -> Any:
-        return self.committer.call
-
-    @property
-    def _not_found(self) -> Any:
-        return self.not_found

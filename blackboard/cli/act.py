@@ -72,7 +72,7 @@ async def live_supervisors(store: BoardStore) -> list[str]:
     """Supervisor replicas beating now (their liveness key is there)."""
     gk = GlobalKeys(store.settings.key_prefix)
     try:
-        consumers = await store.redis.xinfo_consumers(gk.proposals(0), SUPERVISORS)
+        consumers = await store.redis.xinfo_consumers(gk.submissions(0), SUPERVISORS)
     except redis_errors.ResponseError:  # no stream or group: none ever ran
         return []
     return [str(c["name"]) for c in consumers if await store.redis.exists(gk.live(c["name"]))]

@@ -438,7 +438,7 @@ async def test_policy_read_key_changed_concurrently_is_revalidated(store: BoardS
     app = build_app(policies=[cap(0)])
     sup = Supervisor(app, store)
     await store.create("c1", app.schema, {"max_amount": 100_000.0})
-    script = store._commit_script
+    script = store.committer.script
     raced = False
 
     async def racing(keys: list[str], args: list[Any]) -> Any:
@@ -450,7 +450,7 @@ async def test_policy_read_key_changed_concurrently_is_revalidated(store: BoardS
             )
         return await script(keys=keys, args=args)
 
-    store._commit_script = racing  # type: ignore[assignment]
+    store.committer.script = racing  # type: ignore[assignment]
     outcome = await sup.handle(
         Submission(
             kind="proposal",
@@ -460,7 +460,7 @@ async def test_policy_read_key_changed_concurrently_is_revalidated(store: BoardS
             patch=[{"op": "add", "path": "/amount", "value": 50_000.0}],
         )
     )
-    store._commit_script = script  # type: ignore[assignment]
+    store.committer.script = script  # type: ignore[assignment]
     assert (outcome.status, outcome.reason) == ("rejected", "policy")
     assert await store.read_key("c1", "amount") is None
     assert await store.read_key("c1", "max_amount") == 10_000.0
