@@ -186,8 +186,13 @@ def demo(ctx: Ctx, fast: bool) -> None:
     sys.path.insert(0, str(root))
     loan = importlib.import_module("examples.loan")
     procurement = importlib.import_module("examples.procurement")
+    logger = logging.getLogger("blackboard")
+    level = logger.level
     if not ctx.debug:  # the escalation the tour provokes is narrated, not a warning
-        logging.getLogger("blackboard").setLevel(logging.ERROR)
+        logger.setLevel(logging.ERROR)
     started = time.monotonic()
-    run_async(ctx, lambda: tour(loan, _cases(loan, procurement), pause=0.0 if fast else 0.3))
+    try:
+        run_async(ctx, lambda: tour(loan, _cases(loan, procurement), pause=0.0 if fast else 0.3))
+    finally:  # (the demo may run inside another program: leave its logging as it was)
+        logger.setLevel(level)
     click.echo(f"({time.monotonic() - started:.1f} s)")
