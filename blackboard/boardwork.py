@@ -45,8 +45,23 @@ class BoardWork:
 
     def ordered(self) -> list[Activation]:
         """Activations in creation order (several may be created in the same
-        millisecond: the one created at the lower version came first)."""
-        return sorted(self.acts.values(), key=lambda a: (a.created_ms, a.base))
+        millisecond: the one created at the lower version came first, and a cause
+        before what it caused)."""
+        depth: dict[str, int] = {}
+
+        def deep(aid: str) -> int:
+            chain = []  # up the parents to one whose depth is known (or none)
+            while aid in self.acts and aid not in depth and aid not in chain:
+                chain.append(aid)
+                aid = self.acts[aid].parent
+            known = depth.get(aid, -1)
+            for i, link in enumerate(reversed(chain), 1):
+                depth[link] = known + i
+            return depth[chain[0]] if chain else known
+
+        return sorted(
+            self.acts.values(), key=lambda a: (a.created_ms, a.base, deep(a.activation_id))
+        )
 
     def last_rejection(self, agent: str | None = None) -> str:
         """The whole message of the latest rejected proposal (of ``agent``)."""

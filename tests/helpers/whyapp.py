@@ -1,6 +1,6 @@
 """An app whose boards fail in every way an operator must be able to see the reason of:
 a validation failure, a policy, a handoff to an unknown agent, a gate with a message,
-and rejections repeated until the board escalates. ``brief.case`` picks one; the
+rejections repeated until the board escalates, a fatal error. ``brief.case`` picks one; the
 writer fixes its mistake on the rewrite (except ``stubborn``)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ from typing import Annotated, Any, Literal
 from blackboard.agents import Context, Handoff, Output, agent, when_changed
 from pydantic import BaseModel, Field
 
-from blackboard import App, Gate, Key, Limits, Policy
+from blackboard import App, FatalError, Gate, Key, Limits, Policy
 
-CASES = ("validation", "policy", "handoff", "gate", "stubborn")
+CASES = ("validation", "policy", "handoff", "gate", "stubborn", "fatal")
+FATAL = "the archive refused the draft: nothing can be published"
 GATE_MESSAGE = "a legal review: a human decides whether this may be published"
 LONG_WORD = "Pneumonoultramicroscopicsilicovolcanoconiosis-" * 4
 """A word too long for any column: it must be folded, never cut."""
@@ -34,7 +35,9 @@ async def writer(ctx: Context) -> Output:
     if case in ("validation", "stubborn") and not fixed:
         return Output(updates={"draft": draft, "words": -1})
     if case == "policy" and not fixed:
-        return Output(updates={"draft": "TODO: write it", "words": 3})
+        return Output(updates={"draft": f"TODO: {LONG_WORD}", "words": 3})
+    if case == "fatal":
+        raise FatalError(FATAL)
     to = "reviewr" if case == "handoff" and not fixed else "reviewer"
     return Output(
         updates={"draft": draft, "words": 3},
