@@ -492,7 +492,7 @@ def watch(ctx: Ctx, board: str, until_done: bool, timeout: float, as_json: bool)
                         if event.waiting is not None:
                             _waiting(ctx, event.waiting, indent=8)
                     else:
-                        header = header or event.event == "status"
+                        header = header or event.event in ("status", "missing")
                         first = False
                         _show(ctx, event, board)
                     sys.stdout.flush()
