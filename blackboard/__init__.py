@@ -27,6 +27,7 @@ from blackboard.errors import (
     TransientError,
     ValidationFailed,
 )
+from blackboard.readmodel import ReadModel
 from blackboard.records import (
     Activation,
     BoardInfo,
@@ -77,6 +78,7 @@ __all__ = [
     "Policy",
     "Proposal",
     "ProposalRejected",
+    "ReadModel",
     "SUPERVISOR",
     "SemanticError",
     "Settings",
