@@ -78,6 +78,13 @@ def squeeze(text: str) -> str:
     return "".join(text.split())
 
 
+async def settled(d: Deployment, *cases: str) -> None:
+    """Each case of the app started (as a board of its name) and settled."""
+    for case in cases:
+        await d.start(case, {"brief": {"case": case}})
+        await d.settle(case)
+
+
 async def events_until(proc: asyncio.subprocess.Process, done: Any) -> list[dict[str, Any]]:
     """JSON lines of ``proc`` until ``done(events)`` holds (30 s at most)."""
     assert proc.stdout is not None
@@ -97,8 +104,7 @@ async def test_watch_json_from_before_the_board_exists_to_escalated(
     [missing] = await events_until(watch, lambda e: len(e) == 1)
     assert (missing["event"], missing["board"]) == ("missing", "stubborn")
     async with Deployment(whyapp.app, store) as d:
-        await d.start("stubborn", {"brief": {"case": "stubborn"}})
-        await d.settle("stubborn")
+        await settled(d, "stubborn")
     assert await watch.wait() == EXIT_ESCALATED
     assert watch.stdout is not None
     events = [json.loads(line) for line in (await watch.stdout.read()).splitlines()]
@@ -119,8 +125,7 @@ async def test_watch_says_what_a_gate_waits_for_then_done(
     store: BoardStore, redis_server: Any
 ) -> None:
     async with Deployment(whyapp.app, store) as d:
-        await d.start("gate", {"brief": {"case": "gate"}})
-        await d.settle("gate")
+        await settled(d, "gate")
         watch = await blackboard(redis_server.url, "watch", "gate", "--until-done")
         assert watch.stdout is not None
         seen = b""
@@ -145,10 +150,7 @@ async def test_watch_exit_codes_for_failed_and_a_timeout(
     store: BoardStore, redis_server: Any
 ) -> None:
     async with Deployment(whyapp.app, store) as d:
-        await d.start("fatal", {"brief": {"case": "fatal"}})
-        await d.settle("fatal")
-        await d.start("gate", {"brief": {"case": "gate"}})
-        await d.settle("gate")
+        await settled(d, "fatal", "gate")
     failed = await blackboard(redis_server.url, "watch", "fatal", "--until-done")
     out, _ = await failed.communicate()
     assert failed.returncode == EXIT_FAILED_BOARD
