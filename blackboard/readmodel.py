@@ -442,7 +442,9 @@ class ReadModel:
                     Event(
                         event="activation",
                         board=board,
-                        ts_ms=now,
+                        # when it happened, where the record says
+                        ts_ms={"queued": act.created_ms, "finished": act.finished_ms}.get(phase)
+                        or now,
                         version=current,
                         phase=phase,
                         activation=act,
