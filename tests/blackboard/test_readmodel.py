@@ -124,3 +124,14 @@ async def test_follow_from_before_the_board_exists(store: BoardStore) -> None:
     finished = [e for e in events if e.phase == "finished"]
     assert [e.outcome.status for e in finished if e.outcome] == ["rejected"] * 3
     assert "rejected 3 times" in (events[-1].waiting.why if events[-1].waiting else "")
+
+
+async def test_a_paused_board_waits_for_resume(store: BoardStore) -> None:
+    async with Deployment(whyapp.app, store) as d:
+        await d.start("p1", {"brief": {"case": "gate"}})
+        await d.settle("p1")
+        await d.command("p1", "pause")
+    [paused] = await ReadModel(store).escalations()
+    assert (paused.board, paused.status) == ("p1", "paused")
+    assert paused.why == "an operator paused it: nothing is dispatched"
+    assert paused.action == "resume it with `blackboard resume p1`"
