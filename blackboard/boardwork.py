@@ -72,6 +72,25 @@ class BoardWork:
                 return decided.message
         return ""
 
+    def rejections(self) -> list[Incident]:
+        """Each rejected proposal of an agent, as an incident of kind ``rejected``."""
+        rows = []
+        for act in self.acts.values():
+            decided = self.outcomes.get(act.activation_id)
+            if decided is not None and decided.status == "rejected":
+                rows.append(
+                    Incident(
+                        board=self.board,
+                        id=act.activation_id,
+                        kind="rejected",
+                        detail=f"{act.agent}'s proposal was rejected ({decided.reason})",
+                        version=act.base,
+                        ts_ms=act.finished_ms or act.created_ms,
+                        rejection=decided.message,
+                    )
+                )
+        return rows
+
     def open_agents(self) -> list[str]:
         """Agents with activations open on the board (queued or running)."""
         return sorted({self.acts[a].agent for a in self.open if a in self.acts})

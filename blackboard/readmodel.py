@@ -173,11 +173,18 @@ class ReadModel:
             )
         return Trace(board=board, hops=hops, commits=commits)
 
-    async def incidents(self, boards: Iterable[str] | None = None) -> list[Incident]:
-        """Incidents of ``boards`` (default: every listed board), oldest first."""
+    async def incidents(
+        self, boards: Iterable[str] | None = None, *, rejections: bool = False
+    ) -> list[Incident]:
+        """Incidents of ``boards`` (default: every listed board), oldest first; with
+        ``rejections``, each rejected proposal too (kind ``rejected``, its message in
+        ``rejection``)."""
         ids = [b.board_id for b in await self.store.boards()] if boards is None else boards
-        rows = [i for snap in await self._work(ids, incidents=True) for i in snap.incidents]
-        return sorted(rows, key=lambda i: i.ts_ms)
+        rows = []
+        for snap in await self._work(ids, incidents=True):
+            rows += snap.incidents + (snap.rejections() if rejections else [])
+        # in the same millisecond, a rejection before the incident it caused
+        return sorted(rows, key=lambda i: (i.ts_ms, i.kind != "rejected"))
 
     async def stats(self, board: str) -> Stats:
         snap = await self._one(board, incidents=True)

@@ -259,19 +259,20 @@ def trace(ctx: Ctx, board: str, mermaid_file: Any, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def incidents(ctx: Ctx, board: str | None, as_json: bool) -> None:
-    """Loops tripped, budgets spent, timeouts, rollbacks, human input asked (for
-    repeated rejections, the last rejection's reason)."""
+    """Loops tripped, budgets spent, timeouts, rollbacks, human input asked, and each
+    rejected proposal, with its reason (for repeated rejections, the last one's)."""
 
     async def go() -> None:
         reads = _reads(ctx)
         if board is not None:
             await reads.info(board)  # unknown: says so, with suggestions
-        rows = await reads.incidents(None if board is None else [board])
+        rows = await reads.incidents(None if board is None else [board], rejections=True)
 
         def render() -> None:
             t = _table("time", "board", "kind", "detail")
             for r in rows:
-                detail = r.detail + (f"\nlast rejection: {r.rejection}" if r.rejection else "")
+                said = "why" if r.kind == "rejected" else "last rejection"
+                detail = r.detail + (f"\n{said}: {r.rejection}" if r.rejection else "")
                 _row(t, _when(r.ts_ms), r.board, r.kind, detail)
             ctx.console.print(t)
 

@@ -110,9 +110,13 @@ def test_trace_shows_why_each_hop_failed(why: dict[str, Any]) -> None:
 
 def test_incidents_and_escalations_say_why(why: dict[str, Any]) -> None:
     url = why["url"]
-    [incident] = as_json(url, "incidents", "stubborn")
+    *rejected, incident = as_json(url, "incidents", "stubborn")
     assert incident["kind"] == "rewrites"
     assert incident["rejection"] == why["messages"]["stubborn"][-1]
+    assert [r["kind"] for r in rejected] == ["rejected"] * 3
+    assert rejected[0]["detail"] == "writer's proposal was rejected (schema)"
+    [policy] = as_json(url, "incidents", "policy")
+    assert (policy["kind"], policy["rejection"]) == ("rejected", why["messages"]["policy"][0])
     waiting = {e["board"]: e for e in as_json(url, "escalations")}
     assert set(waiting) == {"gate", "stubborn", "fatal"}
     gate = waiting["gate"]
@@ -150,9 +154,10 @@ def test_tables_wrap_to_columns_and_cut_nothing(why: dict[str, Any], columns: in
         assert max(len(line) for line in out.splitlines()) <= columns, (args, out)
         assert "…" not in out, (args, out)
     assert squeeze(message) in column(outputs[("history", "policy")], 5)
-    incident = as_json(url, "incidents", "stubborn")[0]
+    incident = as_json(url, "incidents", "stubborn")[-1]
     detail = column(outputs[("incidents",)], 3)
     assert squeeze(incident["detail"] + "last rejection:" + incident["rejection"]) in detail
+    assert squeeze("why:" + message) in detail
     if columns >= 160:  # room enough: one line per row
         assert len(outputs[("boards",)].splitlines()) == 4 + len(whyapp.CASES)
 
