@@ -21,11 +21,13 @@ from redis import exceptions as redis_errors
 
 from blackboard import boardwork, codec
 from blackboard.boardwork import SUPERVISOR, BoardWork, read_work
+from blackboard.consumers import consumers
 from blackboard.keys import GlobalKeys
 from blackboard.records import Activation, BoardInfo
 from blackboard.status import BoardStatus
 from blackboard.store import BoardStore, redis_failures
 from blackboard.views import (
+    Activity,
     Agents,
     AgentView,
     Breaker,
@@ -35,7 +37,6 @@ from blackboard.views import (
     HistoryRow,
     Hop,
     Incident,
-    Instance,
     Phase,
     ProposalOutcome,
     Stats,
@@ -97,6 +98,20 @@ class ReadModel:
     async def _one(self, board: str, *, incidents: bool = False) -> BoardWork:
         await self.store.info(board)  # unknown: BoardNotFound with suggestions
         return (await self._work([board], incidents=incidents))[0]
+
+    async def activity(self, board: str) -> Activity:
+        """The board's status, version, and activations open and undispatched, read in
+        one transaction: what waiting for a board to settle looks at."""
+        bk = self.keys.board(board)
+        async with redis_failures(f"read board {board!r}"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hmget(bk.meta, ["status", "version"])
+            pipe.zcard(bk.open)
+            pipe.hlen(bk.outbox)
+            (status, version), open_, outbox = await pipe.execute()
+        if status is None:
+            await self.store.info(board)  # raises BoardNotFound, with suggestions
+        return Activity(status=status, version=int(version), open=open_, outbox=outbox)
 
     # -- a board's record -------------------------------------------------------------
 
@@ -264,7 +279,9 @@ class ReadModel:
         queues = [(self.keys.queue(a), AGENT_GROUP) for a in agents]
         if active:
             queues.append((self.keys.proposals(0), SUPERVISOR_GROUP))
-        seen = dict(zip([*agents, SUPERVISOR], await self._consumers(queues), strict=False))
+        seen = dict(
+            zip([*agents, SUPERVISOR], await consumers(self.redis, self.keys, queues), strict=False)
+        )
         dead = {
             name for name, (instances, *_) in seen.items() if not any(i.alive for i in instances)
         }
@@ -273,60 +290,6 @@ class ReadModel:
             + ([SUPERVISOR] if s.board in active and SUPERVISOR in dead else [])
             for s in snaps
         }
-
-    async def _consumers(
-        self, queues: list[tuple[str, str]]
-    ) -> list[tuple[list[Instance], int, int]]:
-        """Per (stream, group): its consumers with their liveness, how many entries are
-        in flight (delivered, not acknowledged) and how many wait (not delivered)."""
-        if not queues:
-            return []
-        async with redis_failures("read the queues"):
-            pipe = self.redis.pipeline(transaction=False)
-            for stream, group in queues:
-                pipe.xinfo_groups(stream)
-                pipe.xinfo_consumers(stream, group)
-                pipe.xlen(stream)
-            replies = await pipe.execute(raise_on_error=False)
-            found: list[tuple[dict[str, Any] | None, list[dict[str, Any]], int]] = []
-            for i, (_, group) in enumerate(queues):
-                groups, consumers, length = replies[3 * i : 3 * i + 3]
-                mine = [g for g in _ok(groups, []) if str(g["name"]) == group]
-                found.append((mine[0] if mine else None, _ok(consumers, []), _ok(length, 0)))
-            names = [str(c["name"]) for _, consumers, _ in found for c in consumers]
-            pipe = self.redis.pipeline(transaction=False)
-            for name in names:
-                pipe.exists(self.keys.live(name))
-                pipe.zscore(self.keys.consumers, name)
-            beats = iter(await pipe.execute())
-            now = _now_ms()
-            out = []
-            for (stream, _), (group_info, consumers, length) in zip(queues, found, strict=True):
-                instances = []
-                for c in consumers:
-                    alive, last = next(beats), next(beats)
-                    instances.append(
-                        Instance(
-                            name=str(c["name"]),
-                            alive=bool(alive),
-                            beat_age_ms=None if last is None else max(0, now - int(last)),
-                            in_flight=int(c["pending"]),
-                        )
-                    )
-                out.append((instances, *await self._backlog(stream, group_info, length)))
-        return out
-
-    async def _backlog(
-        self, stream: str, group: dict[str, Any] | None, length: int
-    ) -> tuple[int, int]:
-        """(in flight, waiting) of a queue's group; with no group yet, all entries wait."""
-        if group is None:
-            return 0, length
-        lag = group.get("lag")
-        if lag is None:  # Redis cannot tell after deletions: count what follows
-            after = f"({group['last-delivered-id']}"
-            lag = len(cast(list[Any], await self.redis.xrange(stream, after, "+", count=100_000)))
-        return int(group["pending"]), int(lag)
 
     async def agents(self) -> Agents | None:
         """The deployed app's agents with their instances' liveness, in-flight and
@@ -338,7 +301,7 @@ class ReadModel:
         names = list(declaration["agents"])
         queues = [(self.keys.queue(n), AGENT_GROUP) for n in names]
         queues.append((self.keys.proposals(0), SUPERVISOR_GROUP))
-        *per_agent, supervisors = await self._consumers(queues)
+        *per_agent, supervisors = await consumers(self.redis, self.keys, queues)
         active = [b.board_id for b in await self.store.boards() if b.status == BoardStatus.ACTIVE]
         open_by_agent: dict[str, list[str]] = {}
         for snap in await self._work(active):
@@ -484,16 +447,6 @@ class _Followed:
     version: int = 0
     phases: dict[str, set[Phase]] = field(default_factory=dict)
     status: tuple[str, str, tuple[str, ...]] | None = None
-
-
-def _ok(reply: Any, default: Any) -> Any:
-    """A pipelined reply, or ``default`` where Redis answered an error (no such stream
-    or group yet: nothing consumed it)."""
-    if isinstance(reply, redis_errors.ResponseError):
-        return default
-    if isinstance(reply, Exception):
-        raise reply
-    return reply
 
 
 def _when(row: HistoryRow) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from blackboard.records import Activation, BoardInfo, LogEntry, Outcome
 
 __all__ = [
+    "Activity",
     "AgentView",
     "Agents",
     "Breaker",
@@ -206,6 +207,22 @@ class Agents(BaseModel):
     agents: list[AgentView]
     supervisors: list[Instance]
     breakers: dict[str, Breaker]
+
+
+class Activity(BaseModel):
+    """Whether a board has work going, from one consistent look (a transaction)."""
+
+    status: str
+    version: int
+    open: int
+    """Activations created and not closed by their routing."""
+    outbox: int
+    """Activations not yet dispatched to their agent."""
+
+    @property
+    def idle(self) -> bool:
+        """Nothing open and nothing to dispatch: no agent has work on it."""
+        return self.open == 0 and self.outbox == 0
 
 
 class Stats(BaseModel):

@@ -135,3 +135,17 @@ async def test_a_paused_board_waits_for_resume(store: BoardStore) -> None:
     assert (paused.board, paused.status) == ("p1", "paused")
     assert paused.why == "an operator paused it: nothing is dispatched"
     assert paused.action == "resume it with `blackboard resume p1`"
+
+
+async def test_activity_is_one_consistent_look(store: BoardStore) -> None:
+    reads = ReadModel(store)
+    supervisor = Supervisor(whyapp.app, store)
+    await supervisor.publish(replace=True)
+    await supervisor.start("b1", {"brief": {"case": "gate"}})  # no agent runs it
+    going = await reads.activity("b1")
+    assert (going.status, going.version, going.open, going.idle) == ("active", 0, 1, False)
+    await run_cases(store, "gate")
+    held = await reads.activity("gate")
+    assert (held.status, held.version, held.idle) == ("awaiting_approval", 2, True)
+    with pytest.raises(BoardNotFound, match="Did you mean 'gate'"):
+        await reads.activity("gatf")
