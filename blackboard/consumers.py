@@ -1,6 +1,12 @@
 """Who consumes a queue, read for people: each consumer with its liveness (the
 heartbeats of :class:`~blackboard.queues.Liveness`), what it holds, and the queue's
-backlog (entries in flight and entries no consumer has been given yet)."""
+backlog (entries in flight and entries no consumer has been given yet).
+
+A consumer group lists a consumer only once it has been given an entry (Redis 7.0
+creates none for an empty read), so a process that beats is also counted as a queue's
+consumer by its name: ``NAME-…`` for an agent NAME's instances, ``sup-…`` for the
+supervisor replicas (their default names; a custom ``--name`` is seen once it has
+been given work)."""
 
 from __future__ import annotations
 
@@ -22,10 +28,10 @@ QueueState = tuple[list[Instance], int, int]
 
 
 async def consumers(
-    redis: Redis, keys: GlobalKeys, queues: list[tuple[str, str]]
+    redis: Redis, keys: GlobalKeys, queues: list[tuple[str, str, str]]
 ) -> list[QueueState]:
-    """The state of each (stream, consumer group), in two round trips for all (three
-    if Redis cannot count a group's backlog).
+    """The state of each (stream, consumer group, name prefix of its consumers), in
+    two round trips for all (three if Redis cannot count a group's backlog).
 
     Raises:
         StoreUnavailable: Redis is unreachable or refused.
@@ -34,37 +40,55 @@ async def consumers(
         return []
     async with redis_failures("read the queues"):
         pipe = redis.pipeline(transaction=False)
-        for stream, group in queues:
+        pipe.zrange(keys.consumers, 0, -1, withscores=True)
+        for stream, group, _ in queues:
             pipe.xinfo_groups(stream)
             pipe.xinfo_consumers(stream, group)
             pipe.xlen(stream)
-        replies = await pipe.execute(raise_on_error=False)
-        found: list[tuple[dict[str, Any] | None, list[dict[str, Any]], int]] = []
-        for i, (_, group) in enumerate(queues):
+        beating, *replies = await pipe.execute(raise_on_error=False)
+        last_beat = {str(n): int(s) for n, s in _ok(beating, [])}
+        mine = _by_prefix(list(last_beat), [prefix for _, _, prefix in queues])
+        found: list[tuple[dict[str, Any] | None, dict[str, int], int]] = []
+        for i, (_, group, _) in enumerate(queues):
             groups, members, length = replies[3 * i : 3 * i + 3]
-            mine = [g for g in _ok(groups, []) if str(g["name"]) == group]
-            found.append((mine[0] if mine else None, _ok(members, []), _ok(length, 0)))
+            matching = [g for g in _ok(groups, []) if str(g["name"]) == group]
+            holding = {n: 0 for n in mine[i]} | {
+                str(c["name"]): int(c["pending"]) for c in _ok(members, [])
+            }
+            found.append((matching[0] if matching else None, holding, _ok(length, 0)))
+        names = [name for _, holding, _ in found for name in holding]
         pipe = redis.pipeline(transaction=False)
-        for _, members, _ in found:
-            for c in members:
-                pipe.exists(keys.live(str(c["name"])))
-                pipe.zscore(keys.consumers, str(c["name"]))
-        beats = iter(await pipe.execute())
+        for name in names:
+            pipe.exists(keys.live(name))
+        alive = dict(zip(names, await pipe.execute(), strict=True))
         now = int(time.time() * 1000)
         out = []
-        for (stream, _), (info, members, length) in zip(queues, found, strict=True):
-            instances = []
-            for c in members:
-                alive, last = next(beats), next(beats)
-                instances.append(
-                    Instance(
-                        name=str(c["name"]),
-                        alive=bool(alive),
-                        beat_age_ms=None if last is None else max(0, now - int(last)),
-                        in_flight=int(c["pending"]),
-                    )
+        for (stream, _, _), (info, holding, length) in zip(queues, found, strict=True):
+            instances = [
+                Instance(
+                    name=name,
+                    alive=bool(alive[name]),
+                    beat_age_ms=max(0, now - last_beat[name]) if name in last_beat else None,
+                    in_flight=held,
                 )
+                for name, held in sorted(holding.items())
+            ]
             out.append((instances, *await _backlog(redis, stream, info, length)))
+    return out
+
+
+def _by_prefix(names: list[str], prefixes: list[str]) -> list[list[str]]:
+    """Per prefix, the names that are it or start with it and a dash (the longest
+    prefix wins: ``risk-2-host-1-abc`` is agent ``risk-2``'s, not ``risk``'s)."""
+    out: list[list[str]] = [[] for _ in prefixes]
+    for name in names:
+        best = max(
+            (i for i, p in enumerate(prefixes) if name == p or name.startswith(p + "-")),
+            key=lambda i: len(prefixes[i]),
+            default=None,
+        )
+        if best is not None:
+            out[best].append(name)
     return out
 
 

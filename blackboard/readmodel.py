@@ -50,6 +50,8 @@ AGENT_GROUP = "workers"
 """The consumer group an agent's instances share on its queue."""
 SUPERVISOR_GROUP = "supervisor"
 """The consumer group of the supervisor replicas on the submission streams."""
+SUPERVISOR_NAMES = "sup"
+"""How the supervisor replicas' default consumer names start (``sup-HOST-PID-…``)."""
 _NEEDS_A_PERSON = frozenset(
     {
         BoardStatus.ESCALATED,
@@ -276,9 +278,9 @@ class ReadModel:
         needed = {s.board: s.open_agents() for s in snaps}
         active = [s.board for s in snaps if s.status == BoardStatus.ACTIVE]
         agents = sorted({a for names in needed.values() for a in names})
-        queues = [(self.keys.queue(a), AGENT_GROUP) for a in agents]
+        queues = [(self.keys.queue(a), AGENT_GROUP, a) for a in agents]
         if active:
-            queues.append((self.keys.proposals(0), SUPERVISOR_GROUP))
+            queues.append((self.keys.proposals(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES))
         seen = dict(
             zip([*agents, SUPERVISOR], await consumers(self.redis, self.keys, queues), strict=False)
         )
@@ -299,8 +301,8 @@ class ReadModel:
         if declaration is None:
             return None
         names = list(declaration["agents"])
-        queues = [(self.keys.queue(n), AGENT_GROUP) for n in names]
-        queues.append((self.keys.proposals(0), SUPERVISOR_GROUP))
+        queues = [(self.keys.queue(n), AGENT_GROUP, n) for n in names]
+        queues.append((self.keys.proposals(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES))
         *per_agent, supervisors = await consumers(self.redis, self.keys, queues)
         active = [b.board_id for b in await self.store.boards() if b.status == BoardStatus.ACTIVE]
         open_by_agent: dict[str, list[str]] = {}

@@ -14,7 +14,7 @@ from blackboard.supervisor import Deployment, Supervisor
 
 from blackboard import BoardNotFound, BoardStore, ReadModel
 from blackboard.keys import GlobalKeys
-from blackboard.queues import Delivery, WorkQueue
+from blackboard.queues import Delivery, Liveness, WorkQueue
 from blackboard.views import Event
 
 
@@ -101,6 +101,20 @@ async def test_agents_liveness_waiting_work_and_unserved(store: BoardStore) -> N
     assert seen is not None
     writer = next(a for a in seen.agents if a.agent == "writer")
     assert writer.live == 1 and writer.needed_by == []
+    # processes that beat and were never given an entry (no group lists them yet)
+    for name in ("sup-host-7-abcdef", "reviewer-host-8-abcdef", "reviewer-2-x"):
+        await Liveness(store.redis, keys, name).beat()
+    seen = await reads.agents()
+    assert seen is not None
+    assert [(i.name, i.alive) for i in seen.supervisors] == [("sup-host-7-abcdef", True)]
+    by_name = {a.agent: a for a in seen.agents}
+    assert [i.name for i in by_name["reviewer"].instances] == [
+        "reviewer-2-x",
+        "reviewer-host-8-abcdef",
+    ]
+    assert by_name["reviewer"].live == 2 and by_name["publisher"].instances == []
+    # its writer and a supervisor are alive now: nothing for a person to do
+    assert await reads.escalations() == []
     await queue.dead_letter(Delivery(taken.entry_id, taken.fields, 6), "gave up")
     [letter] = await reads.dead_letters()
     assert (letter.reason, letter.deliveries, letter.stream) == ("gave up", 6, queue.stream)
