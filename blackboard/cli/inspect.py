@@ -5,6 +5,9 @@ statistics, agents. Read-only, without importing user code, and through the read
 
 Text is never cut silently: table cells wrap to the terminal's width (``COLUMNS``
 when set, 80 when unknown) and ``--json`` always carries every text whole.
+
+About 500 lines: eleven commands, each its options, one read and a renderer; kept
+together so that every inspect command is found in one place.
 """
 
 from __future__ import annotations
