@@ -28,6 +28,7 @@ from blackboard.errors import (
     TransientError,
     ValidationFailed,
 )
+from blackboard.readmodel import ReadModel
 from blackboard.records import (
     Activation,
     BoardInfo,
@@ -80,6 +81,7 @@ __all__ = [
     "Policy",
     "Proposal",
     "ProposalRejected",
+    "ReadModel",
     "SUPERVISOR",
     "SemanticError",
     "Settings",

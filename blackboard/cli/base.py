@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -45,8 +46,8 @@ class Ctx:
         self.redis = redis
         self.debug = debug
         self._stores: list[BoardStore] = []
-        # Tables fit an 80-column terminal; a wider terminal gets its own width.
-        self.console = Console(width=None if sys.stdout.isatty() else 80, highlight=False)
+        # The terminal's width, else COLUMNS (a pipe too), else 80; tables wrap to it.
+        self.console = Console(width=shutil.get_terminal_size().columns, highlight=False)
         self.progress = Console(stderr=True)
 
     @property

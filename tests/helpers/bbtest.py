@@ -3,7 +3,6 @@ readers of what the supervisor recorded."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from blackboard.agents import Context, Handoff, Output, Summariser, agent, when_changed
@@ -11,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from blackboard import App, BoardStore, Key, Limits
 from blackboard.connection import Pipeliner
+from blackboard.readmodel import ReadModel
 
 
 class Case(BaseModel):
@@ -60,25 +60,34 @@ def build_app(**overrides: Any) -> App:
 
 
 async def outcome_of(store: BoardStore, board_id: str, proposal_id: str) -> dict[str, Any]:
-    raw = await store.redis.hget(store.keys(board_id).results, proposal_id)
-    assert raw is not None, f"no outcome recorded for {proposal_id}"
-    return json.loads(raw)
+    decided = (await ReadModel(store).outcomes(board_id)).get(proposal_id)
+    assert decided is not None, f"no outcome recorded for {proposal_id}"
+    return decided.model_dump(exclude={"proposal_id"})
 
 
 async def outcomes(store: BoardStore, board_id: str) -> list[dict[str, Any]]:
-    raw = await store.redis.hgetall(store.keys(board_id).results)
-    return [json.loads(v) for v in raw.values()]
+    decided = await ReadModel(store).outcomes(board_id)
+    return [o.model_dump(exclude={"proposal_id"}) for o in decided.values()]
 
 
 async def incidents(store: BoardStore, board_id: str) -> list[dict[str, str]]:
-    return [f for _, f in await store.redis.xrange(store.keys(board_id).incidents)]
+    """As stored: every field a string (``version``, ``ts``), ``cycle`` only for loops."""
+    rows = await ReadModel(store).incidents([board_id])
+    return [
+        {
+            "kind": i.kind,
+            "detail": i.detail,
+            "version": str(i.version),
+            "ts": str(i.ts_ms),
+            **({"cycle": i.cycle} if i.cycle else {}),
+        }
+        for i in rows
+    ]
 
 
 async def activations(store: BoardStore, board_id: str) -> list[dict[str, Any]]:
-    raw = await store.redis.hgetall(store.keys(board_id).activations)
-    # In creation order. Several may be created in the same millisecond: the one
-    # created at the lower board version came first.
-    return sorted((json.loads(v) for v in raw.values()), key=lambda a: (a["created_ms"], a["base"]))
+    """In creation order."""
+    return [a.model_dump() for a in await ReadModel(store).activations(board_id)]
 
 
 def count_into(pipe: Any, sizes: list[int]) -> Any:
