@@ -280,7 +280,7 @@ class ReadModel:
         agents = sorted({a for names in needed.values() for a in names})
         queues = [(self.keys.queue(a), AGENT_GROUP, a) for a in agents]
         if active:
-            queues.append((self.keys.proposals(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES))
+            queues.append((self.keys.submissions(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES))
         seen = dict(
             zip([*agents, SUPERVISOR], await consumers(self.redis, self.keys, queues), strict=False)
         )
@@ -302,7 +302,7 @@ class ReadModel:
             return None
         names = list(declaration["agents"])
         queues = [(self.keys.queue(n), AGENT_GROUP, n) for n in names]
-        queues.append((self.keys.proposals(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES))
+        queues.append((self.keys.submissions(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES))
         *per_agent, supervisors = await consumers(self.redis, self.keys, queues)
         active = [b.board_id for b in await self.store.boards() if b.status == BoardStatus.ACTIVE]
         open_by_agent: dict[str, list[str]] = {}
