@@ -42,8 +42,10 @@ from blackboard.errors import (
     TransientError,
 )
 from blackboard.keys import GlobalKeys
-from blackboard.queues import OUTAGE, Delivery, Liveness, WorkQueue, shard_of
+from blackboard.outages import OUTAGE, ride_out
+from blackboard.queues import Delivery, Liveness, WorkQueue, shard_of
 from blackboard.records import Activation, ContextRead, Submission
+from blackboard.status import STOPPED as BOARD_STOPPED
 from blackboard.store import BoardStore
 
 __all__ = ["AgentWorker"]
@@ -51,7 +53,7 @@ __all__ = ["AgentWorker"]
 log = logging.getLogger(__name__)
 
 GROUP = "workers"
-STOPPED = ("escalated", "done", "failed", None)
+STOPPED: frozenset[str | None] = frozenset({*BOARD_STOPPED, None})
 """Board statuses (None: gone) on which nothing more is run."""
 TRANSIENT = (TransientError, ConnectionError, TimeoutError, asyncio.TimeoutError)
 
@@ -115,26 +117,33 @@ class AgentWorker:
         stop = stop or asyncio.Event()
         beating = asyncio.Event()  # set once the work in hand is done
         alive = asyncio.create_task(self.liveness.run(beating))
-        backoff = 0.05
         own: str | None = "0"  # this name's pending entries first, then new ones
+
+        def stopping(_: RetryCallState) -> bool:
+            return stop.is_set()
+
         try:
             while not stop.is_set():
-                try:
-                    if own is not None:
-                        deliveries = await self.queue.take_own(self.name, after=own, count=1)
-                        own = deliveries[-1].entry_id if deliveries else None
-                    else:
-                        deliveries = await self.queue.take(self.name, count=1, block_ms=200)
-                    for delivery in deliveries:
-                        await self.handle(delivery)
-                    backoff = 0.05
-                except OUTAGE as exc:
-                    log.warning("agent %s: Redis unavailable, retrying: %s", self.agent.name, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                # An outage is ridden out step by step; asked to stop meanwhile, it ends.
+                with contextlib.suppress(*OUTAGE):
+                    async for attempt in ride_out(f"agent {self.agent.name}", log, stop=stopping):
+                        with attempt:
+                            own = await self._step(own)
         finally:
             beating.set()  # the name is let go: what it still holds is taken over at once
             await asyncio.gather(alive, return_exceptions=True)
+
+    async def _step(self, own: str | None) -> str | None:
+        """Take one delivery (this name's pending ones first, from ``own`` on) and handle
+        it; returns where this name's pending entries continue (None: all taken)."""
+        if own is not None:
+            deliveries = await self.queue.take_own(self.name, after=own, count=1)
+            own = deliveries[-1].entry_id if deliveries else None
+        else:
+            deliveries = await self.queue.take(self.name, count=1, block_ms=200)
+        for delivery in deliveries:
+            await self.handle(delivery)
+        return own
 
     async def handle(self, delivery: Delivery) -> None:
         entry = delivery.fields
@@ -318,17 +327,15 @@ class AgentWorker:
         recognised by its proposal id, and the routing's pending activations come
         back), until Redis answers or the activation's deadline passes."""
         assert self.submit_local is not None, "run_local needs submit_local"
-        backoff = 0.05
-        while True:
-            try:
+
+        def expired(_: RetryCallState) -> bool:
+            # Past the deadline the last outage is raised: the activation is left open,
+            # the watchdog reports it, and a restart resends it.
+            return bool(act.deadline_ms) and time.time() * 1000 > act.deadline_ms
+
+        async for attempt in ride_out(f"agent {self.agent.name} submitting", log, stop=expired):
+            with attempt:
                 await self.submit_local(submission, act)
-                return
-            except OUTAGE as exc:
-                if act.deadline_ms and time.time() * 1000 > act.deadline_ms:
-                    raise  # left open: the watchdog reports it, a restart resends it
-                log.warning("agent %s: Redis unavailable, resubmitting: %s", self.agent.name, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
 
     async def _attempts(self, attempt: Callable[[], Awaitable[None]], tried: list[int]) -> None:
         """Run ``attempt``, retrying transient failures with exponential backoff and

@@ -14,7 +14,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.stop import StopBaseT
 
@@ -61,7 +62,10 @@ def ride_out(
 
     return AsyncRetrying(
         retry=retry_if_exception_type(OUTAGE),
-        wait=wait_exponential_jitter(initial=FIRST_WAIT_S, max=LONGEST_WAIT_S, jitter=FIRST_WAIT_S),
+        # (not wait_exponential_jitter: its ``initial`` is deprecated from tenacity 9.2,
+        # and the ``multiplier`` replacing it does not exist in the 8.x we support)
+        wait=wait_exponential(multiplier=FIRST_WAIT_S, max=LONGEST_WAIT_S)
+        + wait_random(0, FIRST_WAIT_S),
         stop=stop,
         before_sleep=tell,
         reraise=True,
