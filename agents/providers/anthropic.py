@@ -7,9 +7,9 @@ call instead of them); its input, validated, is the answer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blackboard.agents.models import (
     Completion,
@@ -19,14 +19,11 @@ from blackboard.agents.models import (
     paid_for,
     parse_output,
 )
-from blackboard.agents.providers.client import PerLoop, api_key, missing_sdk
+from blackboard.agents.providers.client import SDK, api_key
 from blackboard.agents.providers.failures import classify
 from pydantic import BaseModel
 
 from blackboard.errors import SemanticError
-
-if TYPE_CHECKING:
-    from anthropic import AsyncAnthropic
 
 __all__ = ["OUTPUT_TOOL", "AnthropicModel"]
 
@@ -50,43 +47,32 @@ class AnthropicModel:
     """
 
     name: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
     timeout: float = 60.0
     max_tokens: int = 4096
     temperature: float | None = None
     client: Any = None
-    environ: Mapping[str, str] | None = field(default=None, repr=False)
     provider: str = field(default="anthropic", init=False)
-    _sdk: Any = field(init=False, repr=False)
-    _clients: PerLoop[AsyncAnthropic] = field(init=False, repr=False)
+    _sdk: SDK = field(init=False, repr=False)
     _schemas: dict[type[BaseModel], dict[str, Any]] = field(
         default_factory=dict, init=False, repr=False
     )
     """JSON schema per output schema (built once: an agent asks with the same one)."""
 
     def __post_init__(self) -> None:
-        try:
-            import anthropic
-        except ImportError as exc:
-            raise missing_sdk("anthropic", exc) from exc
-        self._sdk = anthropic
-        self.api_key = api_key(
-            self.api_key, "ANTHROPIC_API_KEY", required=True, environ=self.environ
-        )
-        self._clients = PerLoop(self._make_client, self.client)
-
-    def _make_client(self) -> AsyncAnthropic:
-        client: AsyncAnthropic = self._sdk.AsyncAnthropic(
-            api_key=self.api_key,
+        self.api_key = api_key(self.api_key, "ANTHROPIC_API_KEY", required=True)
+        self._sdk = SDK(
+            "anthropic",
+            "AsyncAnthropic",
+            key=self.api_key,
             base_url=self.base_url,
             timeout=self.timeout,
-            max_retries=0,  # the runtime's retry policy is the only one
+            client=self.client,
         )
-        return client
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._sdk.aclose()
 
     async def complete(
         self,
@@ -122,9 +108,9 @@ class AnthropicModel:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         try:
-            answer = await self._clients.get().messages.create(**request)
-        except self._sdk.APIError as exc:
-            raise classify(self._sdk, "Anthropic", exc) from exc
+            answer = await self._sdk.client().messages.create(**request)
+        except self._sdk.module.APIError as exc:
+            raise classify(self._sdk.module, "Anthropic", exc) from exc
         with paid_for(Completion("", *_usage(answer), self.name, provider=self.provider)):
             return self._completion(answer, schema)
 

@@ -8,9 +8,9 @@ a strict JSON-schema response format; tools are offered as functions.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blackboard.agents.models import (
     Completion,
@@ -20,14 +20,11 @@ from blackboard.agents.models import (
     paid_for,
     parse_output,
 )
-from blackboard.agents.providers.client import PerLoop, api_key, missing_sdk
+from blackboard.agents.providers.client import SDK, api_key
 from blackboard.agents.providers.failures import classify
 from pydantic import BaseModel
 
 from blackboard.errors import SemanticError
-
-if TYPE_CHECKING:
-    from openai import AsyncOpenAI
 
 __all__ = ["OpenAIModel"]
 
@@ -54,16 +51,14 @@ class OpenAIModel:
     """
 
     name: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
     provider: str | None = "openai"
     timeout: float = 60.0
     max_tokens: int | None = None
     temperature: float | None = None
     client: Any = None
-    environ: Mapping[str, str] | None = field(default=None, repr=False)
-    _sdk: Any = field(init=False, repr=False)
-    _clients: PerLoop[AsyncOpenAI] = field(init=False, repr=False)
+    _sdk: SDK = field(init=False, repr=False)
     _formats: dict[type[BaseModel], dict[str, Any]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -71,28 +66,19 @@ class OpenAIModel:
     step's own work, and an agent asks with the same schema every time."""
 
     def __post_init__(self) -> None:
-        try:
-            import openai
-        except ImportError as exc:
-            raise missing_sdk("openai", exc) from exc
-        self._sdk = openai
-        key = api_key(
-            self.api_key, "OPENAI_API_KEY", required=self.provider == "openai", environ=self.environ
-        )
+        key = api_key(self.api_key, "OPENAI_API_KEY", required=self.provider == "openai")
         self.api_key = key or LOCAL_KEY
-        self._clients = PerLoop(self._make_client, self.client)
-
-    def _make_client(self) -> AsyncOpenAI:
-        client: AsyncOpenAI = self._sdk.AsyncOpenAI(
-            api_key=self.api_key,
+        self._sdk = SDK(
+            "openai",
+            "AsyncOpenAI",
+            key=self.api_key,
             base_url=self.base_url,
             timeout=self.timeout,
-            max_retries=0,  # the runtime's retry policy is the only one
+            client=self.client,
         )
-        return client
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._sdk.aclose()
 
     async def complete(
         self,
@@ -109,7 +95,7 @@ class OpenAIModel:
             request["tools"] = [_tool(t) for t in tools]
         if schema is not None:
             if schema not in self._formats:
-                self._formats[schema] = _response_format(self._sdk, schema)
+                self._formats[schema] = _response_format(self._sdk.module, schema)
             request["response_format"] = self._formats[schema]
         if self.max_tokens is not None:
             # OpenAI's newer models take only max_completion_tokens; older servers only
@@ -119,9 +105,9 @@ class OpenAIModel:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         try:
-            answer = await self._clients.get().chat.completions.create(**request)
-        except self._sdk.APIError as exc:
-            raise classify(self._sdk, self._who, exc) from exc
+            answer = await self._sdk.client().chat.completions.create(**request)
+        except self._sdk.module.APIError as exc:
+            raise classify(self._sdk.module, self._who, exc) from exc
         with paid_for(Completion("", *_usage(answer), self.name, provider=self.provider)):
             return self._completion(answer, schema)
 

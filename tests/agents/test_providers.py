@@ -455,3 +455,11 @@ def test_retry_after_reads_seconds_milliseconds_and_dates_and_ignores_the_rest()
     assert retry_after({"retry-after": formatdate(time.time() - 60)}) == 0.0  # past: at once
     for junk in ("soon", " ", "Mon, 99 Foo"):
         assert retry_after({"retry-after": junk}) is None
+
+
+def test_a_models_repr_does_not_show_its_key() -> None:
+    # An app's model is logged and printed; its key must not be.
+    gpt = OpenAIModel("gpt-4o-mini", api_key="sk-secret-1")
+    claude = AnthropicModel("claude-haiku-4-5", api_key="ak-secret-2")
+    assert "sk-secret-1" not in repr(gpt) and "ak-secret-2" not in repr(claude)
+    assert "gpt-4o-mini" in repr(gpt)
