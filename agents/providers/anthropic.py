@@ -20,7 +20,7 @@ from blackboard.agents.models import (
     parse_output,
 )
 from blackboard.agents.providers.client import SDK, api_key
-from blackboard.agents.providers.failures import classify
+from blackboard.agents.providers.failures import classify, cut_off
 from pydantic import BaseModel
 
 from blackboard.errors import SemanticError
@@ -120,6 +120,8 @@ class AnthropicModel:
                 "the model refused to answer (stop_reason 'refusal'); rephrase the request "
                 "or the board's content."
             )
+        if answer.stop_reason == "max_tokens":  # before parsing what is only a part
+            raise cut_off(self.max_tokens)
         texts: list[str] = []
         calls: list[ToolCall] = []
         output: Any = None
@@ -133,9 +135,8 @@ class AnthropicModel:
         parsed = None
         if schema is not None and not calls:
             if output is None:
-                cut = " (cut off at the token limit)" if answer.stop_reason == "max_tokens" else ""
                 raise SemanticError(
-                    f"the model did not call {OUTPUT_TOOL}{cut}; answer by calling it with a "
+                    f"the model did not call {OUTPUT_TOOL}; answer by calling it with a "
                     f"{schema.__name__} object."
                 )
             parsed = parse_output(schema, output)

@@ -21,7 +21,7 @@ from blackboard.agents.models import (
     parse_output,
 )
 from blackboard.agents.providers.client import SDK, api_key
-from blackboard.agents.providers.failures import classify
+from blackboard.agents.providers.failures import classify, cut_off
 from pydantic import BaseModel
 
 from blackboard.errors import SemanticError
@@ -123,6 +123,8 @@ class OpenAIModel:
         refusal = getattr(message, "refusal", None)
         if refusal:
             raise SemanticError(f"the model refused: {refusal}")
+        if choice.finish_reason == "length":  # before parsing what is only a part
+            raise cut_off(self.max_tokens)
         if choice.finish_reason == "content_filter":
             raise SemanticError(
                 "the answer was withheld by the provider's content filter; rephrase the "
@@ -132,11 +134,6 @@ class OpenAIModel:
         text = message.content or ""
         parsed = None
         if schema is not None and not calls:
-            if choice.finish_reason == "length":
-                raise SemanticError(
-                    f"the answer was cut off at the token limit before the {schema.__name__} "
-                    "object was complete; answer more briefly."
-                )
             parsed = parse_output(schema, text)
         tokens_in, tokens_out = _usage(answer)
         return Completion(

@@ -129,6 +129,23 @@ async def test_output_failing_validation_is_rewritten_with_the_message(
     assert reasons == ["start", "rewrite"]
 
 
+async def test_an_answer_cut_at_max_tokens_is_rewritten_saying_so(
+    store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    llm_stub.script(
+        openai_text('{"amount": 40000, "inc', finish="length"),
+        openai_text(json.dumps({"amount": 40000, "income": 90000})),
+        openai_text(json.dumps({"risk": "low", **handoff("decide", "covered")})),
+    )
+    info = await run(loan_app(gpt), store)
+    assert info.status == "done"
+    retry = llm_stub.bodies()[1]["messages"][1]["content"]
+    assert "the answer was cut off at the server's max_tokens before it was complete" in retry
+    assert "does not match" not in retry
+    first = next(a for a in await activations(store, "c1") if a["agent"] == "intake")
+    assert first["outcome"] == "semantic"
+
+
 async def test_invalid_json_past_max_rewrites_escalates(
     store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
 ) -> None:

@@ -177,7 +177,7 @@ async def test_openai_tool_call_with_arguments_that_are_not_json_is_semantic(
     [
         (openai_refusal("I can't help with that."), "refused: I can't help with that."),
         (openai_text(None, finish="content_filter"), "content filter"),
-        (openai_text('{"approve": tr', finish="length"), "cut off at the token limit"),
+        (openai_text('{"approve": tr', finish="length"), "cut off at the server's max_tokens"),
     ],
 )
 async def test_openai_refusal_filter_and_truncation_are_semantic(
@@ -186,6 +186,30 @@ async def test_openai_refusal_filter_and_truncation_are_semantic(
     llm_stub.script(turn)
     with pytest.raises(SemanticError, match=words):
         await gpt.complete([{"role": "user", "content": "x"}], schema=Verdict)
+
+
+@pytest.mark.parametrize(
+    ("turn", "schema"),
+    [
+        (openai_text('{"approve": true, "reason": "fi', finish="length"), Verdict),
+        (openai_text("The answer is", finish="length"), None),
+        (Turn(body={**openai_tool_call("lookup", '{"id": "c').body}), None),
+    ],
+)
+async def test_openai_an_answer_cut_at_max_tokens_says_so_not_that_it_is_invalid(
+    llm_stub: LLMStub, turn: Turn, schema: Any
+) -> None:
+    turn.body["choices"][0]["finish_reason"] = "length"
+    llm_stub.script(turn)
+    model = OpenAIModel("gpt-4o-mini", api_key="k", base_url=llm_stub.openai_url, max_tokens=50)
+    try:
+        with pytest.raises(SemanticError) as caught:
+            await model.complete([{"role": "user", "content": "x"}], schema=schema, tools=[LOOKUP])
+    finally:
+        await model.aclose()
+    assert str(caught.value).startswith("the answer was cut off at max_tokens (50) before it")
+    assert "raise the model's max_tokens or shorten the input" in str(caught.value)
+    assert caught.value.spent.tokens_in == 11  # paid for all the same
 
 
 async def test_openai_429_is_transient_with_retry_after_and_is_not_retried_by_the_sdk(
@@ -275,6 +299,17 @@ async def test_anthropic_structured_output_failing_validation_is_semantic(
     llm_stub.script(anthropic_text("I think yes."))
     with pytest.raises(SemanticError, match="did not call final_output"):
         await claude.complete([{"role": "user", "content": "Decide."}], schema=Verdict)
+
+
+async def test_anthropic_an_answer_cut_at_max_tokens_says_so_not_that_it_is_invalid(
+    claude: AnthropicModel, llm_stub: LLMStub
+) -> None:
+    # The output tool's input as far as it got: valid JSON, missing a field.
+    llm_stub.script(anthropic_tool_use("final_output", {"approve": True}, stop="max_tokens"))
+    with pytest.raises(SemanticError) as caught:
+        await claude.complete([{"role": "user", "content": "Decide."}], schema=Verdict)
+    assert str(caught.value).startswith("the answer was cut off at max_tokens (4096) before")
+    assert "does not match" not in str(caught.value)
 
 
 async def test_anthropic_tool_calls_and_results_round_trip(

@@ -139,9 +139,10 @@ def anthropic_tool_use(
     *,
     call_id: str = "toolu_1",
     tokens: tuple[int, int] = (13, 5),
+    stop: str = "tool_use",
 ) -> Turn:
     block = {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
-    return _anthropic([block], tokens, "tool_use", "")
+    return _anthropic([block], tokens, stop, "")
 
 
 def anthropic_refusal(text: str = "", *, tokens: tuple[int, int] = (13, 5)) -> Turn:
