@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from blackboard.agents.pricing import COSTS, Prices, cost_of
+from blackboard.agents.pricing import DEFAULT_PRICES as _DEFAULT_PRICES
 from pydantic import BaseModel, ValidationError
 
 from blackboard import codec
@@ -73,11 +74,26 @@ class Completion:
     tool_calls: list[ToolCall] = field(default_factory=list)
     provider: str | None = None
     """Who served it (``openai``, ``anthropic``; None when unknown): prices depend on it."""
+    cache_read: int = 0
+    """Of ``tokens_in``, those read from the provider's prompt cache (priced lower)."""
+    cache_write: int = 0
+    """Of ``tokens_in``, those written to the provider's prompt cache (Anthropic)."""
 
     @property
     def cost(self) -> float:
         """At the default prices; the runtime counts with the app's (see ``Metered``)."""
-        return cost_of(self.model, self.tokens_in, self.tokens_out, self.provider)
+        return self.cost_at(_DEFAULT_PRICES)
+
+    def cost_at(self, prices: Prices) -> float:
+        """USD at ``prices``, cached tokens at their cache prices."""
+        return prices.cost(
+            self.model,
+            self.provider,
+            self.tokens_in,
+            self.tokens_out,
+            cache_read=self.cache_read,
+            cache_write=self.cache_write,
+        )
 
 
 @runtime_checkable
@@ -208,9 +224,4 @@ class Metered:
     def _count(self, result: Completion) -> None:
         self.tokens_in += result.tokens_in
         self.tokens_out += result.tokens_out
-        if self.prices is None:
-            self.cost += result.cost
-        else:
-            self.cost += self.prices.cost(
-                result.model, result.provider, result.tokens_in, result.tokens_out
-            )
+        self.cost += result.cost_at(self.prices or _DEFAULT_PRICES)

@@ -111,10 +111,13 @@ class AnthropicModel:
             answer = await self._sdk.client().messages.create(**request)
         except self._sdk.module.APIError as exc:
             raise classify(self._sdk.module, "Anthropic", exc) from exc
-        with paid_for(Completion("", *_usage(answer), self.name, provider=self.provider)):
-            return self._completion(answer, schema)
+        spent = _usage(answer, self.name, self.provider)
+        with paid_for(spent):
+            return self._completion(answer, schema, spent)
 
-    def _completion(self, answer: Any, schema: type[BaseModel] | None) -> Completion:
+    def _completion(
+        self, answer: Any, schema: type[BaseModel] | None, spent: Completion
+    ) -> Completion:
         if answer.stop_reason == "refusal":
             raise SemanticError(
                 "the model refused to answer (stop_reason 'refusal'); rephrase the request "
@@ -140,27 +143,27 @@ class AnthropicModel:
                     f"{schema.__name__} object."
                 )
             parsed = parse_output(schema, output)
-        tokens_in, tokens_out = _usage(answer)
-        return Completion(
-            text="".join(texts),
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            model=self.name,
-            parsed=parsed,
-            tool_calls=calls,
-            provider=self.provider,
-        )
+        spent.text, spent.parsed, spent.tool_calls = "".join(texts), parsed, calls
+        return spent
 
 
-def _usage(answer: Any) -> tuple[int, int]:
+def _usage(answer: Any, model: str, provider: str) -> Completion:
+    """What the answer used, as a Completion with no content yet. Anthropic counts cache
+    reads and writes apart from ``input_tokens``: all three are prompt tokens, each kind
+    at its own price."""
     usage = answer.usage
-    # Cached prompt tokens are input tokens too (priced as input: an upper bound).
-    tokens_in = (
-        int(usage.input_tokens)
-        + int(getattr(usage, "cache_creation_input_tokens", None) or 0)
-        + int(getattr(usage, "cache_read_input_tokens", None) or 0)
+    read = int(getattr(usage, "cache_read_input_tokens", None) or 0)
+    write = int(getattr(usage, "cache_creation_input_tokens", None) or 0)
+    tokens_in = int(usage.input_tokens) + read + write
+    return Completion(
+        "",
+        tokens_in,
+        int(usage.output_tokens),
+        model,
+        provider=provider,
+        cache_read=read,
+        cache_write=write,
     )
-    return tokens_in, int(usage.output_tokens)
 
 
 def _messages(messages: Sequence[Message]) -> list[dict[str, Any]]:

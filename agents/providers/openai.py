@@ -108,14 +108,20 @@ class OpenAIModel:
             answer = await self._sdk.client().chat.completions.create(**request)
         except self._sdk.module.APIError as exc:
             raise classify(self._sdk.module, self._who, exc) from exc
-        with paid_for(Completion("", *_usage(answer), self.name, provider=self.provider)):
-            return self._completion(answer, schema)
+        tokens_in, tokens_out, cached = _usage(answer)
+        spent = Completion(
+            "", tokens_in, tokens_out, self.name, provider=self.provider, cache_read=cached
+        )
+        with paid_for(spent):
+            return self._completion(answer, schema, spent)
 
     @property
     def _who(self) -> str:
         return "OpenAI" if self.provider == "openai" else f"the server at {self.base_url}"
 
-    def _completion(self, answer: Any, schema: type[BaseModel] | None) -> Completion:
+    def _completion(
+        self, answer: Any, schema: type[BaseModel] | None, spent: Completion
+    ) -> Completion:
         if not answer.choices:
             raise SemanticError(f"{self._who} answered with no choices; ask again.")
         choice = answer.choices[0]
@@ -135,24 +141,19 @@ class OpenAIModel:
         parsed = None
         if schema is not None and not calls:
             parsed = parse_output(schema, text)
-        tokens_in, tokens_out = _usage(answer)
-        return Completion(
-            text=text,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            model=self.name,
-            parsed=parsed,
-            tool_calls=calls,
-            provider=self.provider,
-        )
+        spent.text, spent.parsed, spent.tool_calls = text, parsed, calls
+        return spent
 
 
-def _usage(answer: Any) -> tuple[int, int]:
-    """Tokens as the server reported them (a server that reports none counts 0)."""
+def _usage(answer: Any) -> tuple[int, int, int]:
+    """Prompt, completion and cached prompt tokens as the server reported them (a server
+    that reports none counts 0). OpenAI's prompt tokens include the cached ones."""
     usage = answer.usage
     if usage is None:
-        return 0, 0
-    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
+        return 0, 0, 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = int(getattr(details, "cached_tokens", None) or 0)
+    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0), cached
 
 
 def _message(m: Message) -> dict[str, Any]:

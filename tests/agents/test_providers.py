@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from blackboard.agents import Completion, OfflineModel, ToolCall, ToolSpec
+from blackboard.agents import Completion, OfflineModel, ToolCall, ToolSpec, cost_of
+from blackboard.agents.pricing import Prices
 from blackboard.agents.providers import AnthropicModel, OpenAIModel, model_from_spec
 from llmstub import (
     LLMStub,
@@ -490,6 +491,41 @@ def test_retry_after_reads_seconds_milliseconds_and_dates_and_ignores_the_rest()
     assert retry_after({"retry-after": formatdate(time.time() - 60)}) == 0.0  # past: at once
     for junk in ("soon", " ", "Mon, 99 Foo"):
         assert retry_after({"retry-after": junk}) is None
+
+
+async def test_openai_cached_prompt_tokens_cost_the_libraries_cache_price(
+    gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    from genai_prices import Usage, calc_price
+
+    llm_stub.script(openai_text("ok", tokens=(10_000, 500), cached=6_000))
+    result = await gpt.complete([{"role": "user", "content": "x"}])
+    assert (result.tokens_in, result.tokens_out, result.cache_read) == (10_000, 500, 6_000)
+    usage = Usage(input_tokens=10_000, cache_read_tokens=6_000, output_tokens=500)
+    expected = float(calc_price(usage, "gpt-4o-mini", provider_id="openai").total_price)
+    assert result.cost == pytest.approx(expected)
+    assert result.cost < cost_of("gpt-4o-mini", 10_000, 500, "openai")  # cheaper than plain
+
+
+async def test_anthropic_cache_reads_and_writes_cost_the_libraries_cache_prices(
+    claude: AnthropicModel, llm_stub: LLMStub
+) -> None:
+    from genai_prices import Usage, calc_price
+
+    llm_stub.script(anthropic_text("ok", tokens=(1_000, 500), cache=(8_000, 2_000)))
+    result = await claude.complete([{"role": "user", "content": "x"}])
+    assert (result.tokens_in, result.cache_read, result.cache_write) == (11_000, 8_000, 2_000)
+    usage = Usage(
+        input_tokens=11_000, cache_read_tokens=8_000, cache_write_tokens=2_000, output_tokens=500
+    )
+    price = calc_price(usage, "claude-sonnet-4-5", provider_id="anthropic")
+    assert result.cost == pytest.approx(float(price.total_price))
+
+
+def test_a_price_override_says_nothing_of_the_cache_so_cached_tokens_cost_as_input() -> None:
+    prices = Prices({"gpt-4o-mini": (1.0, 2.0)})
+    cost = prices.cost("gpt-4o-mini", "openai", 1_000_000, 0, cache_read=600_000)
+    assert cost == pytest.approx(1.0)
 
 
 def test_a_models_repr_does_not_show_its_key() -> None:

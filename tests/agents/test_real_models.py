@@ -53,6 +53,20 @@ async def test_the_activation_records_the_providers_usage(
     assert intake["cost"] == pytest.approx((1000 * 0.15 + 200 * 0.60) / 1e6)
 
 
+async def test_the_activation_prices_cached_prompt_tokens_at_the_cache_price(
+    store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    from genai_prices import Usage, calc_price
+
+    llm_stub.script(openai_text("50000", tokens=(100_000, 200), cached=80_000))
+    info = await run(asking_app(gpt), store)
+    assert info.status == "done"
+    intake = next(a for a in await activations(store, "c1") if a["agent"] == "intake")
+    usage = Usage(input_tokens=100_000, cache_read_tokens=80_000, output_tokens=200)
+    price = calc_price(usage, "gpt-4o-mini", provider_id="openai")
+    assert intake["cost"] == pytest.approx(float(price.total_price))
+
+
 async def test_a_429_is_retried_after_its_retry_after(
     store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
 ) -> None:
