@@ -244,7 +244,7 @@ class AgentWorker:
 
         tried = [0]
         try:
-            await self._attempts(attempt, tried)
+            await self._attempts(attempt, tried, act.deadline_ms)
         except _Expired as exc:
             kind, error, reason = "failure", "timeout", str(exc)
         except SemanticError as exc:
@@ -337,11 +337,14 @@ class AgentWorker:
             with attempt:
                 await self.submit_local(submission, act)
 
-    async def _attempts(self, attempt: Callable[[], Awaitable[None]], tried: list[int]) -> None:
+    async def _attempts(
+        self, attempt: Callable[[], Awaitable[None]], tried: list[int], deadline_ms: int = 0
+    ) -> None:
         """Run ``attempt``, retrying transient failures with exponential backoff and
         jitter, capped, up to ``retries`` attempts in all (``tried[0]``: the attempts
-        made before the last one). The first attempt runs without the retry machinery,
-        whose cost would otherwise be paid on every activation."""
+        made before the last one), never waiting past ``deadline_ms`` (the activation's;
+        0: none). The first attempt runs without the retry machinery, whose cost would
+        otherwise be paid on every activation."""
         try:
             await attempt()
             return
@@ -355,13 +358,15 @@ class AgentWorker:
         later = wait_random_exponential(multiplier=0.1, max=2.0)
 
         async def before(state: RetryCallState) -> None:
-            tried[0] = state.attempt_number
             if state.attempt_number == 1:
-                await asyncio.sleep(self._at_least_asked(failed, first(state)))
+                pause = self._pause(failed, first(state), deadline_ms)  # may end it here
+                tried[0] = 1
+                await asyncio.sleep(pause)
+            tried[0] = state.attempt_number
 
         def wait(state: RetryCallState) -> float:
             failed = state.outcome.exception() if state.outcome is not None else None
-            return self._at_least_asked(failed, later(state))
+            return self._pause(failed, later(state), deadline_ms)
 
         async for retry in AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT),
@@ -373,13 +378,25 @@ class AgentWorker:
             with retry:
                 await attempt()
 
-    def _at_least_asked(self, failed: BaseException | None, backoff: float) -> float:
-        """The backoff, or longer if the provider asked for it (a 429's Retry-After),
-        capped at the activation timeout: a wait past it would only find it expired."""
+    def _pause(self, failed: BaseException | None, backoff: float, deadline_ms: int) -> float:
+        """The wait before the next attempt: the backoff, or longer if the provider asked
+        for it (a 429's Retry-After). A wait that would end past the activation's
+        deadline is pointless (the attempt after it could not run): if the provider asked
+        for it, the activation ends now as a timeout saying so; a backoff is cut short at
+        the deadline, where the next attempt reports the timeout."""
         asked = getattr(failed, "retry_after", None)
-        if asked is None:
-            return backoff
-        return max(backoff, min(float(asked), self.app.limits.activation_timeout_s))
+        pause = backoff if asked is None else max(backoff, float(asked))
+        if not deadline_ms:
+            return min(pause, self.app.limits.activation_timeout_s)
+        left = deadline_ms / 1000 - time.time()
+        if asked is not None and pause >= left:
+            raise _Expired(
+                f"not retried: the provider asked to wait {float(asked):g} s before the "
+                f"next attempt, but the activation's deadline is {max(left, 0.0):.1f} s "
+                f"away (the failure: {failed}). Raise activation_timeout_s or the "
+                "provider's rate limit."
+            ) from failed
+        return max(0.0, min(pause, left))
 
     async def _run(self, ctx: Context, act: Activation) -> Any:
         expired = act.timed_out(self.app.limits.activation_timeout_s)

@@ -4,6 +4,7 @@ on both backends."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -80,6 +81,31 @@ async def test_a_429_is_retried_after_its_retry_after(
     assert second.at - first.at >= 0.4
     intake = next(a for a in await activations(store, "c1") if a["agent"] == "intake")
     assert (intake["retries"], intake["status"]) == (1, "submitted")
+
+
+@pytest.mark.parametrize("attempts_before", [0, 1])
+async def test_a_retry_after_past_the_deadline_is_a_timeout_not_a_sleep_past_it(
+    store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub, attempts_before: int
+) -> None:
+    # A first 503 (no Retry-After) puts the 429 on the retry machinery's later path.
+    llm_stub.script(
+        *[openai_error(503, "busy", kind="server_error")] * attempts_before,
+        openai_error(429, "Rate limit reached", retry_after="30", kind="rate_limit"),
+    )
+    started = time.monotonic()
+    info = await run(asking_app(gpt, limits=Limits(activation_timeout_s=3)), store)
+    assert time.monotonic() - started < 2.5  # it did not sleep to the deadline, nor past it
+    assert len(llm_stub.requests) == attempts_before + 1
+    assert info.status == "escalated"
+    intake = next(a for a in await activations(store, "c1") if a["agent"] == "intake")
+    assert intake["outcome"] == "timeout"
+    assert intake["retries"] == attempts_before
+    [incident] = await incidents(store, "c1")
+    assert (
+        "not retried: the provider asked to wait 30 s before the next attempt"
+        in (incident["detail"])
+    )
+    assert "HTTP 429: Rate limit reached" in incident["detail"]
 
 
 async def test_the_apps_prices_override_the_library(
