@@ -22,8 +22,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, cast
 
+from blackboard.agents.models import ToolSpec
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
@@ -95,6 +97,11 @@ class Tool:
     def describe(self) -> str:
         return self.description or " ".join((self.fn.__doc__ or self.name).split())
 
+    @cached_property
+    def spec(self) -> ToolSpec:
+        """The tool as a model is offered it (built once: its schema does not change)."""
+        return ToolSpec(self.name, self.describe(), self.input.model_json_schema())
+
 
 @dataclass
 class ToolRegistry:
@@ -112,6 +119,10 @@ class ToolRegistry:
                 raise ConfigError(f"two tools are named {tool.name!r}.")
             self._by_name[tool.name] = tool
 
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
     def tool(self, name: str) -> Tool:
         try:
             return self._by_name[name]
@@ -119,6 +130,9 @@ class ToolRegistry:
             raise ConfigError(
                 f"no tool named {name!r}; tools are {', '.join(sorted(self._by_name))}."
             ) from None
+
+    def tool_or_none(self, name: str) -> Tool | None:
+        return self._by_name.get(name)
 
     def bind(
         self, redis: Redis, prefix: str, *, agent: str, board_id: str, activation_id: str
