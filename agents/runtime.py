@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from blackboard.agents.agent import Agent, Context, Output, to_output
 from blackboard.agents.models import Metered
@@ -55,12 +55,33 @@ log = logging.getLogger(__name__)
 GROUP = "workers"
 STOPPED: frozenset[str | None] = frozenset({*BOARD_STOPPED, None})
 """Board statuses (None: gone) on which nothing more is run."""
+T = TypeVar("T")
 TRANSIENT = (TransientError, ConnectionError, TimeoutError, asyncio.TimeoutError)
 
 
 class _Expired(Exception):
     """The activation's own deadline passed: not retried (a new attempt would start
     after it), and reported in the watchdog's words, whichever of the two is first."""
+
+
+async def _riding_out(
+    what: str, step: Callable[[], Awaitable[T]], stop: Callable[[RetryCallState], bool]
+) -> T:
+    """``step()``, riding out an outage with :func:`~blackboard.outages.ride_out` until
+    ``stop`` says to give up (then the outage is raised). The retry machinery costs
+    tens of microseconds a pass, paid on every activation if entered every time: it is
+    entered only once a first, plain try failed, and that failure is logged and waited
+    for like any other."""
+    try:
+        return await step()
+    except OUTAGE as exc:
+        failed: BaseException = exc
+    async for attempt in ride_out(what, log, stop=stop):
+        with attempt:
+            if attempt.retry_state.attempt_number == 1:
+                raise failed
+            return await step()
+    raise AssertionError("unreachable: ride_out returns or raises")  # pragma: no cover
 
 
 class AgentWorker:
@@ -122,13 +143,14 @@ class AgentWorker:
         def stopping(_: RetryCallState) -> bool:
             return stop.is_set()
 
+        async def step() -> str | None:
+            return await self._step(own)
+
         try:
             while not stop.is_set():
                 # An outage is ridden out step by step; asked to stop meanwhile, it ends.
                 with contextlib.suppress(*OUTAGE):
-                    async for attempt in ride_out(f"agent {self.agent.name}", log, stop=stopping):
-                        with attempt:
-                            own = await self._step(own)
+                    own = await _riding_out(f"agent {self.agent.name}", step, stopping)
         finally:
             beating.set()  # the name is let go: what it still holds is taken over at once
             await asyncio.gather(alive, return_exceptions=True)
@@ -333,9 +355,11 @@ class AgentWorker:
             # the watchdog reports it, and a restart resends it.
             return bool(act.deadline_ms) and time.time() * 1000 > act.deadline_ms
 
-        async for attempt in ride_out(f"agent {self.agent.name} submitting", log, stop=expired):
-            with attempt:
-                await self.submit_local(submission, act)
+        async def submit() -> None:
+            assert self.submit_local is not None
+            await self.submit_local(submission, act)
+
+        await _riding_out(f"agent {self.agent.name} submitting", submit, expired)
 
     async def _attempts(
         self, attempt: Callable[[], Awaitable[None]], tried: list[int], deadline_ms: int = 0
