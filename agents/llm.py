@@ -84,6 +84,7 @@ class LLMAgent(Agent):
         self.triggers = tuple(triggers)
         self.handoffs = None if handoffs is None else tuple(handoffs)
         self.output: type[BaseModel] | None = None
+        self.system = ""
         self.tools = tuple(tools)
         self.max_tool_rounds = max_tool_rounds
 
@@ -116,6 +117,13 @@ class LLMAgent(Agent):
             fields[HANDOFF_REASON] = (str, Field(description="Why, in one sentence."))
         title = "".join(part.capitalize() for part in self.name.replace("-", "_").split("_"))
         self.output = create_model(f"{title}Output", **fields)
+        owned = ", ".join(self.owns)
+        self.system = (
+            f"{self.instructions.strip()}\n\nYou are {self.name!r}. Answer with one JSON "
+            f"object giving a value for each key you own ({owned})"
+            + (f" and who acts next ({HANDOFF_TO})." if self.handoffs else ".")
+        )
+        """The system prompt, built once with the schema (it depends only on them)."""
         for name in self.tools:
             self._check_tool(app, name)
 
@@ -164,19 +172,13 @@ class LLMAgent(Agent):
     def messages(self, ctx: Context) -> list[dict[str, str]]:
         """The instructions, then the board as the agent sees it, the handoff's payload,
         and (on a rewrite) why the last answer was refused."""
-        owned = ", ".join(self.owns)
-        system = (
-            f"{self.instructions.strip()}\n\nYou are {self.name!r}. Answer with one JSON "
-            f"object giving a value for each key you own ({owned})"
-            + (f" and who acts next ({HANDOFF_TO})." if self.handoffs else ".")
-        )
         parts = [f"Board at version {ctx.version}:\n{_json(ctx.board)}"]
         if ctx.payload:
             parts.append(f"Handed to you with:\n{_json(ctx.payload)}")
         if ctx.feedback:
             parts.append(f"Your previous answer was refused: {ctx.feedback}\nCorrect it.")
         return [
-            {"role": "system", "content": system},
+            {"role": "system", "content": self.system},
             {"role": "user", "content": "\n\n".join(parts)},
         ]
 

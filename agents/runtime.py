@@ -124,6 +124,9 @@ class AgentWorker:
             keys=self.keys,
         )
         self.liveness = Liveness(self.redis, self.keys, self.name)
+        # Settled when the app was built: worked out once, not per activation.
+        self._sees = self.agent.sees
+        self._model = self.agent.model if self.agent.model is not None else app.model
         self.current: str | None = None
         self.submit_local: Callable[[Submission, Activation], Awaitable[Any]] | None = None
         """Set when the supervisor runs in this process (embedded mode): activations
@@ -423,24 +426,25 @@ class AgentWorker:
         return max(0.0, min(pause, left))
 
     async def _run(self, ctx: Context, act: Activation) -> Any:
-        expired = act.timed_out(self.app.limits.activation_timeout_s)
-        if ctx.deadline_s is not None and ctx.deadline_s <= 0:
-            raise _Expired(expired)
+        if ctx.deadline_s is None:
+            return await self.agent.run(ctx)
+        if ctx.deadline_s <= 0:
+            raise _Expired(act.timed_out(self.app.limits.activation_timeout_s))
         scope = asyncio.timeout(ctx.deadline_s)  # no task of its own, unlike wait_for
         try:
             async with scope:
                 return await self.agent.run(ctx)
         except TimeoutError:
             if scope.expired():  # the activation's deadline, not a timeout inside the agent
-                raise _Expired(expired) from None
+                raise _Expired(act.timed_out(self.app.limits.activation_timeout_s)) from None
             raise
 
     async def _context(self, act: Activation, read: ContextRead | None = None) -> Context:
         """The agent's keys (those it reads and owns, nothing else) at the current
         version, or as ``read`` with the commit that activated it."""
-        keys = self.agent.sees
+        keys = self._sees
         if act.reason == "summarise" and act.payload.get("key") in self.app.schema.keys:
-            keys.append(str(act.payload["key"]))
+            keys = [*keys, str(act.payload["key"])]
         if read is not None and all(k in read.values for k in keys):
             version: Any = read.version
             values: list[Any] = [read.values.get(k) for k in keys]
@@ -456,7 +460,7 @@ class AgentWorker:
         board = {k: codec.loads(v) for k, v in zip(keys, values, strict=False) if v is not None}
         failed = {
             k[7:]: v for k, v in cast(dict[str, str], loops).items() if k.startswith("failed:")
-        }
+        }  # (the loop state is small: counters and failed branches)
         tools = None
         if self.app.tools is not None:
             tools = self.app.tools.bind(
@@ -466,8 +470,8 @@ class AgentWorker:
                 board_id=act.board_id,
                 activation_id=act.activation_id,
             )
-        act.keys_read = keys
-        model = self.agent.model if self.agent.model is not None else self.app.model
+        act.keys_read = list(keys)
+        model = self._model
         remaining = None
         if act.deadline_ms:
             remaining = (act.deadline_ms - time.time() * 1000) / 1000
