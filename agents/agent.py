@@ -196,6 +196,32 @@ class Agent:
         return [*dict.fromkeys([*self.reads, *self.owns])]
 
     async def run(self, ctx: Context) -> Output | Mapping[str, Any] | None:
+        """Do one activation's work: read ``ctx.board`` (the keys it reads and owns, at
+        ``ctx.version``), think (``ctx.complete`` asks the model, running its tool
+        calls), and say what to write.
+
+        Returns:
+            An :class:`Output` (updates or a JSON Patch of its own keys, an optional
+            handoff), a plain dict of key updates, or None for no change. The
+            supervisor validates it like any proposal (owner, types, policies).
+
+        Raises:
+            TransientError: worth retrying as is (a rate limit, a timeout, a dropped
+                connection; ``retry_after`` if the provider said when); the runtime
+                retries with backoff within the activation's deadline. (Python's
+                ``TimeoutError`` and ``ConnectionError`` count as transient too.)
+            SemanticError: the work came out unusable; the supervisor asks for a
+                rewrite with this message as ``ctx.feedback`` (``TypeError`` and
+                ``ValueError`` count as semantic too).
+            NeedsHuman: a person must answer first; the board waits.
+            FatalError: retrying cannot help; the board fails (its tool effects are
+                compensated). Any other exception is taken as a bug: fatal, logged.
+
+        It may run more than once for one activation (a retry, a redelivery, a worker
+        killed and its work taken over): make side effects through ``ctx.tools`` (or
+        the tool loop), which gives a repeated call the first call's result. It is
+        cancelled at the activation's deadline (``ctx.deadline_s``).
+        """
         raise NotImplementedError(f"agent {self.name!r} must implement async run(ctx)")
 
 

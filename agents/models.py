@@ -98,12 +98,9 @@ class Completion:
 
 @runtime_checkable
 class Model(Protocol):
-    """One async method. Implement it to plug in any provider.
-
-    ``schema``: answer with an object of this type (``Completion.parsed``); an answer that
-    does not validate raises :class:`SemanticError`. ``tools``: the tools the model may
-    call (``Completion.tool_calls``); a model that takes none may omit the parameter.
-    """
+    """One async method. Implement it to plug in any provider (see
+    ``blackboard.agents.providers`` for two on official SDKs, :class:`OfflineModel` for a
+    fake). ``name`` is the model's name, used to look up its price."""
 
     name: str
 
@@ -113,7 +110,36 @@ class Model(Protocol):
         *,
         schema: type[BaseModel] | None = None,
         tools: Sequence[ToolSpec] = (),
-    ) -> Completion: ...
+    ) -> Completion:
+        """One request to the model: no retries of its own (the runtime retries, within
+        the activation's deadline) and no tool runs (the runtime runs them).
+
+        Args:
+            messages: the conversation (see :data:`Message`), system turns first; after
+                a tool call, the assistant turn carrying ``tool_calls`` and one ``tool``
+                turn per call with its answer.
+            schema: answer with an object of this pydantic type, asked for with the
+                provider's structured output; the validated object goes in
+                ``Completion.parsed`` (with :func:`parse_output`).
+            tools: the tools the model may call instead of answering; calls come back
+                in ``Completion.tool_calls`` (``parsed`` is then None). A model that
+                takes no tools may leave the parameter out.
+
+        Returns:
+            The answer, with the tokens the provider reported (not estimates) and who
+            served it (``provider``), since prices depend on both.
+
+        Raises:
+            TransientError: may succeed if sent again: rate limit (set
+                ``retry_after`` from the provider's Retry-After), 5xx, timeout,
+                dropped connection.
+            SemanticError: the answer is unusable (fails ``schema``, cut off at
+                max_tokens, refused, filtered): the agent is asked for a rewrite. Raise
+                it inside :func:`paid_for` so the tokens it used still count.
+            FatalError: the request cannot succeed as made (a 4xx: bad key, unknown
+                model, invalid request), with the provider's message.
+        """
+        ...
 
 
 def parse_output(schema: type[BaseModel], data: str | Mapping[str, Any]) -> Any:

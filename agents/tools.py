@@ -64,7 +64,15 @@ Fn = Callable[[Any], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Tool:
-    """A callable an agent may use through ``ctx.tools.call(name, args)``.
+    """A callable an agent may use through ``ctx.tools.call(name, args)``, or a model
+    through the tool loop (``ctx.complete(..., tools=[name])``).
+
+    ``fn`` receives the arguments validated as an ``input`` model and returns an
+    ``output`` model (or what validates as one). Whatever it raises becomes a
+    :class:`~blackboard.errors.TransientError` for the caller (and counts toward the
+    breaker); in the tool loop the model is told the error as the tool's answer. With
+    ``side_effects``, a call runs at most once per idempotency key, across retries and
+    processes, as long as the process running it lives (see the module's doc).
 
     Attributes:
         name: unique in the registry.
