@@ -6,14 +6,13 @@ Deployment against the scripted server, through the real adapters, on both backe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import pytest
 from bbtest import activations, incidents
 from blackboard.agents import Context, Output, agent, llm_agent, when_changed
 from blackboard.agents.providers import AnthropicModel, OpenAIModel
-from blackboard.supervisor import Deployment
+from llmdeploy import run
 from llmstub import LLMStub, anthropic_tool_use, openai_text
 from pydantic import BaseModel, Field
 
@@ -58,19 +57,6 @@ def loan_app(model: Any, **limits: Any) -> App:
         done_reads=["decision"],
         limits=Limits(activation_timeout_s=5, **limits),
     )
-
-
-@pytest.fixture
-async def gpt(llm_stub: LLMStub) -> AsyncIterator[OpenAIModel]:
-    model = OpenAIModel("gpt-4o-mini", api_key="sk-test", base_url=llm_stub.openai_url, timeout=2)
-    yield model
-    await model.aclose()
-
-
-async def run(app: App, store: BoardStore) -> Any:
-    async with Deployment(app, store) as d:
-        await d.start("c1")
-        return await d.settle("c1")
 
 
 def handoff(to: str | None, reason: str) -> dict[str, Any]:

@@ -42,13 +42,6 @@ LOOKUP = ToolSpec(
 
 
 @pytest.fixture
-async def gpt(llm_stub: LLMStub) -> AsyncIterator[OpenAIModel]:
-    model = OpenAIModel("gpt-4o-mini", api_key="sk-test", base_url=llm_stub.openai_url, timeout=2)
-    yield model
-    await model.aclose()
-
-
-@pytest.fixture
 async def claude(llm_stub: LLMStub) -> AsyncIterator[AnthropicModel]:
     model = AnthropicModel("claude-sonnet-4-5", api_key="ak-test", base_url=llm_stub.url, timeout=2)
     yield model

@@ -5,24 +5,16 @@ on both backends."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from bbtest import activations, build_app, incidents
 from blackboard.agents import Context, Output, agent
 from blackboard.agents.providers import OpenAIModel
-from blackboard.supervisor import Deployment
+from llmdeploy import run
 from llmstub import LLMStub, openai_error, openai_text
 
 from blackboard import BoardStore, Limits
-
-
-@pytest.fixture
-async def gpt(llm_stub: LLMStub) -> AsyncIterator[OpenAIModel]:
-    model = OpenAIModel("gpt-4o-mini", api_key="sk-test", base_url=llm_stub.openai_url, timeout=2)
-    yield model
-    await model.aclose()
 
 
 def asking_app(model: Any, **overrides: Any) -> Any:
@@ -34,12 +26,6 @@ def asking_app(model: Any, **overrides: Any) -> Any:
     base = build_app()
     others = [a for a in base.agents if a.name != "intake"]
     return build_app(agents=[intake, *others], model=model, **overrides)
-
-
-async def run(app: Any, store: BoardStore) -> Any:
-    async with Deployment(app, store) as d:
-        await d.start("c1")
-        return await d.settle("c1")
 
 
 async def test_the_activation_records_the_providers_usage(

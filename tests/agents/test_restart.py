@@ -91,13 +91,9 @@ async def test_a_local_submission_is_resent_through_an_outage_until_the_deadline
     worker.submit_local = away
     deadline = time.time() + 0.3
     act = Activation(
-        activation_id="a1",
-        board_id="job",
-        agent="first",
-        base=0,
-        trace_id="t",
+        activation_id="a1", board_id="job", agent="first", base=0, trace_id="t",
         deadline_ms=int(deadline * 1000),
-    )
+    )  # fmt: skip
     submission = Submission(
         kind="proposal",
         board_id="job",

@@ -1,22 +1,22 @@
 """The runtime's model<->tool loop for any agent (``ctx.complete``), not only llm_agent:
 tool answers go back to the model, a tool's error is its answer, an identical call is a
-loop signal, rounds are bounded per activation, a retried activation does not repeat an
-effect, and a tool the agent may not use is a fatal misdeclaration. Against the scripted
-server through the real OpenAI adapter, on both backends."""
+loop signal and rounds are bounded across the asks of one activation, and a tool the
+agent may not use is a fatal misdeclaration. Against the scripted server through the
+real OpenAI adapter, on both backends. (llm_agent runs the same loop: a retried
+activation not repeating an effect is in test_llm_tools, kill -9 mid-loop on both paths
+in test_llm_processes.)"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import pytest
 from bbtest import activations, incidents
 from blackboard.agents import Context, Output, agent
 from blackboard.agents.providers import OpenAIModel
 from blackboard.agents.tools import Tool, ToolRegistry
-from blackboard.supervisor import Deployment
-from llmstub import LLMStub, openai_error, openai_text, openai_tool_call
+from llmdeploy import one_agent_app, rewrite_feedback, run
+from llmstub import LLMStub, openai_text, openai_tool_call
 from pydantic import BaseModel
 
 from blackboard import App, BoardStore, Key, Limits
@@ -59,29 +59,8 @@ def clerk_app(model: Any, tools: ToolRegistry, *, asks: int = 1, **kw: Any) -> A
             text = answer.text
         return Output(updates={"summary": text})
 
-    return App(
-        board=Case,
-        agents=[clerk],
-        start=["clerk"],
-        done=lambda b: b.get("summary") is not None,
-        done_reads=["summary"],
-        tools=tools,
-        model=model,
-        limits=Limits(activation_timeout_s=5, max_rewrites=1),
-    )
-
-
-@pytest.fixture
-async def gpt(llm_stub: LLMStub) -> AsyncIterator[OpenAIModel]:
-    model = OpenAIModel("gpt-4o-mini", api_key="sk-test", base_url=llm_stub.openai_url, timeout=2)
-    yield model
-    await model.aclose()
-
-
-async def run(app: App, store: BoardStore) -> Any:
-    async with Deployment(app, store) as d:
-        await d.start("c1")
-        return await d.settle("c1")
+    limits = Limits(activation_timeout_s=5, max_rewrites=1)
+    return one_agent_app(Case, clerk, "summary", tools=tools, model=model, limits=limits)
 
 
 async def test_any_agent_runs_the_tool_loop_through_the_registry(
@@ -140,9 +119,7 @@ async def test_an_identical_call_in_one_activation_is_a_loop_signal_even_across_
     )
     info = await run(clerk_app(gpt, registry(effects), asks=2), store)
     assert info.status == "done"
-    first, rewrite = await activations(store, "c1")
-    assert first["outcome"] == "semantic"
-    assert "called tool 'notify' again with the same arguments" in rewrite["feedback"]
+    assert "called tool 'notify' again with the same arguments" in await rewrite_feedback(store)
     assert effects == ["c7"]
 
 
@@ -158,27 +135,7 @@ async def test_rounds_are_bounded_per_activation(
     )
     info = await run(clerk_app(gpt, registry([]), asks=2, max_rounds=1), store)
     assert info.status == "done"
-    first, rewrite = await activations(store, "c1")
-    assert first["outcome"] == "semantic"
-    assert "kept calling tools past the bound of 1 tool rounds" in rewrite["feedback"]
-
-
-async def test_a_retried_activation_does_not_repeat_an_effect(
-    store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
-) -> None:
-    effects: list[str] = []
-    llm_stub.script(
-        openai_tool_call("notify", {"customer": "c7"}),
-        openai_error(503, "overloaded", kind="server_error"),  # the attempt fails here
-        openai_tool_call("notify", {"customer": "c7"}, call_id="call_again"),
-        openai_text("Notified."),
-    )
-    info = await run(clerk_app(gpt, registry(effects)), store)
-    assert info.status == "done"
-    assert effects == ["c7"]  # the retry collected the first call's result
-    assert llm_stub.bodies()[3]["messages"][-1]["content"] == '{"receipt":"n1"}'
-    [act] = await activations(store, "c1")
-    assert act["retries"] == 1
+    assert "kept calling tools past the bound of 1 tool rounds" in await rewrite_feedback(store)
 
 
 async def test_a_tool_the_agent_may_not_use_is_fatal(
@@ -209,16 +166,7 @@ async def test_with_a_schema_the_answer_is_parsed(
         return Output(updates={"summary": answer.parsed.summary})
 
     llm_stub.script(openai_text(json.dumps({"summary": "ok"})))
-    app = clerk_app(gpt, registry([]))
-    app = App(
-        board=Case,
-        agents=[clerk],
-        start=["clerk"],
-        done=app.done,
-        done_reads=["summary"],
-        tools=app.tools,
-        model=gpt,
-    )
+    app = one_agent_app(Case, clerk, "summary", tools=registry([]), model=gpt)
     info = await run(app, store)
     assert info.status == "done"
     assert (await store.read("c1")).data["summary"] == "ok"

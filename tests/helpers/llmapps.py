@@ -12,6 +12,7 @@ from typing import Annotated
 from blackboard.agents import Agent, Context, Output, agent, llm_agent
 from blackboard.agents.providers import OpenAIModel
 from blackboard.agents.tools import Tool, ToolRegistry
+from llmdeploy import one_agent_app
 from pydantic import BaseModel, Field
 
 from blackboard import App, Key, Limits
@@ -74,12 +75,10 @@ def clerk_app(generic: bool = False, **limits: float) -> App:
     )
     if generic:
         clerk = generic_clerk
-    return App(
-        board=Case,
-        agents=[clerk],
-        start=["clerk"],
-        done=lambda b: b.get("credit") is not None,
-        done_reads=["credit"],
+    return one_agent_app(
+        Case,
+        clerk,
+        "credit",
         tools=ToolRegistry([Tool("notify", notify, Who, Receipt, side_effects=True)]),
         model=model() if generic else None,
         limits=Limits(claim_idle_ms=300, activation_timeout_s=30, **limits),
