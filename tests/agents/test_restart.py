@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from aimedapp import app
+from bbtest import activations
 from blackboard.agents import AgentWorker
 from blackboard.supervisor import Supervisor
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -68,7 +69,7 @@ async def test_a_worker_rides_out_an_outage_and_keeps_consuming(
     task = asyncio.create_task(worker.run(stop))
     try:
         async with asyncio.timeout(5):
-            while not await store.redis.xlen(sup.keys.proposals(0)):
+            while [a["status"] for a in await activations(store, "job")] != ["submitted"]:
                 await asyncio.sleep(0.02)
     finally:
         stop.set()
