@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 from blackboard.agents.agent import Agent, Context, Output, Trigger
 from blackboard.agents.models import Completion, Model
 from blackboard.agents.providers.spec import model_from_spec
+from blackboard.agents.toolloop import tool_problem
 from pydantic import BaseModel, Field, create_model
 
 from blackboard.errors import ConfigError, SemanticError
@@ -124,24 +125,9 @@ class LLMAgent(Agent):
             + (f" and who acts next ({HANDOFF_TO})." if self.handoffs else ".")
         )
         """The system prompt, built once with the schema (it depends only on them)."""
-        for name in self.tools:
-            self._check_tool(app, name)
-
-    def _check_tool(self, app: App, name: str) -> None:
-        """A tool it names must be the app's and allow it: checked when the app is
-        built, before anything runs."""
-        offered = [t.name for t in getattr(app.tools, "tools", ())]
-        if name not in offered:
-            raise ConfigError(
-                f"llm agent {self.name!r} uses tool {name!r}, but the app has no such tool "
-                f"(tools: {', '.join(offered) or 'none'}); add it to App(tools=ToolRegistry(...))."
-            )
-        tool = app.tools.tool(name)
-        if tool.agents is not None and self.name not in tool.agents:
-            raise ConfigError(
-                f"tool {name!r} does not allow agent {self.name!r} (allowed: "
-                f"{', '.join(tool.agents)}); add the agent to the tool's agents."
-            )
+        for name in self.tools:  # checked when the app is built, before anything runs
+            if problem := tool_problem(app.tools, self.name, name):
+                raise ConfigError(f"llm agent {self.name!r} uses tool {name!r}, but {problem}")
 
     async def run(self, ctx: Context) -> Output:
         if self.output is None:

@@ -27,38 +27,44 @@ from blackboard.errors import AgentError, FatalError, SemanticError
 
 if TYPE_CHECKING:
     from blackboard.agents.agent import Context
+    from blackboard.agents.tools import ToolRegistry
 
-__all__ = ["DEFAULT_MAX_ROUNDS", "ToolLoop", "tool_specs"]
+__all__ = ["DEFAULT_MAX_ROUNDS", "ToolLoop", "tool_problem", "tool_specs"]
 
 DEFAULT_MAX_ROUNDS = 8
 """Model turns that call tools, per activation, unless the agent says otherwise."""
 
 
+def tool_problem(registry: ToolRegistry | None, agent: str, name: str) -> str | None:
+    """Why ``agent`` may not be offered the tool ``name``, or None if it may."""
+    if registry is None:
+        return "the app has no tools; give it App(tools=ToolRegistry([...]))."
+    tool = registry.tool_or_none(name)
+    if tool is None:
+        return (
+            f"no tool named {name!r} in the app's registry (tools: "
+            f"{', '.join(registry.names) or 'none'}); add it to App(tools=ToolRegistry(...))."
+        )
+    if tool.agents is not None and agent not in tool.agents:
+        return (
+            f"tool {name!r} does not allow agent {agent!r} (allowed: "
+            f"{', '.join(tool.agents)}); add the agent to the tool's agents."
+        )
+    return None
+
+
 def tool_specs(ctx: Context, names: Sequence[str]) -> list[ToolSpec]:
-    """What the model is offered for the app's tools ``names``, checked against the
-    registry and the tools' allowed agents (a misdeclaration: fatal)."""
+    """What the model is offered for the app's tools ``names``; a tool it may not be
+    offered is a misdeclaration, fatal to the activation."""
     if not names:
         return []
-    if ctx.tools is None:
-        raise FatalError(
-            f"tools {', '.join(names)} were asked for, but the app has no tools; give it "
-            "App(tools=ToolRegistry([...]))."
-        )
-    specs = []
+    registry: ToolRegistry | None = ctx.tools.registry if ctx.tools is not None else None
+    agent = ctx.tools.agent if ctx.tools is not None else ""
     for name in names:
-        tool = ctx.tools.registry.tool_or_none(name)
-        if tool is None:
-            raise FatalError(
-                f"no tool named {name!r} in the app's registry (tools: "
-                f"{', '.join(ctx.tools.registry.names) or 'none'}); add it or drop it."
-            )
-        if tool.agents is not None and ctx.tools.agent not in tool.agents:
-            raise FatalError(
-                f"tool {name!r} does not allow agent {ctx.tools.agent!r} (allowed: "
-                f"{', '.join(tool.agents)}); add the agent to the tool's agents."
-            )
-        specs.append(tool.spec)
-    return specs
+        if problem := tool_problem(registry, agent, name):
+            raise FatalError(f"tool {name!r} was asked for, but {problem}")
+    assert registry is not None  # else tool_problem would have said so
+    return [registry.tool(name).spec for name in names]
 
 
 @dataclass

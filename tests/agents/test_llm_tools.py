@@ -201,7 +201,9 @@ async def test_on_anthropic_tools_and_the_answer_tool_are_offered_together(
 
 
 def test_tools_must_exist_and_allow_the_agent() -> None:
-    with pytest.raises(ConfigError, match="llm agent 'clerk' uses tool 'lookup', but the app"):
+    with pytest.raises(
+        ConfigError, match="llm agent 'clerk' uses tool 'lookup', but the app has no tools"
+    ):
         App(
             board=Case,
             agents=[llm_agent("clerk", instructions="x", model="offline", tools=["lookup"])],

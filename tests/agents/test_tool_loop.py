@@ -172,3 +172,21 @@ async def test_with_a_schema_the_answer_is_parsed(
     assert (await store.read("c1")).data["summary"] == "ok"
     [body] = llm_stub.bodies()
     assert body["response_format"]["json_schema"]["name"] == "Summary"
+
+
+async def test_a_tool_not_in_the_registry_is_fatal(
+    store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    @agent("clerk", reads=["customer"])
+    async def clerk(ctx: Context) -> Output:
+        await ctx.complete([{"role": "user", "content": "Look it up."}], tools=["lookup"])
+        return Output()
+
+    info = await run(one_agent_app(Case, clerk, "summary", tools=registry([]), model=gpt), store)
+    assert info.status == "failed"
+    assert llm_stub.requests == []
+    [incident] = await incidents(store, "c1")
+    assert (
+        "tool 'lookup' was asked for, but no tool named 'lookup' in the app's registry"
+        in (incident["detail"])
+    )
