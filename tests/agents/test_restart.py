@@ -90,7 +90,7 @@ async def test_a_local_submission_is_resent_through_an_outage_until_the_deadline
         raise RedisConnectionError("connection refused")
 
     worker.submit_local = away
-    deadline = time.time() + 0.3
+    deadline = time.time() + 1.0
     act = Activation(
         activation_id="a1", board_id="job", agent="first", base=0, trace_id="t",
         deadline_ms=int(deadline * 1000),
