@@ -75,7 +75,11 @@ async def test_a_worker_rides_out_an_outage_and_keeps_consuming(
         stop.set()
         await task
     assert failures == []
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "blackboard.agents.runtime" and r.levelno == logging.WARNING
+    ]
     assert warnings == ["agent first: Redis unavailable, retrying: connection refused"] * 2
 
 
