@@ -18,6 +18,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from blackboard.agents.models import Completion, Message
+from blackboard.agents.toolloop import DEFAULT_MAX_ROUNDS, ToolLoop
+from pydantic import BaseModel
+
 from blackboard.errors import ConfigError
 from blackboard.records import Handoff
 
@@ -123,6 +127,41 @@ class Context:
     its tokens and cost count toward the board's budgets."""
     tools: Any = None
     """The app's tool registry bound to this activation, if any."""
+    _loop: ToolLoop = field(default_factory=ToolLoop, repr=False)
+
+    async def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        tools: Sequence[str] = (),
+        schema: type[BaseModel] | None = None,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
+    ) -> Completion:
+        """Ask the activation's model (:attr:`model`), letting it call ``tools`` (names
+        in the app's tool registry), and return its answer once it calls none.
+
+        Each tool call runs through the registry inside this activation (permissions,
+        shared rate limit, breaker, compensation) keyed by the activation and its
+        arguments: a retried or reclaimed activation making the same call gets the first
+        result back, and the effect happens once. A tool's error is given to the model
+        as the tool's answer.
+
+        Args:
+            messages: the conversation so far (see ``blackboard.agents.models.Message``).
+            tools: the tools the model may call (none: one plain model call).
+            schema: ask for an answer of this pydantic type (``Completion.parsed``).
+            max_rounds: model turns that call tools, counted over the activation.
+
+        Raises:
+            SemanticError: the model repeated an identical call, went past
+                ``max_rounds``, or answered something unusable (a rewrite follows).
+            FatalError: a tool that is not in the registry, or not allowed to this
+                agent; no model.
+            TransientError: the model's provider failed for now (the runtime retries).
+        """
+        return await self._loop.complete(
+            self, messages, tools=tools, schema=schema, max_rounds=max_rounds
+        )
 
 
 RunFunction = Callable[[Context], Awaitable["Output | Mapping[str, Any] | None"]]
@@ -157,6 +196,32 @@ class Agent:
         return [*dict.fromkeys([*self.reads, *self.owns])]
 
     async def run(self, ctx: Context) -> Output | Mapping[str, Any] | None:
+        """Do one activation's work: read ``ctx.board`` (the keys it reads and owns, at
+        ``ctx.version``), think (``ctx.complete`` asks the model, running its tool
+        calls), and say what to write.
+
+        Returns:
+            An :class:`Output` (updates or a JSON Patch of its own keys, an optional
+            handoff), a plain dict of key updates, or None for no change. The
+            supervisor validates it like any proposal (owner, types, policies).
+
+        Raises:
+            TransientError: worth retrying as is (a rate limit, a timeout, a dropped
+                connection; ``retry_after`` if the provider said when); the runtime
+                retries with backoff within the activation's deadline. (Python's
+                ``TimeoutError`` and ``ConnectionError`` count as transient too.)
+            SemanticError: the work came out unusable; the supervisor asks for a
+                rewrite with this message as ``ctx.feedback`` (``TypeError`` and
+                ``ValueError`` count as semantic too).
+            NeedsHuman: a person must answer first; the board waits.
+            FatalError: retrying cannot help; the board fails (its tool effects are
+                compensated). Any other exception is taken as a bug: fatal, logged.
+
+        It may run more than once for one activation (a retry, a redelivery, a worker
+        killed and its work taken over): make side effects through ``ctx.tools`` (or
+        the tool loop), which gives a repeated call the first call's result. It is
+        cancelled at the activation's deadline (``ctx.deadline_s``).
+        """
         raise NotImplementedError(f"agent {self.name!r} must implement async run(ctx)")
 
 

@@ -6,13 +6,13 @@ validated answer becomes the proposal. An answer that fails validation is a
 :class:`~blackboard.errors.SemanticError`, so the supervisor sends a rewrite request
 carrying the validation message, within ``max_rewrites``.
 
-Given ``tools`` (names in the app's tool registry), the model may call them first: each
-call runs through the registry inside the activation (permissions, shared rate limits,
-breaker, compensation) with an idempotency key made of the activation and the call's
-arguments, so a retried or reclaimed activation that makes the same call collects the
-first result instead of repeating the effect. A tool's error is given to the model as
-the tool's answer; an identical call made twice in one activation is a loop, and the
-rounds of tool calls are bounded: both end the attempt as a rewrite::
+Given ``tools`` (names in the app's tool registry), the model may call them first,
+through the runtime's model<->tool loop (``Context.complete``, see
+``blackboard.agents.toolloop``): each call runs through the registry inside the
+activation with an idempotency key made of the activation and the call's arguments, so
+a retried or reclaimed activation collects the first result instead of repeating the
+effect; a tool's error is the tool's answer; a repeated identical call and too many
+rounds end the attempt as a rewrite::
 
     intake = llm_agent(
         "intake",
@@ -24,17 +24,17 @@ rounds of tool calls are bounded: both end the attempt as a rewrite::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from blackboard.agents.agent import Agent, Context, Output, Trigger
-from blackboard.agents.models import Completion, Message, Model, ToolCall, ToolSpec
+from blackboard.agents.models import Completion, Model
 from blackboard.agents.providers.spec import model_from_spec
+from blackboard.agents.toolloop import tool_problem
 from pydantic import BaseModel, Field, create_model
 
-from blackboard.errors import AgentError, ConfigError, SemanticError
+from blackboard.errors import ConfigError, SemanticError
 from blackboard.records import Handoff
 from blackboard.schema import Key
 
@@ -85,9 +85,9 @@ class LLMAgent(Agent):
         self.triggers = tuple(triggers)
         self.handoffs = None if handoffs is None else tuple(handoffs)
         self.output: type[BaseModel] | None = None
+        self.system = ""
         self.tools = tuple(tools)
         self.max_tool_rounds = max_tool_rounds
-        self.specs: list[ToolSpec] = []
 
     def bind(self, app: App) -> None:
         """Build the output schema from the owned keys' types, once the app knows them."""
@@ -118,70 +118,27 @@ class LLMAgent(Agent):
             fields[HANDOFF_REASON] = (str, Field(description="Why, in one sentence."))
         title = "".join(part.capitalize() for part in self.name.replace("-", "_").split("_"))
         self.output = create_model(f"{title}Output", **fields)
-        self.specs = [self._spec(app, name) for name in self.tools]
-
-    def _spec(self, app: App, name: str) -> ToolSpec:
-        offered = [t.name for t in getattr(app.tools, "tools", ())]
-        if name not in offered:
-            raise ConfigError(
-                f"llm agent {self.name!r} uses tool {name!r}, but the app has no such tool "
-                f"(tools: {', '.join(offered) or 'none'}); add it to App(tools=ToolRegistry(...))."
-            )
-        tool = app.tools.tool(name)
-        if tool.agents is not None and self.name not in tool.agents:
-            raise ConfigError(
-                f"tool {name!r} does not allow agent {self.name!r} (allowed: "
-                f"{', '.join(tool.agents)}); add the agent to the tool's agents."
-            )
-        return ToolSpec(name, tool.describe(), tool.input.model_json_schema())
+        owned = ", ".join(self.owns)
+        self.system = (
+            f"{self.instructions.strip()}\n\nYou are {self.name!r}. Answer with one JSON "
+            f"object giving a value for each key you own ({owned})"
+            + (f" and who acts next ({HANDOFF_TO})." if self.handoffs else ".")
+        )
+        """The system prompt, built once with the schema (it depends only on them)."""
+        for name in self.tools:  # checked when the app is built, before anything runs
+            if problem := tool_problem(app.tools, self.name, name):
+                raise ConfigError(f"llm agent {self.name!r} uses tool {name!r}, but {problem}")
 
     async def run(self, ctx: Context) -> Output:
         if self.output is None:
             raise ConfigError(f"llm agent {self.name!r} runs outside an App; add it to one.")
-        messages: list[Message] = list(self.messages(ctx))
-        answered: set[str] = set()  # calls that succeeded in this attempt
-        rounds = 0
-        while True:
-            answer = await ctx.model.complete(messages, schema=self.output, tools=self.specs)
-            if not answer.tool_calls:
-                return self._output(answer)
-            rounds += 1
-            if rounds > self.max_tool_rounds:
-                raise SemanticError(
-                    f"the model kept calling tools past the bound of {self.max_tool_rounds} "
-                    "tool rounds per activation; answer with what the tools already gave."
-                )
-            messages.append(
-                {"role": "assistant", "content": answer.text, "tool_calls": answer.tool_calls}
-            )
-            for call in answer.tool_calls:
-                content = await self._call(ctx, call, answered)
-                messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
-
-    async def _call(self, ctx: Context, call: ToolCall, answered: set[str]) -> str:
-        """Run one tool call; its answer (or its error) as text for the model."""
-        if call.name not in self.tools:
-            return (
-                f"error: no tool named {call.name!r} is offered to you (tools: "
-                f"{', '.join(self.tools)})."
-            )
-        canonical = json.dumps(call.arguments, sort_keys=True, separators=(",", ":"))
-        signature = f"{call.name}:{hashlib.sha256(canonical.encode()).hexdigest()[:24]}"
-        if signature in answered:
-            raise SemanticError(
-                f"the model called tool {call.name!r} again with the same arguments "
-                f"({canonical[:200]}) in one activation: a loop. Use the answer it gave."
-            )
-        try:
-            # Keyed by the activation and the arguments: a retry of this activation
-            # making the same call collects the first result, whatever the order.
-            result = await ctx.tools.call(
-                call.name, call.arguments, idempotency_key=f"{ctx.activation_id}:{signature}"
-            )
-        except AgentError as exc:  # the tool's error is its answer
-            return f"error: {exc}"
-        answered.add(signature)
-        return str(result.model_dump_json())
+        answer = await ctx.complete(
+            self.messages(ctx),
+            tools=self.tools,
+            schema=self.output,
+            max_rounds=self.max_tool_rounds,
+        )
+        return self._output(answer)
 
     def _output(self, answer: Completion) -> Output:
         assert self.output is not None
@@ -201,19 +158,13 @@ class LLMAgent(Agent):
     def messages(self, ctx: Context) -> list[dict[str, str]]:
         """The instructions, then the board as the agent sees it, the handoff's payload,
         and (on a rewrite) why the last answer was refused."""
-        owned = ", ".join(self.owns)
-        system = (
-            f"{self.instructions.strip()}\n\nYou are {self.name!r}. Answer with one JSON "
-            f"object giving a value for each key you own ({owned})"
-            + (f" and who acts next ({HANDOFF_TO})." if self.handoffs else ".")
-        )
         parts = [f"Board at version {ctx.version}:\n{_json(ctx.board)}"]
         if ctx.payload:
             parts.append(f"Handed to you with:\n{_json(ctx.payload)}")
         if ctx.feedback:
             parts.append(f"Your previous answer was refused: {ctx.feedback}\nCorrect it.")
         return [
-            {"role": "system", "content": system},
+            {"role": "system", "content": self.system},
             {"role": "user", "content": "\n\n".join(parts)},
         ]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from blackboard.agents.pricing import COSTS, Prices, cost_of
+from blackboard.agents.pricing import DEFAULT_PRICES as _DEFAULT_PRICES
 from pydantic import BaseModel, ValidationError
 
 from blackboard import codec
@@ -73,21 +74,33 @@ class Completion:
     tool_calls: list[ToolCall] = field(default_factory=list)
     provider: str | None = None
     """Who served it (``openai``, ``anthropic``; None when unknown): prices depend on it."""
+    cache_read: int = 0
+    """Of ``tokens_in``, those read from the provider's prompt cache (priced lower)."""
+    cache_write: int = 0
+    """Of ``tokens_in``, those written to the provider's prompt cache (Anthropic)."""
 
     @property
     def cost(self) -> float:
         """At the default prices; the runtime counts with the app's (see ``Metered``)."""
-        return cost_of(self.model, self.tokens_in, self.tokens_out, self.provider)
+        return self.cost_at(_DEFAULT_PRICES)
+
+    def cost_at(self, prices: Prices) -> float:
+        """USD at ``prices``, cached tokens at their cache prices."""
+        return prices.cost(
+            self.model,
+            self.provider,
+            self.tokens_in,
+            self.tokens_out,
+            cache_read=self.cache_read,
+            cache_write=self.cache_write,
+        )
 
 
 @runtime_checkable
 class Model(Protocol):
-    """One async method. Implement it to plug in any provider.
-
-    ``schema``: answer with an object of this type (``Completion.parsed``); an answer that
-    does not validate raises :class:`SemanticError`. ``tools``: the tools the model may
-    call (``Completion.tool_calls``); a model that takes none may omit the parameter.
-    """
+    """One async method. Implement it to plug in any provider (see
+    ``blackboard.agents.providers`` for two on official SDKs, :class:`OfflineModel` for a
+    fake). ``name`` is the model's name, used to look up its price."""
 
     name: str
 
@@ -97,7 +110,36 @@ class Model(Protocol):
         *,
         schema: type[BaseModel] | None = None,
         tools: Sequence[ToolSpec] = (),
-    ) -> Completion: ...
+    ) -> Completion:
+        """One request to the model: no retries of its own (the runtime retries, within
+        the activation's deadline) and no tool runs (the runtime runs them).
+
+        Args:
+            messages: the conversation (see :data:`Message`), system turns first; after
+                a tool call, the assistant turn carrying ``tool_calls`` and one ``tool``
+                turn per call with its answer.
+            schema: answer with an object of this pydantic type, asked for with the
+                provider's structured output; the validated object goes in
+                ``Completion.parsed`` (with :func:`parse_output`).
+            tools: the tools the model may call instead of answering; calls come back
+                in ``Completion.tool_calls`` (``parsed`` is then None). A model that
+                takes no tools may leave the parameter out.
+
+        Returns:
+            The answer, with the tokens the provider reported (not estimates) and who
+            served it (``provider``), since prices depend on both.
+
+        Raises:
+            TransientError: may succeed if sent again: rate limit (set
+                ``retry_after`` from the provider's Retry-After), 5xx, timeout,
+                dropped connection.
+            SemanticError: the answer is unusable (fails ``schema``, cut off at
+                max_tokens, refused, filtered): the agent is asked for a rewrite. Raise
+                it inside :func:`paid_for` so the tokens it used still count.
+            FatalError: the request cannot succeed as made (a 4xx: bad key, unknown
+                model, invalid request), with the provider's message.
+        """
+        ...
 
 
 def parse_output(schema: type[BaseModel], data: str | Mapping[str, Any]) -> Any:
@@ -208,9 +250,4 @@ class Metered:
     def _count(self, result: Completion) -> None:
         self.tokens_in += result.tokens_in
         self.tokens_out += result.tokens_out
-        if self.prices is None:
-            self.cost += result.cost
-        else:
-            self.cost += self.prices.cost(
-                result.model, result.provider, result.tokens_in, result.tokens_out
-            )
+        self.cost += result.cost_at(self.prices or _DEFAULT_PRICES)

@@ -18,7 +18,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from blackboard.agents.agent import Agent, Context, Output, to_output
 from blackboard.agents.models import Metered
@@ -42,8 +42,10 @@ from blackboard.errors import (
     TransientError,
 )
 from blackboard.keys import GlobalKeys
-from blackboard.queues import OUTAGE, Delivery, Liveness, WorkQueue, shard_of
+from blackboard.outages import OUTAGE, ride_out
+from blackboard.queues import Delivery, Liveness, WorkQueue, shard_of
 from blackboard.records import Activation, ContextRead, Submission
+from blackboard.status import STOPPED as BOARD_STOPPED
 from blackboard.store import BoardStore
 
 __all__ = ["AgentWorker"]
@@ -51,14 +53,35 @@ __all__ = ["AgentWorker"]
 log = logging.getLogger(__name__)
 
 GROUP = "workers"
-STOPPED = ("escalated", "done", "failed", None)
+STOPPED: frozenset[str | None] = frozenset({*BOARD_STOPPED, None})
 """Board statuses (None: gone) on which nothing more is run."""
+T = TypeVar("T")
 TRANSIENT = (TransientError, ConnectionError, TimeoutError, asyncio.TimeoutError)
 
 
 class _Expired(Exception):
     """The activation's own deadline passed: not retried (a new attempt would start
     after it), and reported in the watchdog's words, whichever of the two is first."""
+
+
+async def _riding_out(
+    what: str, step: Callable[[], Awaitable[T]], stop: Callable[[RetryCallState], bool]
+) -> T:
+    """``step()``, riding out an outage with :func:`~blackboard.outages.ride_out` until
+    ``stop`` says to give up (then the outage is raised). The retry machinery costs
+    tens of microseconds a pass, paid on every activation if entered every time: it is
+    entered only once a first, plain try failed, and that failure is logged and waited
+    for like any other."""
+    try:
+        return await step()
+    except OUTAGE as exc:
+        failed: BaseException = exc
+    async for attempt in ride_out(what, log, stop=stop):
+        with attempt:
+            if attempt.retry_state.attempt_number == 1:
+                raise failed
+            return await step()
+    raise AssertionError("unreachable: ride_out returns or raises")  # pragma: no cover
 
 
 class AgentWorker:
@@ -101,6 +124,9 @@ class AgentWorker:
             keys=self.keys,
         )
         self.liveness = Liveness(self.redis, self.keys, self.name)
+        # Settled when the app was built: worked out once, not per activation.
+        self._sees = self.agent.sees
+        self._model = self.agent.model if self.agent.model is not None else app.model
         self.current: str | None = None
         self.submit_local: Callable[[Submission, Activation], Awaitable[Any]] | None = None
         """Set when the supervisor runs in this process (embedded mode): activations
@@ -115,26 +141,34 @@ class AgentWorker:
         stop = stop or asyncio.Event()
         beating = asyncio.Event()  # set once the work in hand is done
         alive = asyncio.create_task(self.liveness.run(beating))
-        backoff = 0.05
         own: str | None = "0"  # this name's pending entries first, then new ones
+
+        def stopping(_: RetryCallState) -> bool:
+            return stop.is_set()
+
+        async def step() -> str | None:
+            return await self._step(own)
+
         try:
             while not stop.is_set():
-                try:
-                    if own is not None:
-                        deliveries = await self.queue.take_own(self.name, after=own, count=1)
-                        own = deliveries[-1].entry_id if deliveries else None
-                    else:
-                        deliveries = await self.queue.take(self.name, count=1, block_ms=200)
-                    for delivery in deliveries:
-                        await self.handle(delivery)
-                    backoff = 0.05
-                except OUTAGE as exc:
-                    log.warning("agent %s: Redis unavailable, retrying: %s", self.agent.name, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                # An outage is ridden out step by step; asked to stop meanwhile, it ends.
+                with contextlib.suppress(*OUTAGE):
+                    own = await _riding_out(f"agent {self.agent.name}", step, stopping)
         finally:
             beating.set()  # the name is let go: what it still holds is taken over at once
             await asyncio.gather(alive, return_exceptions=True)
+
+    async def _step(self, own: str | None) -> str | None:
+        """Take one delivery (this name's pending ones first, from ``own`` on) and handle
+        it; returns where this name's pending entries continue (None: all taken)."""
+        if own is not None:
+            deliveries = await self.queue.take_own(self.name, after=own, count=1)
+            own = deliveries[-1].entry_id if deliveries else None
+        else:
+            deliveries = await self.queue.take(self.name, count=1, block_ms=200)
+        for delivery in deliveries:
+            await self.handle(delivery)
+        return own
 
     async def handle(self, delivery: Delivery) -> None:
         entry = delivery.fields
@@ -235,7 +269,7 @@ class AgentWorker:
 
         tried = [0]
         try:
-            await self._attempts(attempt, tried)
+            await self._attempts(attempt, tried, act.deadline_ms)
         except _Expired as exc:
             kind, error, reason = "failure", "timeout", str(exc)
         except SemanticError as exc:
@@ -318,23 +352,26 @@ class AgentWorker:
         recognised by its proposal id, and the routing's pending activations come
         back), until Redis answers or the activation's deadline passes."""
         assert self.submit_local is not None, "run_local needs submit_local"
-        backoff = 0.05
-        while True:
-            try:
-                await self.submit_local(submission, act)
-                return
-            except OUTAGE as exc:
-                if act.deadline_ms and time.time() * 1000 > act.deadline_ms:
-                    raise  # left open: the watchdog reports it, a restart resends it
-                log.warning("agent %s: Redis unavailable, resubmitting: %s", self.agent.name, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
 
-    async def _attempts(self, attempt: Callable[[], Awaitable[None]], tried: list[int]) -> None:
+        def expired(_: RetryCallState) -> bool:
+            # Past the deadline the last outage is raised: the activation is left open,
+            # the watchdog reports it, and a restart resends it.
+            return bool(act.deadline_ms) and time.time() * 1000 > act.deadline_ms
+
+        async def submit() -> None:
+            assert self.submit_local is not None
+            await self.submit_local(submission, act)
+
+        await _riding_out(f"agent {self.agent.name} submitting", submit, expired)
+
+    async def _attempts(
+        self, attempt: Callable[[], Awaitable[None]], tried: list[int], deadline_ms: int = 0
+    ) -> None:
         """Run ``attempt``, retrying transient failures with exponential backoff and
         jitter, capped, up to ``retries`` attempts in all (``tried[0]``: the attempts
-        made before the last one). The first attempt runs without the retry machinery,
-        whose cost would otherwise be paid on every activation."""
+        made before the last one), never waiting past ``deadline_ms`` (the activation's;
+        0: none). The first attempt runs without the retry machinery, whose cost would
+        otherwise be paid on every activation."""
         try:
             await attempt()
             return
@@ -348,13 +385,15 @@ class AgentWorker:
         later = wait_random_exponential(multiplier=0.1, max=2.0)
 
         async def before(state: RetryCallState) -> None:
-            tried[0] = state.attempt_number
             if state.attempt_number == 1:
-                await asyncio.sleep(self._at_least_asked(failed, first(state)))
+                pause = self._pause(failed, first(state), deadline_ms)  # may end it here
+                tried[0] = 1
+                await asyncio.sleep(pause)
+            tried[0] = state.attempt_number
 
         def wait(state: RetryCallState) -> float:
             failed = state.outcome.exception() if state.outcome is not None else None
-            return self._at_least_asked(failed, later(state))
+            return self._pause(failed, later(state), deadline_ms)
 
         async for retry in AsyncRetrying(
             retry=retry_if_exception_type(TRANSIENT),
@@ -366,33 +405,46 @@ class AgentWorker:
             with retry:
                 await attempt()
 
-    def _at_least_asked(self, failed: BaseException | None, backoff: float) -> float:
-        """The backoff, or longer if the provider asked for it (a 429's Retry-After),
-        capped at the activation timeout: a wait past it would only find it expired."""
+    def _pause(self, failed: BaseException | None, backoff: float, deadline_ms: int) -> float:
+        """The wait before the next attempt: the backoff, or longer if the provider asked
+        for it (a 429's Retry-After). A wait that would end past the activation's
+        deadline is pointless (the attempt after it could not run): if the provider asked
+        for it, the activation ends now as a timeout saying so; a backoff is cut short at
+        the deadline, where the next attempt reports the timeout."""
         asked = getattr(failed, "retry_after", None)
-        if asked is None:
-            return backoff
-        return max(backoff, min(float(asked), self.app.limits.activation_timeout_s))
+        pause = backoff if asked is None else max(backoff, float(asked))
+        if not deadline_ms:
+            return min(pause, self.app.limits.activation_timeout_s)
+        left = deadline_ms / 1000 - time.time()
+        if asked is not None and pause >= left:
+            raise _Expired(
+                f"not retried: the provider asked to wait {float(asked):g} s before the "
+                f"next attempt, but the activation's deadline is {max(left, 0.0):.1f} s "
+                f"away (the failure: {failed}). Raise activation_timeout_s or the "
+                "provider's rate limit."
+            ) from failed
+        return max(0.0, min(pause, left))
 
     async def _run(self, ctx: Context, act: Activation) -> Any:
-        expired = act.timed_out(self.app.limits.activation_timeout_s)
-        if ctx.deadline_s is not None and ctx.deadline_s <= 0:
-            raise _Expired(expired)
+        if ctx.deadline_s is None:
+            return await self.agent.run(ctx)
+        if ctx.deadline_s <= 0:
+            raise _Expired(act.timed_out(self.app.limits.activation_timeout_s))
         scope = asyncio.timeout(ctx.deadline_s)  # no task of its own, unlike wait_for
         try:
             async with scope:
                 return await self.agent.run(ctx)
         except TimeoutError:
             if scope.expired():  # the activation's deadline, not a timeout inside the agent
-                raise _Expired(expired) from None
+                raise _Expired(act.timed_out(self.app.limits.activation_timeout_s)) from None
             raise
 
     async def _context(self, act: Activation, read: ContextRead | None = None) -> Context:
         """The agent's keys (those it reads and owns, nothing else) at the current
         version, or as ``read`` with the commit that activated it."""
-        keys = self.agent.sees
+        keys = self._sees
         if act.reason == "summarise" and act.payload.get("key") in self.app.schema.keys:
-            keys.append(str(act.payload["key"]))
+            keys = [*keys, str(act.payload["key"])]
         if read is not None and all(k in read.values for k in keys):
             version: Any = read.version
             values: list[Any] = [read.values.get(k) for k in keys]
@@ -408,7 +460,7 @@ class AgentWorker:
         board = {k: codec.loads(v) for k, v in zip(keys, values, strict=False) if v is not None}
         failed = {
             k[7:]: v for k, v in cast(dict[str, str], loops).items() if k.startswith("failed:")
-        }
+        }  # (the loop state is small: counters and failed branches)
         tools = None
         if self.app.tools is not None:
             tools = self.app.tools.bind(
@@ -418,8 +470,8 @@ class AgentWorker:
                 board_id=act.board_id,
                 activation_id=act.activation_id,
             )
-        act.keys_read = keys
-        model = self.agent.model if self.agent.model is not None else self.app.model
+        act.keys_read = list(keys)
+        model = self._model
         remaining = None
         if act.deadline_ms:
             remaining = (act.deadline_ms - time.time() * 1000) / 1000

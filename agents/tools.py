@@ -22,8 +22,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, cast
 
+from blackboard.agents.models import ToolSpec
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
@@ -62,7 +64,15 @@ Fn = Callable[[Any], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Tool:
-    """A callable an agent may use through ``ctx.tools.call(name, args)``.
+    """A callable an agent may use through ``ctx.tools.call(name, args)``, or a model
+    through the tool loop (``ctx.complete(..., tools=[name])``).
+
+    ``fn`` receives the arguments validated as an ``input`` model and returns an
+    ``output`` model (or what validates as one). Whatever it raises becomes a
+    :class:`~blackboard.errors.TransientError` for the caller (and counts toward the
+    breaker); in the tool loop the model is told the error as the tool's answer. With
+    ``side_effects``, a call runs at most once per idempotency key, across retries and
+    processes, as long as the process running it lives (see the module's doc).
 
     Attributes:
         name: unique in the registry.
@@ -95,6 +105,11 @@ class Tool:
     def describe(self) -> str:
         return self.description or " ".join((self.fn.__doc__ or self.name).split())
 
+    @cached_property
+    def spec(self) -> ToolSpec:
+        """The tool as a model is offered it (built once: its schema does not change)."""
+        return ToolSpec(self.name, self.describe(), self.input.model_json_schema())
+
 
 @dataclass
 class ToolRegistry:
@@ -112,6 +127,10 @@ class ToolRegistry:
                 raise ConfigError(f"two tools are named {tool.name!r}.")
             self._by_name[tool.name] = tool
 
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
     def tool(self, name: str) -> Tool:
         try:
             return self._by_name[name]
@@ -119,6 +138,9 @@ class ToolRegistry:
             raise ConfigError(
                 f"no tool named {name!r}; tools are {', '.join(sorted(self._by_name))}."
             ) from None
+
+    def tool_or_none(self, name: str) -> Tool | None:
+        return self._by_name.get(name)
 
     def bind(
         self, redis: Redis, prefix: str, *, agent: str, board_id: str, activation_id: str

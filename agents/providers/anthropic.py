@@ -7,9 +7,9 @@ call instead of them); its input, validated, is the answer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blackboard.agents.models import (
     Completion,
@@ -19,14 +19,11 @@ from blackboard.agents.models import (
     paid_for,
     parse_output,
 )
-from blackboard.agents.providers.client import PerLoop, api_key, missing_sdk
-from blackboard.agents.providers.failures import classify
+from blackboard.agents.providers.client import SDK, api_key
+from blackboard.agents.providers.failures import classify, cut_off
 from pydantic import BaseModel
 
 from blackboard.errors import SemanticError
-
-if TYPE_CHECKING:
-    from anthropic import AsyncAnthropic
 
 __all__ = ["OUTPUT_TOOL", "AnthropicModel"]
 
@@ -50,43 +47,32 @@ class AnthropicModel:
     """
 
     name: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
     timeout: float = 60.0
     max_tokens: int = 4096
     temperature: float | None = None
     client: Any = None
-    environ: Mapping[str, str] | None = field(default=None, repr=False)
     provider: str = field(default="anthropic", init=False)
-    _sdk: Any = field(init=False, repr=False)
-    _clients: PerLoop[AsyncAnthropic] = field(init=False, repr=False)
+    _sdk: SDK = field(init=False, repr=False)
     _schemas: dict[type[BaseModel], dict[str, Any]] = field(
         default_factory=dict, init=False, repr=False
     )
     """JSON schema per output schema (built once: an agent asks with the same one)."""
 
     def __post_init__(self) -> None:
-        try:
-            import anthropic
-        except ImportError as exc:
-            raise missing_sdk("anthropic", exc) from exc
-        self._sdk = anthropic
-        self.api_key = api_key(
-            self.api_key, "ANTHROPIC_API_KEY", required=True, environ=self.environ
-        )
-        self._clients = PerLoop(self._make_client, self.client)
-
-    def _make_client(self) -> AsyncAnthropic:
-        client: AsyncAnthropic = self._sdk.AsyncAnthropic(
-            api_key=self.api_key,
+        self.api_key = api_key(self.api_key, "ANTHROPIC_API_KEY", required=True)
+        self._sdk = SDK(
+            "anthropic",
+            "AsyncAnthropic",
+            key=self.api_key,
             base_url=self.base_url,
             timeout=self.timeout,
-            max_retries=0,  # the runtime's retry policy is the only one
+            client=self.client,
         )
-        return client
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._sdk.aclose()
 
     async def complete(
         self,
@@ -122,18 +108,23 @@ class AnthropicModel:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         try:
-            answer = await self._clients.get().messages.create(**request)
-        except self._sdk.APIError as exc:
-            raise classify(self._sdk, "Anthropic", exc) from exc
-        with paid_for(Completion("", *_usage(answer), self.name, provider=self.provider)):
-            return self._completion(answer, schema)
+            answer = await self._sdk.client().messages.create(**request)
+        except self._sdk.module.APIError as exc:
+            raise classify(self._sdk.module, "Anthropic", exc) from exc
+        spent = _usage(answer, self.name, self.provider)
+        with paid_for(spent):
+            return self._completion(answer, schema, spent)
 
-    def _completion(self, answer: Any, schema: type[BaseModel] | None) -> Completion:
+    def _completion(
+        self, answer: Any, schema: type[BaseModel] | None, spent: Completion
+    ) -> Completion:
         if answer.stop_reason == "refusal":
             raise SemanticError(
                 "the model refused to answer (stop_reason 'refusal'); rephrase the request "
                 "or the board's content."
             )
+        if answer.stop_reason == "max_tokens":  # before parsing what is only a part
+            raise cut_off(self.max_tokens)
         texts: list[str] = []
         calls: list[ToolCall] = []
         output: Any = None
@@ -147,33 +138,32 @@ class AnthropicModel:
         parsed = None
         if schema is not None and not calls:
             if output is None:
-                cut = " (cut off at the token limit)" if answer.stop_reason == "max_tokens" else ""
                 raise SemanticError(
-                    f"the model did not call {OUTPUT_TOOL}{cut}; answer by calling it with a "
+                    f"the model did not call {OUTPUT_TOOL}; answer by calling it with a "
                     f"{schema.__name__} object."
                 )
             parsed = parse_output(schema, output)
-        tokens_in, tokens_out = _usage(answer)
-        return Completion(
-            text="".join(texts),
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            model=self.name,
-            parsed=parsed,
-            tool_calls=calls,
-            provider=self.provider,
-        )
+        spent.text, spent.parsed, spent.tool_calls = "".join(texts), parsed, calls
+        return spent
 
 
-def _usage(answer: Any) -> tuple[int, int]:
+def _usage(answer: Any, model: str, provider: str) -> Completion:
+    """What the answer used, as a Completion with no content yet. Anthropic counts cache
+    reads and writes apart from ``input_tokens``: all three are prompt tokens, each kind
+    at its own price."""
     usage = answer.usage
-    # Cached prompt tokens are input tokens too (priced as input: an upper bound).
-    tokens_in = (
-        int(usage.input_tokens)
-        + int(getattr(usage, "cache_creation_input_tokens", None) or 0)
-        + int(getattr(usage, "cache_read_input_tokens", None) or 0)
+    read = int(getattr(usage, "cache_read_input_tokens", None) or 0)
+    write = int(getattr(usage, "cache_creation_input_tokens", None) or 0)
+    tokens_in = int(usage.input_tokens) + read + write
+    return Completion(
+        "",
+        tokens_in,
+        int(usage.output_tokens),
+        model,
+        provider=provider,
+        cache_read=read,
+        cache_write=write,
     )
-    return tokens_in, int(usage.output_tokens)
 
 
 def _messages(messages: Sequence[Message]) -> list[dict[str, Any]]:

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
-from blackboard.errors import AgentError, FatalError, TransientError
+from blackboard.errors import AgentError, FatalError, SemanticError, TransientError
 
-__all__ = ["classify", "retry_after"]
+__all__ = ["classify", "cut_off", "retry_after"]
 
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 
@@ -80,3 +80,16 @@ def classify(sdk: ModuleType, provider: str, exc: Exception) -> AgentError:
         )
     # anything else of the SDK's, e.g. an answer that does not parse as the API's
     return FatalError(f"{provider} answered something unusable: {exc}.")
+
+
+def cut_off(max_tokens: int | None) -> SemanticError:
+    """The error for an answer the provider stopped at the token cap (OpenAI's finish
+    reason ``length``, Anthropic's stop reason ``max_tokens``): whatever it holds is
+    incomplete, so it is not parsed; the rewrite asks for a shorter answer, and the
+    message tells the operator what to change if that cannot be enough."""
+    cap = f"max_tokens ({max_tokens})" if max_tokens is not None else "the server's max_tokens"
+    return SemanticError(
+        f"the answer was cut off at {cap} before it was complete; answer more briefly. "
+        "If it cannot be shorter, raise the model's max_tokens or shorten the input "
+        "(fewer or smaller keys read)."
+    )

@@ -8,9 +8,9 @@ a strict JSON-schema response format; tools are offered as functions.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from blackboard.agents.models import (
     Completion,
@@ -20,14 +20,11 @@ from blackboard.agents.models import (
     paid_for,
     parse_output,
 )
-from blackboard.agents.providers.client import PerLoop, api_key, missing_sdk
-from blackboard.agents.providers.failures import classify
+from blackboard.agents.providers.client import SDK, api_key
+from blackboard.agents.providers.failures import classify, cut_off
 from pydantic import BaseModel
 
 from blackboard.errors import SemanticError
-
-if TYPE_CHECKING:
-    from openai import AsyncOpenAI
 
 __all__ = ["OpenAIModel"]
 
@@ -54,16 +51,14 @@ class OpenAIModel:
     """
 
     name: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     base_url: str | None = None
     provider: str | None = "openai"
     timeout: float = 60.0
     max_tokens: int | None = None
     temperature: float | None = None
     client: Any = None
-    environ: Mapping[str, str] | None = field(default=None, repr=False)
-    _sdk: Any = field(init=False, repr=False)
-    _clients: PerLoop[AsyncOpenAI] = field(init=False, repr=False)
+    _sdk: SDK = field(init=False, repr=False)
     _formats: dict[type[BaseModel], dict[str, Any]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -71,28 +66,19 @@ class OpenAIModel:
     step's own work, and an agent asks with the same schema every time."""
 
     def __post_init__(self) -> None:
-        try:
-            import openai
-        except ImportError as exc:
-            raise missing_sdk("openai", exc) from exc
-        self._sdk = openai
-        key = api_key(
-            self.api_key, "OPENAI_API_KEY", required=self.provider == "openai", environ=self.environ
-        )
+        key = api_key(self.api_key, "OPENAI_API_KEY", required=self.provider == "openai")
         self.api_key = key or LOCAL_KEY
-        self._clients = PerLoop(self._make_client, self.client)
-
-    def _make_client(self) -> AsyncOpenAI:
-        client: AsyncOpenAI = self._sdk.AsyncOpenAI(
-            api_key=self.api_key,
+        self._sdk = SDK(
+            "openai",
+            "AsyncOpenAI",
+            key=self.api_key,
             base_url=self.base_url,
             timeout=self.timeout,
-            max_retries=0,  # the runtime's retry policy is the only one
+            client=self.client,
         )
-        return client
 
     async def aclose(self) -> None:
-        await self._clients.aclose()
+        await self._sdk.aclose()
 
     async def complete(
         self,
@@ -109,7 +95,7 @@ class OpenAIModel:
             request["tools"] = [_tool(t) for t in tools]
         if schema is not None:
             if schema not in self._formats:
-                self._formats[schema] = _response_format(self._sdk, schema)
+                self._formats[schema] = _response_format(self._sdk.module, schema)
             request["response_format"] = self._formats[schema]
         if self.max_tokens is not None:
             # OpenAI's newer models take only max_completion_tokens; older servers only
@@ -119,17 +105,23 @@ class OpenAIModel:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         try:
-            answer = await self._clients.get().chat.completions.create(**request)
-        except self._sdk.APIError as exc:
-            raise classify(self._sdk, self._who, exc) from exc
-        with paid_for(Completion("", *_usage(answer), self.name, provider=self.provider)):
-            return self._completion(answer, schema)
+            answer = await self._sdk.client().chat.completions.create(**request)
+        except self._sdk.module.APIError as exc:
+            raise classify(self._sdk.module, self._who, exc) from exc
+        tokens_in, tokens_out, cached = _usage(answer)
+        spent = Completion(
+            "", tokens_in, tokens_out, self.name, provider=self.provider, cache_read=cached
+        )
+        with paid_for(spent):
+            return self._completion(answer, schema, spent)
 
     @property
     def _who(self) -> str:
         return "OpenAI" if self.provider == "openai" else f"the server at {self.base_url}"
 
-    def _completion(self, answer: Any, schema: type[BaseModel] | None) -> Completion:
+    def _completion(
+        self, answer: Any, schema: type[BaseModel] | None, spent: Completion
+    ) -> Completion:
         if not answer.choices:
             raise SemanticError(f"{self._who} answered with no choices; ask again.")
         choice = answer.choices[0]
@@ -137,6 +129,8 @@ class OpenAIModel:
         refusal = getattr(message, "refusal", None)
         if refusal:
             raise SemanticError(f"the model refused: {refusal}")
+        if choice.finish_reason == "length":  # before parsing what is only a part
+            raise cut_off(self.max_tokens)
         if choice.finish_reason == "content_filter":
             raise SemanticError(
                 "the answer was withheld by the provider's content filter; rephrase the "
@@ -146,30 +140,20 @@ class OpenAIModel:
         text = message.content or ""
         parsed = None
         if schema is not None and not calls:
-            if choice.finish_reason == "length":
-                raise SemanticError(
-                    f"the answer was cut off at the token limit before the {schema.__name__} "
-                    "object was complete; answer more briefly."
-                )
             parsed = parse_output(schema, text)
-        tokens_in, tokens_out = _usage(answer)
-        return Completion(
-            text=text,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
-            model=self.name,
-            parsed=parsed,
-            tool_calls=calls,
-            provider=self.provider,
-        )
+        spent.text, spent.parsed, spent.tool_calls = text, parsed, calls
+        return spent
 
 
-def _usage(answer: Any) -> tuple[int, int]:
-    """Tokens as the server reported them (a server that reports none counts 0)."""
+def _usage(answer: Any) -> tuple[int, int, int]:
+    """Prompt, completion and cached prompt tokens as the server reported them (a server
+    that reports none counts 0). OpenAI's prompt tokens include the cached ones."""
     usage = answer.usage
     if usage is None:
-        return 0, 0
-    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)
+        return 0, 0, 0
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = int(getattr(details, "cached_tokens", None) or 0)
+    return int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0), cached
 
 
 def _message(m: Message) -> dict[str, Any]:

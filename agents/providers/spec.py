@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from blackboard.agents.models import Model, OfflineModel
 
@@ -19,11 +19,9 @@ FORMS = (
 _COMPATIBLE = re.compile(r"^(?P<name>.+?)@(?P<url>https?://\S+)$")
 
 
-def model_from_spec(
-    spec: str, *, timeout: float = 60.0, environ: Mapping[str, str] | None = None
-) -> Model:
+def model_from_spec(spec: str, *, timeout: float = 60.0) -> Model:
     """The model a spec names. Keys come from ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``
-    (``environ``, default the process environment), never from the board; an
+    (the process environment), never from the board; an
     OpenAI-compatible server is sent ``OPENAI_API_KEY`` if set, else a placeholder.
 
     Raises:
@@ -41,11 +39,11 @@ def model_from_spec(
     if provider == "openai":
         from blackboard.agents.providers.openai import OpenAIModel
 
-        return OpenAIModel(name, timeout=timeout, environ=environ)
+        return OpenAIModel(name, timeout=timeout)
     if provider == "anthropic":
         from blackboard.agents.providers.anthropic import AnthropicModel
 
-        return AnthropicModel(name, timeout=timeout, environ=environ)
+        return AnthropicModel(name, timeout=timeout)
     if provider == "openai-compatible":
         match = _COMPATIBLE.match(name)
         if match is None:
@@ -57,9 +55,7 @@ def model_from_spec(
             raise ConfigError(f"model spec {spec!r}: {problem}, e.g. {FORMS}.")
         from blackboard.agents.providers.openai import OpenAIModel
 
-        return OpenAIModel(
-            match["name"], base_url=match["url"], provider=None, timeout=timeout, environ=environ
-        )
+        return OpenAIModel(match["name"], base_url=match["url"], provider=None, timeout=timeout)
     raise ConfigError(
         f"model spec {spec!r}: unknown provider {provider!r}; expected one of {FORMS}."
     )

@@ -6,14 +6,13 @@ Deployment against the scripted server, through the real adapters, on both backe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import pytest
 from bbtest import activations, incidents
 from blackboard.agents import Context, Output, agent, llm_agent, when_changed
 from blackboard.agents.providers import AnthropicModel, OpenAIModel
-from blackboard.supervisor import Deployment
+from llmdeploy import run
 from llmstub import LLMStub, anthropic_tool_use, openai_text
 from pydantic import BaseModel, Field
 
@@ -58,19 +57,6 @@ def loan_app(model: Any, **limits: Any) -> App:
         done_reads=["decision"],
         limits=Limits(activation_timeout_s=5, **limits),
     )
-
-
-@pytest.fixture
-async def gpt(llm_stub: LLMStub) -> AsyncIterator[OpenAIModel]:
-    model = OpenAIModel("gpt-4o-mini", api_key="sk-test", base_url=llm_stub.openai_url, timeout=2)
-    yield model
-    await model.aclose()
-
-
-async def run(app: App, store: BoardStore) -> Any:
-    async with Deployment(app, store) as d:
-        await d.start("c1")
-        return await d.settle("c1")
 
 
 def handoff(to: str | None, reason: str) -> dict[str, Any]:
@@ -127,6 +113,23 @@ async def test_output_failing_validation_is_rewritten_with_the_message(
     assert "amount: Input should be greater than 0" in retry
     reasons = [a["reason"] for a in await activations(store, "c1") if a["agent"] == "intake"]
     assert reasons == ["start", "rewrite"]
+
+
+async def test_an_answer_cut_at_max_tokens_is_rewritten_saying_so(
+    store: BoardStore, gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    llm_stub.script(
+        openai_text('{"amount": 40000, "inc', finish="length"),
+        openai_text(json.dumps({"amount": 40000, "income": 90000})),
+        openai_text(json.dumps({"risk": "low", **handoff("decide", "covered")})),
+    )
+    info = await run(loan_app(gpt), store)
+    assert info.status == "done"
+    retry = llm_stub.bodies()[1]["messages"][1]["content"]
+    assert "the answer was cut off at the server's max_tokens before it was complete" in retry
+    assert "does not match" not in retry
+    first = next(a for a in await activations(store, "c1") if a["agent"] == "intake")
+    assert first["outcome"] == "semantic"
 
 
 async def test_invalid_json_past_max_rewrites_escalates(

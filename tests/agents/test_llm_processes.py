@@ -79,9 +79,11 @@ async def started(redis_server: Any, app_name: str) -> tuple[BoardStore, Supervi
 ANSWER = json.dumps({"credit": 712, "note": "notified"})
 
 
+@pytest.mark.parametrize("app_name", ["app", "generic_app"])
 async def test_kill_9_mid_tool_loop_keeps_the_effect_once_and_rewrites_bad_output(
-    redis_server: Any, llm_stub: LLMStub, tmp_path: Path
+    redis_server: Any, llm_stub: LLMStub, tmp_path: Path, app_name: str
 ) -> None:
+    # app: an llm_agent; generic_app: a plain agent running the loop with ctx.complete.
     effects = tmp_path / "effects"
     llm_stub.script(
         openai_tool_call("notify", {"customer": "c7"}),
@@ -90,11 +92,12 @@ async def test_kill_9_mid_tool_loop_keeps_the_effect_once_and_rewrites_bad_outpu
         openai_text('{"credit": 7'),  # malformed: a rewrite
         openai_text(ANSWER),
     )
-    store, sup = await started(redis_server, "app")
+    store, sup = await started(redis_server, app_name)
     cluster = Cluster(redis_server.url, llm_stub, effects)
+    target = f"llmapps:{app_name}"
     try:
-        cluster.spawn("supervisor", "--app", "llmapps:app")
-        first = cluster.spawn("agent", "clerk", "--app", "llmapps:app", "--name", "first")
+        cluster.spawn("supervisor", "--app", target)
+        first = cluster.spawn("agent", "clerk", "--app", target, "--name", "first")
         await sup.start("case")
 
         async def first_holds_it() -> bool:
@@ -103,7 +106,7 @@ async def test_kill_9_mid_tool_loop_keeps_the_effect_once_and_rewrites_bad_outpu
         await wait_for(first_holds_it)
         # Started now, the second instance boots while the first runs the tool loop; it
         # finds nothing to do until the first's entry goes idle.
-        cluster.spawn("agent", "clerk", "--app", "llmapps:app", "--name", "second")
+        cluster.spawn("agent", "clerk", "--app", target, "--name", "second")
 
         async def mid_loop() -> bool:
             return len(llm_stub.requests) == 2 and effects.exists()

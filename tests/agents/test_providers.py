@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from blackboard.agents import Completion, OfflineModel, ToolCall, ToolSpec
+from blackboard.agents import Completion, OfflineModel, ToolCall, ToolSpec, cost_of
+from blackboard.agents.pricing import Prices
 from blackboard.agents.providers import AnthropicModel, OpenAIModel, model_from_spec
 from llmstub import (
     LLMStub,
@@ -38,13 +39,6 @@ LOOKUP = ToolSpec(
     description="Look a customer up by id.",
     parameters={"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
 )
-
-
-@pytest.fixture
-async def gpt(llm_stub: LLMStub) -> AsyncIterator[OpenAIModel]:
-    model = OpenAIModel("gpt-4o-mini", api_key="sk-test", base_url=llm_stub.openai_url, timeout=2)
-    yield model
-    await model.aclose()
 
 
 @pytest.fixture
@@ -177,7 +171,7 @@ async def test_openai_tool_call_with_arguments_that_are_not_json_is_semantic(
     [
         (openai_refusal("I can't help with that."), "refused: I can't help with that."),
         (openai_text(None, finish="content_filter"), "content filter"),
-        (openai_text('{"approve": tr', finish="length"), "cut off at the token limit"),
+        (openai_text('{"approve": tr', finish="length"), "cut off at the server's max_tokens"),
     ],
 )
 async def test_openai_refusal_filter_and_truncation_are_semantic(
@@ -186,6 +180,30 @@ async def test_openai_refusal_filter_and_truncation_are_semantic(
     llm_stub.script(turn)
     with pytest.raises(SemanticError, match=words):
         await gpt.complete([{"role": "user", "content": "x"}], schema=Verdict)
+
+
+@pytest.mark.parametrize(
+    ("turn", "schema"),
+    [
+        (openai_text('{"approve": true, "reason": "fi', finish="length"), Verdict),
+        (openai_text("The answer is", finish="length"), None),
+        (Turn(body={**openai_tool_call("lookup", '{"id": "c').body}), None),
+    ],
+)
+async def test_openai_an_answer_cut_at_max_tokens_says_so_not_that_it_is_invalid(
+    llm_stub: LLMStub, turn: Turn, schema: Any
+) -> None:
+    turn.body["choices"][0]["finish_reason"] = "length"
+    llm_stub.script(turn)
+    model = OpenAIModel("gpt-4o-mini", api_key="k", base_url=llm_stub.openai_url, max_tokens=50)
+    try:
+        with pytest.raises(SemanticError) as caught:
+            await model.complete([{"role": "user", "content": "x"}], schema=schema, tools=[LOOKUP])
+    finally:
+        await model.aclose()
+    assert str(caught.value).startswith("the answer was cut off at max_tokens (50) before it")
+    assert "raise the model's max_tokens or shorten the input" in str(caught.value)
+    assert caught.value.spent.tokens_in == 11  # paid for all the same
 
 
 async def test_openai_429_is_transient_with_retry_after_and_is_not_retried_by_the_sdk(
@@ -275,6 +293,17 @@ async def test_anthropic_structured_output_failing_validation_is_semantic(
     llm_stub.script(anthropic_text("I think yes."))
     with pytest.raises(SemanticError, match="did not call final_output"):
         await claude.complete([{"role": "user", "content": "Decide."}], schema=Verdict)
+
+
+async def test_anthropic_an_answer_cut_at_max_tokens_says_so_not_that_it_is_invalid(
+    claude: AnthropicModel, llm_stub: LLMStub
+) -> None:
+    # The output tool's input as far as it got: valid JSON, missing a field.
+    llm_stub.script(anthropic_tool_use("final_output", {"approve": True}, stop="max_tokens"))
+    with pytest.raises(SemanticError) as caught:
+        await claude.complete([{"role": "user", "content": "Decide."}], schema=Verdict)
+    assert str(caught.value).startswith("the answer was cut off at max_tokens (4096) before")
+    assert "does not match" not in str(caught.value)
 
 
 async def test_anthropic_tool_calls_and_results_round_trip(
@@ -455,3 +484,46 @@ def test_retry_after_reads_seconds_milliseconds_and_dates_and_ignores_the_rest()
     assert retry_after({"retry-after": formatdate(time.time() - 60)}) == 0.0  # past: at once
     for junk in ("soon", " ", "Mon, 99 Foo"):
         assert retry_after({"retry-after": junk}) is None
+
+
+async def test_openai_cached_prompt_tokens_cost_the_libraries_cache_price(
+    gpt: OpenAIModel, llm_stub: LLMStub
+) -> None:
+    from genai_prices import Usage, calc_price
+
+    llm_stub.script(openai_text("ok", tokens=(10_000, 500), cached=6_000))
+    result = await gpt.complete([{"role": "user", "content": "x"}])
+    assert (result.tokens_in, result.tokens_out, result.cache_read) == (10_000, 500, 6_000)
+    usage = Usage(input_tokens=10_000, cache_read_tokens=6_000, output_tokens=500)
+    expected = float(calc_price(usage, "gpt-4o-mini", provider_id="openai").total_price)
+    assert result.cost == pytest.approx(expected)
+    assert result.cost < cost_of("gpt-4o-mini", 10_000, 500, "openai")  # cheaper than plain
+
+
+async def test_anthropic_cache_reads_and_writes_cost_the_libraries_cache_prices(
+    claude: AnthropicModel, llm_stub: LLMStub
+) -> None:
+    from genai_prices import Usage, calc_price
+
+    llm_stub.script(anthropic_text("ok", tokens=(1_000, 500), cache=(8_000, 2_000)))
+    result = await claude.complete([{"role": "user", "content": "x"}])
+    assert (result.tokens_in, result.cache_read, result.cache_write) == (11_000, 8_000, 2_000)
+    usage = Usage(
+        input_tokens=11_000, cache_read_tokens=8_000, cache_write_tokens=2_000, output_tokens=500
+    )
+    price = calc_price(usage, "claude-sonnet-4-5", provider_id="anthropic")
+    assert result.cost == pytest.approx(float(price.total_price))
+
+
+def test_a_price_override_says_nothing_of_the_cache_so_cached_tokens_cost_as_input() -> None:
+    prices = Prices({"gpt-4o-mini": (1.0, 2.0)})
+    cost = prices.cost("gpt-4o-mini", "openai", 1_000_000, 0, cache_read=600_000)
+    assert cost == pytest.approx(1.0)
+
+
+def test_a_models_repr_does_not_show_its_key() -> None:
+    # An app's model is logged and printed; its key must not be.
+    gpt = OpenAIModel("gpt-4o-mini", api_key="sk-secret-1")
+    claude = AnthropicModel("claude-haiku-4-5", api_key="ak-secret-2")
+    assert "sk-secret-1" not in repr(gpt) and "ak-secret-2" not in repr(claude)
+    assert "gpt-4o-mini" in repr(gpt)

@@ -1,16 +1,24 @@
 """A process restarted under the name of one that was killed works first on what that
 name held, at once: not after claim_idle_ms (nobody else takes it over, since the name
-beats again). Both backends."""
+beats again). A worker rides out a Redis outage instead of ending, and a submission in
+embedded mode is resent through one until the activation's deadline. Both backends."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from typing import Any
 
+import pytest
 from aimedapp import app
+from bbtest import activations
 from blackboard.agents import AgentWorker
 from blackboard.supervisor import Supervisor
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from blackboard import BoardStore
+from blackboard.records import Activation, Submission
 
 
 async def test_an_agent_restarted_under_the_same_name_runs_what_it_held_first(
@@ -40,3 +48,67 @@ async def test_an_agent_restarted_under_the_same_name_runs_what_it_held_first(
         "max": None,
         "consumers": [],
     }
+
+
+async def test_a_worker_rides_out_an_outage_and_keeps_consuming(
+    store: BoardStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = Supervisor(app, store)
+    await sup.publish()
+    await sup.start("job")
+    worker = AgentWorker(app, "first", store, name="w1")
+    take, failures = worker.queue.take, [RedisConnectionError("connection refused")] * 2
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await take(*args, **kwargs)
+
+    worker.queue.take = flaky  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        async with asyncio.timeout(5):
+            while [a["status"] for a in await activations(store, "job")] != ["submitted"]:
+                await asyncio.sleep(0.02)
+    finally:
+        stop.set()
+        await task
+    assert failures == []
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "blackboard.agents.runtime" and r.levelno == logging.WARNING
+    ]
+    assert warnings == ["agent first: Redis unavailable, retrying: connection refused"] * 2
+
+
+async def test_a_local_submission_is_resent_through_an_outage_until_the_deadline(
+    store: BoardStore,
+) -> None:
+    worker = AgentWorker(app, "first", store, name="w1")
+    sent: list[str] = []
+
+    async def away(submission: Submission, act: Activation) -> None:
+        sent.append(submission.proposal_id)
+        raise RedisConnectionError("connection refused")
+
+    worker.submit_local = away
+    deadline = time.time() + 1.0
+    act = Activation(
+        activation_id="a1", board_id="job", agent="first", base=0, trace_id="t",
+        deadline_ms=int(deadline * 1000),
+    )  # fmt: skip
+    submission = Submission(
+        kind="proposal",
+        board_id="job",
+        proposal_id="a1",
+        author="first",
+        activation_id="a1",
+        trace_id="t",
+        base=0,
+    )
+    with pytest.raises(RedisConnectionError, match="connection refused"):
+        await worker._submit_local(submission, act)
+    assert time.time() >= deadline  # resent until the deadline, then given up
+    assert len(sent) >= 3 and set(sent) == {"a1"}

@@ -69,10 +69,19 @@ class Recorded:
 
 
 def openai_text(
-    text: str | None, *, tokens: tuple[int, int] = (11, 7), finish: str = "stop", model: str = ""
+    text: str | None,
+    *,
+    tokens: tuple[int, int] = (11, 7),
+    finish: str = "stop",
+    model: str = "",
+    cached: int = 0,
 ) -> Turn:
-    """A chat completion whose message is ``text`` (JSON text for structured output)."""
-    return _openai_choice({"role": "assistant", "content": text}, tokens, finish, model)
+    """A chat completion whose message is ``text`` (JSON text for structured output).
+    ``cached``: of the prompt tokens, those the server read from its prompt cache."""
+    turn = _openai_choice({"role": "assistant", "content": text}, tokens, finish, model)
+    if cached:
+        turn.body["usage"]["prompt_tokens_details"] = {"cached_tokens": cached}
+    return turn
 
 
 def openai_tool_call(
@@ -128,9 +137,20 @@ def _openai_choice(
 
 
 def anthropic_text(
-    text: str, *, tokens: tuple[int, int] = (13, 5), stop: str = "end_turn", model: str = ""
+    text: str,
+    *,
+    tokens: tuple[int, int] = (13, 5),
+    stop: str = "end_turn",
+    model: str = "",
+    cache: tuple[int, int] = (0, 0),
 ) -> Turn:
-    return _anthropic([{"type": "text", "text": text}], tokens, stop, model)
+    """A text answer. ``cache``: prompt tokens read from and written to the prompt cache
+    (Anthropic counts them apart from ``input_tokens``)."""
+    turn = _anthropic([{"type": "text", "text": text}], tokens, stop, model)
+    if any(cache):
+        usage = turn.body["usage"]
+        usage["cache_read_input_tokens"], usage["cache_creation_input_tokens"] = cache
+    return turn
 
 
 def anthropic_tool_use(
@@ -139,9 +159,10 @@ def anthropic_tool_use(
     *,
     call_id: str = "toolu_1",
     tokens: tuple[int, int] = (13, 5),
+    stop: str = "tool_use",
 ) -> Turn:
     block = {"type": "tool_use", "id": call_id, "name": name, "input": arguments}
-    return _anthropic([block], tokens, "tool_use", "")
+    return _anthropic([block], tokens, stop, "")
 
 
 def anthropic_refusal(text: str = "", *, tokens: tuple[int, int] = (13, 5)) -> Turn:
