@@ -20,7 +20,7 @@ from blackboard.status import BoardStatus
 from blackboard.store import redis_failures
 from blackboard.views import HeldProposal, Incident, Phase, ProposalOutcome, Waiting
 
-__all__ = ["SUPERVISOR", "BoardWork", "held", "phases", "read_work", "waiting"]
+__all__ = ["SUPERVISOR", "BoardWork", "held", "outcome", "phases", "read_work", "waiting"]
 
 SUPERVISOR = "supervisor"
 """What :attr:`~blackboard.views.Waiting.unserved` names when no supervisor is alive."""
@@ -133,7 +133,7 @@ async def read_work(
                 k: codec.load_model(Activation, v, f"activation {k!r} of {what}")
                 for k, v in acts.items()
             },
-            outcomes={k: _outcome(k, v, what) for k, v in results.items()},
+            outcomes={k: outcome(k, v, what) for k, v in results.items()},
             held=[
                 codec.load_model(Submission, v, f"a held proposal of {what}")
                 for v in held_.values()
@@ -146,7 +146,8 @@ async def read_work(
     return out
 
 
-def _outcome(proposal_id: str, raw: str, what: str) -> ProposalOutcome:
+def outcome(proposal_id: str, raw: str, what: str) -> ProposalOutcome:
+    """The outcome recorded for ``proposal_id`` of ``what`` (a board), decoded."""
     where = f"the outcome of proposal {proposal_id!r} of {what}"
     try:
         return ProposalOutcome.model_validate(

@@ -37,6 +37,7 @@ from blackboard.views import (
     HistoryRow,
     Hop,
     Incident,
+    Instance,
     Phase,
     ProposalOutcome,
     Stats,
@@ -102,18 +103,19 @@ class ReadModel:
         return (await self._work([board], incidents=incidents))[0]
 
     async def activity(self, board: str) -> Activity:
-        """The board's status, version, and activations open and undispatched, read in
-        one transaction: what waiting for a board to settle looks at."""
+        """The board's metadata, and its activations open and undispatched, read in one
+        transaction: what waiting for a board to settle looks at."""
         bk = self.keys.board(board)
         async with redis_failures(f"read board {board!r}"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hmget(bk.meta, ["status", "version"])
+            self.store.info_reads(pipe, board)
             pipe.zcard(bk.open)
             pipe.hlen(bk.outbox)
-            (status, version), open_, outbox = await pipe.execute()
-        if status is None:
-            await self.store.info(board)  # raises BoardNotFound, with suggestions
-        return Activity(status=status, version=int(version), open=open_, outbox=outbox)
+            meta, decl, open_, outbox = await pipe.execute()
+        info = self.store.info_from(board, meta, decl)
+        if info is None:
+            raise await self.store.not_found(board)  # with suggestions
+        return Activity(info=info, open=open_, outbox=outbox)
 
     # -- a board's record -------------------------------------------------------------
 
@@ -124,6 +126,15 @@ class ReadModel:
     async def outcomes(self, board: str) -> dict[str, ProposalOutcome]:
         """Proposal id -> what became of it (committed, rejected with why, held…)."""
         return (await self._one(board)).outcomes
+
+    async def outcome(self, board: str, proposal_id: str) -> ProposalOutcome | None:
+        """What became of one submission; None while the supervisor has not decided it
+        (one read: cheap enough to poll)."""
+        async with redis_failures(f"read an outcome of board {board!r}"):
+            raw = cast(
+                str | None, await self.redis.hget(self.keys.board(board).results, proposal_id)
+            )
+        return None if raw is None else boardwork.outcome(proposal_id, raw, f"board {board!r}")
 
     async def history(
         self, board: str, *, limit: int | None = None, rejections: bool = True
@@ -330,6 +341,13 @@ class ReadModel:
             breakers=await self._breakers(declaration.get("tools", [])),
         )
 
+    async def supervisors(self) -> list[Instance]:
+        """The supervisor replicas known on the submission streams, with their liveness
+        (``alive``: beating now)."""
+        queue = (self.keys.submissions(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES)
+        [(instances, _, _)] = await consumers(self.redis, self.keys, [queue])
+        return instances
+
     async def _breakers(self, tools: list[str]) -> dict[str, Breaker]:
         async with redis_failures("read the tools' breakers"):
             pipe = self.redis.pipeline(transaction=False)
@@ -342,10 +360,14 @@ class ReadModel:
             for tool, s in zip(tools, states, strict=True)
         }
 
-    async def dead_letters(self) -> list[DeadLetter]:
+    async def dead_letters(self, entry_id: str | None = None) -> list[DeadLetter]:
+        """Every dead letter, oldest first; or the one ``entry_id`` names (none if it
+        is not there)."""
+        span = ("-", "+") if entry_id is None else (entry_id, entry_id)
         async with redis_failures("read the dead letters"):
             rows = cast(
-                "list[tuple[str, dict[str, str]]]", await self.redis.xrange(self.keys.dead_letters)
+                "list[tuple[str, dict[str, str]]]",
+                await self.redis.xrange(self.keys.dead_letters, *span),
             )
         return [
             DeadLetter(

@@ -212,12 +212,20 @@ class Agents(BaseModel):
 class Activity(BaseModel):
     """Whether a board has work going, from one consistent look (a transaction)."""
 
-    status: str
-    version: int
+    info: BoardInfo
+    """The board's metadata (status, version...)."""
     open: int
     """Activations created and not closed by their routing."""
     outbox: int
     """Activations not yet dispatched to their agent."""
+
+    @property
+    def status(self) -> str:
+        return self.info.status
+
+    @property
+    def version(self) -> int:
+        return self.info.version
 
     @property
     def idle(self) -> bool:

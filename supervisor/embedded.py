@@ -30,6 +30,7 @@ from tenacity import RetryCallState
 from blackboard.app import App
 from blackboard.errors import BlackboardError, ConfigError, Escalated, escalation
 from blackboard.outages import OUTAGE, ride_out
+from blackboard.readmodel import ReadModel
 from blackboard.records import (
     Activation,
     BoardInfo,
@@ -61,6 +62,7 @@ class Deployment:
         self.app = app
         self.store = store or BoardStore.from_url()
         self.supervisor = Supervisor(app, self.store)
+        self.reads = ReadModel(self.store)
         self.workers = [
             AgentWorker(app, name, self.store, name=f"{name}-{i}")
             for name in app.agent_names
@@ -182,7 +184,6 @@ class Deployment:
                 passed deadline, :class:`~blackboard.errors.Escalated` for any other
                 escalation or a failed board. The board is left as it is either way.
         """
-        bk = self.supervisor.keys.board(board_id)
         deadline = time.monotonic() + timeout
         while True:
             for task in self._tasks:  # a crashed component must not look like a hang
@@ -195,22 +196,15 @@ class Deployment:
                     async with asyncio.timeout(min(left, 0.5)):  # no task, unlike wait_for
                         await quiet.wait()
                 continue
-            pipe = self.store.redis.pipeline(transaction=True)  # one consistent look
-            self.store.info_reads(pipe, board_id)
-            pipe.zcard(bk.open)
-            pipe.hlen(bk.outbox)
-            meta, decl, open_, outbox = await pipe.execute()
-            info = self.store.info_from(board_id, meta, decl)
-            if info is None:
-                raise await self.store.not_found(board_id)
-            if info.status in SETTLED or (open_ == 0 and outbox == 0):
+            now = await self.reads.activity(board_id)
+            if now.status in SETTLED or now.idle:
                 if raise_on_escalation:
-                    _raise_if_stopped(info)
-                return info
+                    _raise_if_stopped(now.info)
+                return now.info
             if left <= 0:
                 raise BlackboardError(
                     f"board {board_id!r} did not settle in {timeout:g} s "
-                    f"(status {info.status}, {open_} open activations)."
+                    f"(status {now.status}, {now.open} open activations)."
                 )
             await asyncio.sleep(poll_s)
 

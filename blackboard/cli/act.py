@@ -13,13 +13,12 @@ import time
 from typing import Any, cast
 
 import click
-from redis import exceptions as redis_errors
 
-from blackboard import codec
 from blackboard.cli.base import Ctx, main, run_async
 from blackboard.errors import ConfigError
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submit
+from blackboard.readmodel import ReadModel
 from blackboard.records import Outcome, Submission
 from blackboard.store import BoardStore
 
@@ -29,10 +28,6 @@ __all__ = ["live_supervisors", "report", "send_command", "unanswered"]
 def _operator(name: str | None) -> str:
     who = name or os.environ.get("BLACKBOARD_OPERATOR") or getpass.getuser()
     return who if who.startswith("human:") else f"human:{who}"
-
-
-SUPERVISORS = "supervisor"
-"""The consumer group of the supervisor replicas on the submission streams."""
 
 
 async def send_command(
@@ -57,25 +52,20 @@ async def send_command(
     )
     await submit(store.redis, store.settings.key_prefix, sub)
     deadline = time.monotonic() + wait
-    results = store.keys(board).results
+    reads = ReadModel(store)
     with ctx.progress.status(f"{command} {board}: waiting for the supervisor..."):
         while True:
-            raw = await store.redis.hget(results, sub.proposal_id)
-            if raw is not None:
-                return sub, codec.load_model(Outcome, raw, f"the outcome of {command} {board}")
+            outcome = await reads.outcome(board, sub.proposal_id)
+            if outcome is not None:
+                return sub, outcome
             if time.monotonic() >= deadline:
                 return sub, None
             await asyncio.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
 
 
 async def live_supervisors(store: BoardStore) -> list[str]:
-    """Supervisor replicas beating now (their liveness key is there)."""
-    gk = GlobalKeys(store.settings.key_prefix)
-    try:
-        consumers = await store.redis.xinfo_consumers(gk.submissions(0), SUPERVISORS)
-    except redis_errors.ResponseError:  # no stream or group: none ever ran
-        return []
-    return [str(c["name"]) for c in consumers if await store.redis.exists(gk.live(c["name"]))]
+    """Supervisor replicas beating now."""
+    return [i.name for i in await ReadModel(store).supervisors() if i.alive]
 
 
 def unanswered(command: str, board: str, wait: float, sub: Submission, live: list[str]) -> str:
@@ -273,15 +263,13 @@ def retry(ctx: Ctx, entry_id: str) -> None:
 
     async def go() -> str:
         store = ctx.store()
-        dlq = GlobalKeys(store.settings.key_prefix).dead_letters
-        rows = cast(
-            "list[tuple[str, dict[str, str]]]", await store.redis.xrange(dlq, entry_id, entry_id)
-        )
-        if not rows:
+        letters = await ReadModel(store).dead_letters(entry_id)
+        if not letters:
             raise ConfigError(f"no dead letter {entry_id!r}; list them with `blackboard dlq`.")
-        fields = {k: v for k, v in rows[0][1].items() if not k.startswith("dl_")}
-        new_id = await store.redis.xadd(rows[0][1]["dl_stream"], cast(Any, fields))
-        await store.redis.xdel(dlq, entry_id)
+        # a write: it belongs on WorkQueue's API, which has no retry yet
+        fields = {k: v for k, v in letters[0].fields.items() if not k.startswith("dl_")}
+        new_id = await store.redis.xadd(letters[0].stream, cast(Any, fields))
+        await store.redis.xdel(GlobalKeys(store.settings.key_prefix).dead_letters, entry_id)
         return str(new_id)
 
     new_id = run_async(ctx, go)

@@ -16,16 +16,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import click
 from pydantic import BaseModel, Field
 
-from blackboard import codec
 from blackboard.agents import Context, Output, agent
 from blackboard.app import App
 from blackboard.cli.base import EXIT_USAGE, Ctx, main, run_async
-from blackboard.records import Activation
+from blackboard.readmodel import ReadModel
 from blackboard.schema import Key
 from blackboard.status import BoardStatus
 from blackboard.store import BoardStore
@@ -123,18 +122,12 @@ def _cases(loan: Any, procurement: Any) -> list[Case]:
 
 async def _why(store: BoardStore, board: str) -> None:
     """The rewrites (with the reason the proposal was refused) and the incidents."""
-    keys = store.keys(board)
-    raw = cast("dict[str, str]", await store.redis.hgetall(keys.activations))
-    acts = sorted(
-        (codec.load_model(Activation, v, "an activation") for v in raw.values()),
-        key=lambda a: a.created_ms,
-    )
-    for act in acts:
+    reads = ReadModel(store)
+    for act in await reads.activations(board):
         if act.reason == "rewrite":
             click.echo(f"  -> {act.agent} asked to rewrite: {act.feedback}")
-    incidents = cast("list[tuple[str, dict[str, str]]]", await store.redis.xrange(keys.incidents))
-    for _, incident in incidents:
-        click.echo(f"  incident {incident['kind']}: {incident['detail']}")
+    for incident in await reads.incidents([board]):
+        click.echo(f"  incident {incident.kind}: {incident.detail}")
 
 
 async def _run(case: Case, store: BoardStore) -> str:

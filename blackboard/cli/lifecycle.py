@@ -8,15 +8,13 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import click
 
-from blackboard import codec
 from blackboard.cli.act import live_supervisors, report, send_command, unanswered
 from blackboard.cli.base import EXIT_FAILED, EXIT_USAGE, Ctx, main, run_async
 from blackboard.errors import ConfigError
-from blackboard.keys import GlobalKeys
 from blackboard.lifecycle import (
     archive_board,
     delete_board,
@@ -26,6 +24,7 @@ from blackboard.lifecycle import (
     read_export,
     write_export,
 )
+from blackboard.readmodel import ReadModel
 from blackboard.records import BoardInfo
 from blackboard.store import BoardStore
 
@@ -106,10 +105,10 @@ def import_(ctx: Ctx, path: Path, board_id: str | None) -> None:
 
 async def _check_agents(store: BoardStore, names: tuple[str, ...]) -> None:
     """Refuse re-running agents the deployed app does not have (before forking)."""
-    raw = await store.redis.get(GlobalKeys(store.settings.key_prefix).app)
-    if raw is None or not names:
+    deployed = await ReadModel(store).app() if names else None
+    if deployed is None:
         return
-    agents = codec.loads(cast(str, raw), "the app declaration")["agents"]
+    agents = deployed["agents"]
     if unknown := [n for n in names if n not in agents]:
         raise ConfigError(
             f"--rerun {', '.join(unknown)}: not an agent of the deployed app; its agents "

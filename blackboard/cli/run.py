@@ -12,16 +12,15 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import click
 
-from blackboard import codec
 from blackboard.app import App, load_app
 from blackboard.cli.act import live_supervisors
 from blackboard.cli.base import EXIT_USAGE, Ctx, main, run_async, wait_for_redis, wait_option
 from blackboard.errors import ConfigError
-from blackboard.keys import GlobalKeys
+from blackboard.readmodel import ReadModel
 from blackboard.status import BoardStatus
 from blackboard.store import BoardStore
 
@@ -106,10 +105,9 @@ def _initial(input_file: Any) -> dict[str, Any] | None:
 async def _refuse_other_app(store: BoardStore, app: App) -> None:
     """Refuse to work beside another app deployed in this Redis, as the supervisor does:
     a board started for it, or an agent serving it, would wait for ever."""
-    raw = await store.redis.get(GlobalKeys(store.settings.key_prefix).app)
-    if raw is None:
+    deployed = await ReadModel(store).app()
+    if deployed is None:
         return
-    deployed = codec.loads(cast(str, raw), "the app declaration in Redis")
     mine = app.declaration()
     if deployed.get("digest") != mine["digest"]:
         raise ConfigError(
