@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from blackboard import codec
@@ -215,20 +214,12 @@ def _checked(data: Any) -> dict[str, Any]:
     return {**data, "board": board, "declaration": declaration, "log": log, "records": records}
 
 
-class _Value(BaseModel):
-    """Stands in for the board model while replaying (see :func:`_replaying`)."""
-
-
 def _replaying(store: BoardStore, declaration: Any) -> tuple[BoardStore, BoardSchema]:
     """A store on ``store``'s client for replaying a log under ``declaration``, and the
     schema it validates with: every key accepts any JSON value, since what the log holds
     was validated when it was first committed. The schema is registered in this store
     alone, so no other writer ever validates with it."""
-    stored = BoardSchema.from_json(codec.dumps(declaration), "the board's declaration")
-    adapter: TypeAdapter[Any] = TypeAdapter(Any)
-    schema = BoardSchema(
-        stored.name, stored.keys, stored.digest, _Value, {k: adapter for k in stored.keys}
-    )
+    schema = BoardSchema.accepting_any(codec.dumps(declaration), "the board's declaration")
     replay = BoardStore(store.redis, store.settings)
     replay.register(schema)
     return replay, schema

@@ -190,6 +190,25 @@ class BoardSchema:
         except (KeyError, TypeError, AttributeError) as exc:
             raise codec.corrupt(what, f"lacks a declaration's fields ({exc!r})") from exc
 
+    @classmethod
+    def accepting_any(cls, text: str, what: str = "a board declaration") -> BoardSchema:
+        """A stored declaration whose every key accepts any JSON value, with no pydantic
+        model: for replaying a log whose writes were validated when first committed (an
+        import). Register it only where nothing else writes (a store of its own).
+
+        Raises:
+            CorruptData: ``text`` is not a declaration this package wrote.
+        """
+        stored = cls.from_json(text, what)
+        adapter: TypeAdapter[Any] = TypeAdapter(Any)
+        return cls(
+            stored.name,
+            stored.keys,
+            stored.digest,
+            _AnyValues,
+            {k: adapter for k in stored.keys},
+        )
+
     def to_json(self) -> str:
         return codec.dumps(
             {
@@ -258,6 +277,11 @@ class BoardSchema:
                 rule=f"type:{err['type']}",
                 expected=expected,
             ) from exc
+
+
+class _AnyValues(BaseModel):
+    """Stands in for the board model of a schema :meth:`BoardSchema.accepting_any`
+    builds (one with a model can be registered to validate writes)."""
 
 
 def _digest(name: str, specs: Mapping[str, KeySpec]) -> str:
