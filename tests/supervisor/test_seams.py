@@ -1,4 +1,4 @@
-"""The supervisor's modules meet at public seams: none reaches into another object's
+"""The library's modules meet at public seams: none reaches into another object's
 private names (``other._name``), so each module can change inside without the others."""
 
 from __future__ import annotations
@@ -24,10 +24,30 @@ def private_reaches(source: str) -> list[str]:
 
 
 def test_no_supervisor_module_reaches_into_another_objects_privates() -> None:
-    # embedded.py is the store helper's (issue 22 moves its calls onto public names)
-    modules = [p for p in sorted(ROOT.glob("supervisor/*.py")) if p.name != "embedded.py"]
+    modules = sorted(ROOT.glob("supervisor/*.py"))
     assert len(modules) > 10
     reaches = {p.name: r for p in modules if (r := private_reaches(p.read_text()))}
+    assert reaches == {}
+
+
+# What remains, and why: the Pipeliner drives redis-py's connection internals (issue 22
+# keeps it only behind that one seam, with a contract test); namedtuple's ``_replace``
+# is its public API despite the underscore.
+ALLOWED = {
+    "blackboard/connection.py": ["connection._parser", "connection._host_error"],
+    "blackboard/cli/base.py": ["parts._replace"],
+}
+
+
+def test_no_library_module_reaches_into_another_objects_privates() -> None:
+    modules = [p for d in ("blackboard", "agents", "supervisor") for p in ROOT.glob(f"{d}/**/*.py")]
+    assert len(modules) > 40
+    reaches = {}
+    for path in modules:
+        name = path.relative_to(ROOT).as_posix()
+        found = [r.split(" (line")[0] for r in private_reaches(path.read_text())]
+        if found and found != ALLOWED.get(name):
+            reaches[name] = found
     assert reaches == {}
 
 
