@@ -72,24 +72,25 @@ class BoardWork:
                 return decided.message
         return ""
 
+    def rejected(self) -> list[tuple[Activation, ProposalOutcome]]:
+        """Each activation whose proposal was rejected, with its outcome (why)."""
+        pairs = ((act, self.outcomes.get(act.activation_id)) for act in self.acts.values())
+        return [(act, o) for act, o in pairs if o is not None and o.status == "rejected"]
+
     def rejections(self) -> list[Incident]:
         """Each rejected proposal of an agent, as an incident of kind ``rejected``."""
-        rows = []
-        for act in self.acts.values():
-            decided = self.outcomes.get(act.activation_id)
-            if decided is not None and decided.status == "rejected":
-                rows.append(
-                    Incident(
-                        board=self.board,
-                        id=act.activation_id,
-                        kind="rejected",
-                        detail=f"{act.agent}'s proposal was rejected ({decided.reason})",
-                        version=act.base,
-                        ts_ms=act.finished_ms or act.created_ms,
-                        rejection=decided.message,
-                    )
-                )
-        return rows
+        return [
+            Incident(
+                board=self.board,
+                id=act.activation_id,
+                kind="rejected",
+                detail=f"{act.agent}'s proposal was rejected ({decided.reason})",
+                version=act.base,
+                ts_ms=act.finished_ms or act.created_ms,
+                rejection=decided.message,
+            )
+            for act, decided in self.rejected()
+        ]
 
     def open_agents(self) -> list[str]:
         """Agents with activations open on the board (queued or running)."""

@@ -150,10 +150,7 @@ class ReadModel:
     @staticmethod
     def _rejections(snap: BoardWork) -> list[HistoryRow]:
         rows = []
-        for act in snap.acts.values():
-            decided = snap.outcomes.get(act.activation_id)
-            if decided is None or decided.status != "rejected":
-                continue
+        for act, decided in snap.rejected():
             keys = sorted({str(op.get("path", "/")).split("/")[1] for op in _patch(act)})
             rows.append(
                 HistoryRow(
