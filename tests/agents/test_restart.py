@@ -17,7 +17,7 @@ from blackboard.agents import AgentWorker
 from blackboard.supervisor import Supervisor
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from blackboard import BoardStore
+from blackboard import BoardStore, ReadModel
 from blackboard.records import Activation, Submission
 
 
@@ -94,21 +94,26 @@ async def test_a_local_submission_is_resent_through_an_outage_until_the_deadline
         raise RedisConnectionError("connection refused")
 
     worker.submit_local = away
+    sup = Supervisor(app, store)
+    await sup.publish()
+    await sup.start("job")
+    [act] = await ReadModel(store).activations("job")
+    # it ran and its submission was kept on its record; then the process died
     deadline = time.time() + 1.0
-    act = Activation(
-        activation_id="a1", board_id="job", agent="first", base=0, trace_id="t",
-        deadline_ms=int(deadline * 1000),
-    )  # fmt: skip
-    submission = Submission(
+    act.deadline_ms = int(deadline * 1000)
+    act.submission = Submission(
         kind="proposal",
         board_id="job",
-        proposal_id="a1",
+        proposal_id=act.activation_id,
         author="first",
-        activation_id="a1",
-        trace_id="t",
+        activation_id=act.activation_id,
+        trace_id=act.trace_id,
         base=0,
+    ).model_dump()
+    await store.redis.hset(
+        sup.keys.board("job").activations, act.activation_id, act.model_dump_json()
     )
     with pytest.raises(RedisConnectionError, match="connection refused"):
-        await worker._submit_local(submission, act)
+        await worker.run_local("job", act.activation_id, None)  # recovered: resent
     assert time.time() >= deadline  # resent until the deadline, then given up
-    assert len(sent) >= 3 and set(sent) == {"a1"}
+    assert len(sent) >= 3 and set(sent) == {act.activation_id}
