@@ -11,7 +11,7 @@ from bbtest import activations, build_app, incidents
 from blackboard.agents import AgentWorker, Context, Output, agent
 from blackboard.supervisor import Deployment
 
-from blackboard import BoardStore, FatalError, Limits, SemanticError, TransientError
+from blackboard import BoardStore, FatalError, Limits, ReadModel, SemanticError, TransientError
 from blackboard.keys import GlobalKeys
 from blackboard.records import Activation
 
@@ -188,8 +188,8 @@ async def test_a_corrupt_activation_record_is_dead_lettered_not_fatal(store: Boa
     )
     [delivery] = await worker.queue.take(worker.name, block_ms=10)
     await worker.handle(delivery)
-    [(_, dead)] = await store.redis.xrange(GlobalKeys(store.settings.key_prefix).dead_letters)
-    why = dead["dl_reason"]
+    [dead] = await ReadModel(store).dead_letters()
+    why = dead.reason
     assert act["activation_id"] in why and "not a valid Activation" in why
     assert not await store.redis.xpending_range(queue, worker.queue.group, "-", "+", 10)
     assert await store.version("c1") == info.version

@@ -20,7 +20,7 @@ from blackboard.agents import AgentWorker
 from blackboard.supervisor import Supervisor
 from redis.exceptions import ResponseError
 
-from blackboard import BoardStore, connect
+from blackboard import BoardStore, ReadModel, connect
 from blackboard.keys import GlobalKeys
 from blackboard.queues import Liveness
 from blackboard.records import Submission
@@ -64,7 +64,7 @@ async def settled(store: BoardStore, board: str, since: float) -> None:
     log = await store.history(board)
     assert [(e.author, e.kind) for e in log] == [("first", "write"), ("second", "write")]
     assert (await store.read(board)).data == {"first": 1, "second": 2}
-    assert await store.redis.xrange(store.keys(board).incidents) == []
+    assert await ReadModel(store).incidents([board]) == []
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:

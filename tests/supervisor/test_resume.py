@@ -12,7 +12,7 @@ from blackboard.agents import AgentWorker, Context, Handoff, Output, agent
 from blackboard.supervisor import Deployment, Supervisor
 from pydantic import BaseModel
 
-from blackboard import App, BoardStore, Key, Limits
+from blackboard import App, BoardStore, Key, Limits, ReadModel
 from blackboard.keys import GlobalKeys
 from blackboard.records import Submission
 
@@ -158,6 +158,6 @@ async def test_resume_with_nothing_to_do_waits_for_a_human_saying_so(store: Boar
         info = await d.settle("r5")
         assert info.status == "awaiting_approval"
         assert await store.redis.zscore(GlobalKeys("bb").escalations, "r5") is not None
-        [(_, incident)] = await store.redis.xrange(store.keys("r5").incidents)
-        assert incident["kind"] == "stalled"
-        assert incident["detail"].startswith("resumed by human:ops: nothing to activate")
+        [incident] = await ReadModel(store).incidents(["r5"])
+        assert incident.kind == "stalled"
+        assert incident.detail.startswith("resumed by human:ops: nothing to activate")
