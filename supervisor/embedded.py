@@ -56,6 +56,9 @@ class Deployment:
         app: the app to run.
         store: the store; default: a new embedded one.
         workers: instances per agent.
+
+    Attributes:
+        reads: the read model over its store (what :meth:`settle` looks at).
     """
 
     def __init__(self, app: App, store: BoardStore | None = None, *, workers: int = 1) -> None:
