@@ -563,7 +563,16 @@ async def test_a_read_that_fails_is_redis_py_s_connection_error(redis_servers: A
         async def reset(_: int) -> bytes:
             raise ConnectionResetError(104, "Connection reset by peer")
 
-        connection._parser._stream.read = reset  # type: ignore[attr-defined]
+        send = connection.send_packed_command
+
+        async def send_then_fail_reads(*args: Any, **kwargs: Any) -> None:
+            # after the send: the pool's check before it (a read, in redis-py < 8) would
+            # see the failure first and quietly reconnect
+            await send(*args, **kwargs)
+            connection._parser._stream.read = reset  # type: ignore[attr-defined]
+            del connection.send_packed_command  # once: the class's again
+
+        connection.send_packed_command = send_then_fail_reads  # type: ignore[method-assign]
         with pytest.raises(RedisConnectionError, match="Connection reset by peer"):
             await p.execute(("script", (echo, [], ["x"]), {}))
         assert await p.execute(("script", (echo, [], ["y"]), {})) == [["ok", "y"]]
