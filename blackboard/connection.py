@@ -449,7 +449,7 @@ class _Pinned(Pipeline):
         """The connection, connected, with ``stack`` written to it, and its session."""
         connection = self._kept
         if connection is None:
-            connection = self._kept = await _connection_from(self.connection_pool)
+            connection = self._kept = await self.connection_pool.get_connection()  # type: ignore[no-untyped-call]
             # With a socket timeout, redis-py sets a deadline for every reply it reads (a
             # timer each, most of a reply's cost when a hundred come in one read). One
             # deadline per round trip instead (see _read).
@@ -529,15 +529,6 @@ class _Pinned(Pipeline):
         if kept is not None:
             kept.socket_timeout = self._limit
             await self.connection_pool.release(kept)
-
-
-async def _connection_from(pool: Any) -> Connection:
-    """A connection from ``pool``: redis-py 5.2 wants a command's name for it, which 5.3
-    on deprecates (unused since)."""
-    command_name = inspect.signature(pool.get_connection).parameters.get("command_name")
-    if command_name is not None and command_name.default is inspect.Parameter.empty:
-        return await pool.get_connection("PIPELINE")  # type: ignore[no-any-return]
-    return await pool.get_connection()  # type: ignore[no-any-return]
 
 
 def _done(future: asyncio.Future[None] | None) -> bool:
