@@ -61,14 +61,15 @@ SENT = 100
 
 
 def spawn_supervisor(
-    url: str, wrapper: Sequence[str] = (), stderr: int | None = None
+    url: str, wrapper: Sequence[str] = (), stderr: int | None = None, *, fast_io: bool = True
 ) -> subprocess.Popen[bytes]:
     """A supervisor process for :data:`app` on ``url``; ``wrapper``: a command that runs
-    it (valgrind, say)."""
+    it (valgrind, say); ``fast_io``: its Redis I/O (``Settings.fast_io``)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {
         **os.environ,
         "BLACKBOARD_REDIS_URL": url,
+        "BLACKBOARD_FAST_IO": "1" if fast_io else "0",
         "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     return subprocess.Popen(
