@@ -65,20 +65,29 @@ def canonical(text: str) -> str:
 
 def _encode(value: Any, options: int, fallback: json.JSONEncoder) -> str:
     try:
-        text = orjson.dumps(value, option=options).decode()
-    except orjson.JSONEncodeError as exc:
-        if "64-bit" in str(exc):  # the json module would write it
-            raise _not_json(exc) from exc
-    else:
-        if _as_json_writes(text):
-            return text
+        return _orjson_or_json(value, options, fallback)
+    except (TypeError, ValueError, RecursionError) as exc:  # JSONEncodeError: a TypeError
+        raise ValidationFailed(
+            f"value is not JSON-serialisable: {exc}. Send plain JSON values (objects, "
+            "arrays, strings, finite numbers, integers within 64 bits, booleans, null).",
+            rule="json",
+            expected="a JSON value",
+        ) from exc
+
+
+def _orjson_or_json(value: Any, options: int, fallback: json.JSONEncoder) -> str:
     try:
-        text = fallback.encode(value)
-        if not text.isascii():
-            text.encode()  # a lone surrogate (seen in model output) is not valid UTF-8
+        text: str | None = orjson.dumps(value, option=options).decode()
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" in str(exc):  # the json module would write it; nothing reads it back
+            raise
+        text = None
+    if text is not None and _as_json_writes(text):
         return text
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise _not_json(exc) from exc
+    text = fallback.encode(value)
+    if not text.isascii():
+        text.encode()  # a lone surrogate (seen in model output) is not valid UTF-8
+    return text
 
 
 def _as_json_writes(text: str) -> bool:
@@ -90,15 +99,6 @@ def _as_json_writes(text: str) -> bool:
     if "null" in text or "0.0000" in text:
         return False
     return "e-" not in text or _SHORT_EXPONENT.search(text) is None
-
-
-def _not_json(exc: Exception) -> ValidationFailed:
-    return ValidationFailed(
-        f"value is not JSON-serialisable: {exc}. Send plain JSON values (objects, arrays, "
-        "strings, finite numbers, integers within 64 bits, booleans, null).",
-        rule="json",
-        expected="a JSON value",
-    )
 
 
 def utf8_len(text: str) -> int:
