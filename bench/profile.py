@@ -3,7 +3,8 @@ agents in this process, on a private redis-server, under cProfile. Prints the ti
 spent in each part of the code (own time of its functions, so the parts add up to the
 whole) per step, and the functions that cost most.
 
-Run: python -m bench.profile [--runs N] [--plain] (``--plain``: Settings.fast_io off).
+Run: python -m bench.profile [--runs N] [--plain] [--fan] (``--plain``: Settings.fast_io
+off; ``--fan``: the 8-way fan-out and its join instead of the chain).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import sys
 import time
 import uuid
 from collections import defaultdict
+from typing import Any
 
 from blackboard.supervisor import Deployment
 
 from bench._server import redis_server
-from bench.workflows import chain
+from bench.workflows import FAN, chain, fan
 from blackboard import BoardStore, Settings
 
-STEPS = 4
 PARTS = (  # the first that matches a function's file names its part
     ("blackboard/codec", "codec (JSON)"),
     ("blackboard/connection", "connection (Pipeliner)"),
@@ -46,13 +47,13 @@ PARTS = (  # the first that matches a function's file names its part
 )
 
 
-async def run(url: str, runs: int, fast_io: bool) -> tuple[float, cProfile.Profile]:
+async def run(url: str, app: Any, runs: int, fast_io: bool) -> tuple[float, cProfile.Profile]:
     store = BoardStore.from_url(url, Settings(redis_url=url, fast_io=fast_io))
     profile = cProfile.Profile()
-    async with Deployment(chain, store) as d:
+    async with Deployment(app, store) as d:
         boards = [f"p-{uuid.uuid4().hex[:6]}-{r}" for r in range(runs + 5)]
         for board in boards:
-            await store.create(board, chain.schema, {"payload": "x" * 16})
+            await store.create(board, app.schema, {"payload": "x" * 16})
         for board in boards[:5]:  # warm up: imports, caches, scripts loaded
             await d.supervisor.activate_start(board)
             await d.settle(board, 60)
@@ -74,16 +75,16 @@ def part(filename: str) -> str:
     return "builtins and other" if filename.startswith("~") else "other Python"
 
 
-def report(spent: float, profile: cProfile.Profile, runs: int) -> None:
+def report(spent: float, profile: cProfile.Profile, runs: int, steps_per_run: int) -> None:
     stats = pstats.Stats(profile)
     own: dict[str, float] = defaultdict(float)
     rows = []
     for (filename, line, function), (_, calls, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
         own[part(filename)] += tottime
         rows.append((tottime, calls, f"{filename.split('site-packages/')[-1]}:{line}({function})"))
-    steps = runs * STEPS
+    steps = runs * steps_per_run
     total = sum(own.values())
-    print(f"{spent / steps * 1e6:.0f} us per step wall ({runs} runs of {STEPS} steps), profiled")
+    print(f"{spent / steps * 1e6:.0f} us per step wall, profiled ({runs} runs of {steps_per_run})")
     print(f"{'part':<28} {'us/step':>8} {'share':>6}")
     for name, seconds in sorted(own.items(), key=lambda kv: -kv[1]):
         print(f"{name:<28} {seconds / steps * 1e6:8.1f} {seconds / total:6.1%}")
@@ -94,9 +95,10 @@ def report(spent: float, profile: cProfile.Profile, runs: int) -> None:
 
 def main() -> None:
     runs = int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 200
+    app, steps = (fan, FAN + 1) if "--fan" in sys.argv else (chain, 4)
     with redis_server("--appendonly", "yes", "--appendfsync", "everysec") as url:
-        spent, profile = asyncio.run(run(url, runs, "--plain" not in sys.argv))
-    report(spent, profile, runs)
+        spent, profile = asyncio.run(run(url, app, runs, "--plain" not in sys.argv))
+    report(spent, profile, runs, steps)
 
 
 if __name__ == "__main__":
