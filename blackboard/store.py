@@ -93,7 +93,8 @@ class BoardStore:
         """A store on ``url`` (``redis://``, ``unix://``), else ``BLACKBOARD_REDIS_URL``,
         else the embedded in-process Redis."""
         settings = settings or Settings.from_env(redis_url=url)
-        return cls(connect(settings.redis_url if url is None else url), settings)
+        client = connect(settings.redis_url if url is None else url, fast_io=settings.fast_io)
+        return cls(client, settings)
 
     async def close(self) -> None:
         """Close the client (idempotent)."""
