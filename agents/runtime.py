@@ -42,7 +42,7 @@ from blackboard.errors import (
     TransientError,
 )
 from blackboard.keys import GlobalKeys
-from blackboard.outages import OUTAGE, ride_out
+from blackboard.outages import OUTAGE, riding_out
 from blackboard.queues import Delivery, Liveness, WorkQueue, shard_of
 from blackboard.records import Activation, ContextRead, Submission
 from blackboard.status import STOPPED as BOARD_STOPPED
@@ -62,26 +62,6 @@ TRANSIENT = (TransientError, ConnectionError, TimeoutError, asyncio.TimeoutError
 class _Expired(Exception):
     """The activation's own deadline passed: not retried (a new attempt would start
     after it), and reported in the watchdog's words, whichever of the two is first."""
-
-
-async def _riding_out(
-    what: str, step: Callable[[], Awaitable[T]], stop: Callable[[RetryCallState], bool]
-) -> T:
-    """``step()``, riding out an outage with :func:`~blackboard.outages.ride_out` until
-    ``stop`` says to give up (then the outage is raised). The retry machinery costs
-    tens of microseconds a pass, paid on every activation if entered every time: it is
-    entered only once a first, plain try failed, and that failure is logged and waited
-    for like any other."""
-    try:
-        return await step()
-    except OUTAGE as exc:
-        failed: BaseException = exc
-    async for attempt in ride_out(what, log, stop=stop):
-        with attempt:
-            if attempt.retry_state.attempt_number == 1:
-                raise failed
-            return await step()
-    raise AssertionError("unreachable: ride_out returns or raises")  # pragma: no cover
 
 
 class AgentWorker:
@@ -153,7 +133,7 @@ class AgentWorker:
             while not stop.is_set():
                 # An outage is ridden out step by step; asked to stop meanwhile, it ends.
                 with contextlib.suppress(*OUTAGE):
-                    own = await _riding_out(f"agent {self.agent.name}", step, stopping)
+                    own = await riding_out(f"agent {self.agent.name}", log, step, stop=stopping)
         finally:
             beating.set()  # the name is let go: what it still holds is taken over at once
             await asyncio.gather(alive, return_exceptions=True)
@@ -362,7 +342,7 @@ class AgentWorker:
             assert self.submit_local is not None
             await self.submit_local(submission, act)
 
-        await _riding_out(f"agent {self.agent.name} submitting", submit, expired)
+        await riding_out(f"agent {self.agent.name} submitting", log, submit, stop=expired)
 
     async def _attempts(
         self, attempt: Callable[[], Awaitable[None]], tried: list[int], deadline_ms: int = 0

@@ -6,7 +6,8 @@ starts the next one from the shortest wait again."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from redis import exceptions as redis_errors
 from tenacity import (
@@ -21,7 +22,7 @@ from tenacity.stop import StopBaseT
 
 from blackboard.errors import StoreUnavailable
 
-__all__ = ["OUTAGE", "ride_out"]
+__all__ = ["OUTAGE", "ride_out", "riding_out"]
 
 OUTAGE = (
     StoreUnavailable,
@@ -70,3 +71,30 @@ def ride_out(
         before_sleep=tell,
         reraise=True,
     )
+
+
+T = TypeVar("T")
+
+
+async def riding_out(
+    what: str,
+    log: logging.Logger,
+    step: Callable[[], Awaitable[T]],
+    *,
+    stop: StopBaseT = stop_never,
+    before_retry: Callable[[RetryCallState], None] | None = None,
+) -> T:
+    """``await step()``, riding out an outage with :func:`ride_out` (same arguments).
+    The retry machinery costs tens of microseconds a pass, paid on every step of a hot
+    loop if entered every time: it is entered only once a first, plain try failed, and
+    that failure is logged and waited for like any other."""
+    try:
+        return await step()
+    except OUTAGE as exc:
+        failed: BaseException = exc
+    async for attempt in ride_out(what, log, stop=stop, before_retry=before_retry):
+        with attempt:
+            if attempt.retry_state.attempt_number == 1:
+                raise failed
+            return await step()
+    raise AssertionError("unreachable: ride_out returns or raises")  # pragma: no cover

@@ -29,7 +29,7 @@ from tenacity import RetryCallState
 
 from blackboard.app import App
 from blackboard.errors import BlackboardError, ConfigError, Escalated, escalation
-from blackboard.outages import OUTAGE, ride_out
+from blackboard.outages import OUTAGE, riding_out
 from blackboard.readmodel import ReadModel
 from blackboard.records import (
     Activation,
@@ -135,30 +135,32 @@ class Deployment:
         handed = self._handed[worker.agent.name]
         while (item := await handed.get()) is not None:
             board_id, activation_id, record, context = item
-            if self.supervisor.stopped(board_id):  # stopped while this one waited
-                self._finished(board_id, activation_id)
-                continue
-
-            def afresh(_: RetryCallState) -> None:
-                # what was handed over predates the outage: the next attempt reads anew
-                nonlocal record, context
-                record, context = None, None
-
             try:
-                async for attempt in ride_out(
-                    f"agent {worker.name}",
-                    log,
-                    stop=lambda _: self._stop.is_set(),
-                    before_retry=afresh,
-                ):
-                    with attempt:  # run it again once Redis is back
-                        await worker.run_local(board_id, activation_id, record, context)
-            except OUTAGE:  # the deployment stopped during an outage: a restart reruns it
-                pass
-            except Exception:  # left open: the watchdog times it out, a restart reruns it
-                log.exception("agent %s failed on board %s", worker.agent.name, board_id)
+                if not self.supervisor.stopped(board_id):  # (stopped while it waited)
+                    await self._run_handed(worker, board_id, activation_id, record, context)
             finally:
                 self._finished(board_id, activation_id)
+
+    async def _run_handed(
+        self, worker: AgentWorker, board_id: str, activation_id: str, record: Any, context: Any
+    ) -> None:
+        def afresh(_: RetryCallState) -> None:
+            # what was handed over predates the outage: the next attempt reads anew
+            nonlocal record, context
+            record, context = None, None
+
+        try:
+            await riding_out(  # run it again once Redis is back
+                f"agent {worker.name}",
+                log,
+                lambda: worker.run_local(board_id, activation_id, record, context),
+                stop=lambda _: self._stop.is_set(),
+                before_retry=afresh,
+            )
+        except OUTAGE:  # the deployment stopped during an outage: a restart reruns it
+            pass
+        except Exception:  # left open: the watchdog times it out, a restart reruns it
+            log.exception("agent %s failed on board %s", worker.agent.name, board_id)
 
     async def start(self, board_id: str, initial: Mapping[str, Any] | None = None) -> BoardInfo:
         """Create the board and activate the app's start agents."""

@@ -40,7 +40,11 @@ ALLOWED = {
 
 
 def test_no_library_module_reaches_into_another_objects_privates() -> None:
-    modules = [p for d in ("blackboard", "agents", "supervisor", "bench") for p in ROOT.glob(f"{d}/**/*.py")]
+    modules = [
+        p
+        for d in ("blackboard", "agents", "supervisor", "bench")
+        for p in ROOT.glob(f"{d}/**/*.py")
+    ]
     assert len(modules) > 40
     reaches = {}
     for path in modules:
