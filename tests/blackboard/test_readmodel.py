@@ -5,14 +5,16 @@ in a few pipelined round trips."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import whyapp
 from bbtest import count_into
+from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Deployment, Supervisor
+from pydantic import BaseModel
 
-from blackboard import BoardNotFound, BoardStore, ReadModel
+from blackboard import App, Audit, BoardNotFound, BoardStore, Key, Limits, ReadModel
 from blackboard.keys import GlobalKeys
 from blackboard.queues import Delivery, Liveness, WorkQueue
 from blackboard.views import Event
@@ -163,3 +165,34 @@ async def test_activity_is_one_consistent_look(store: BoardStore) -> None:
     assert (held.status, held.version, held.idle) == ("awaiting_approval", 2, True)
     with pytest.raises(BoardNotFound, match="Did you mean 'gate'"):
         await reads.activity("gatf")
+
+
+class Note(BaseModel):
+    text: Annotated[str | None, Key("scribe")] = None
+
+
+@agent("scribe", reads=())
+async def scribe(ctx: Context) -> Output:
+    return Output(updates={"text": "lorem"})
+
+
+AUDITED = App(
+    board=Note,
+    agents=[scribe],
+    start=["scribe"],
+    audits=[Audit("no_lorem", ("text",), lambda b: b.get("text") != "lorem", "lorem ipsum again")],
+    done=lambda b: False,
+    limits=Limits(activation_timeout_s=10, max_rewrites=1),
+)
+
+
+async def test_an_escalation_by_failed_audits_says_the_last_failure(store: BoardStore) -> None:
+    async with Deployment(AUDITED, store) as d:
+        await d.start("note")
+        assert (await d.settle("note")).status == "escalated"
+    reads = ReadModel(store)
+    [row] = [e for e in await reads.escalations() if e.board == "note"]
+    assert row.rejection == "lorem ipsum again"
+    assert row.why.endswith("; the last rejection: lorem ipsum again")
+    [rewrites] = [i for i in await reads.incidents(["note"]) if i.kind == "rewrites"]
+    assert rewrites.rejection == "lorem ipsum again"
