@@ -8,6 +8,7 @@ import asyncio
 import getpass
 import json
 import os
+import re
 import sys
 import time
 from typing import Any, cast
@@ -263,7 +264,8 @@ def retry(ctx: Ctx, entry_id: str) -> None:
 
     async def go() -> str:
         store = ctx.store()
-        letters = await ReadModel(store).dead_letters(entry_id)
+        well_formed = re.fullmatch(r"\d+-\d+", entry_id) is not None  # as `dlq` lists them
+        letters = await ReadModel(store).dead_letters(entry_id) if well_formed else []
         if not letters:
             raise ConfigError(f"no dead letter {entry_id!r}; list them with `blackboard dlq`.")
         # a write: it belongs on WorkQueue's API, which has no retry yet

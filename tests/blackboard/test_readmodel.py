@@ -14,8 +14,18 @@ from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Deployment, Supervisor
 from pydantic import BaseModel
 
-from blackboard import App, Audit, BoardNotFound, BoardStore, Key, Limits, ReadModel
+from blackboard import (
+    App,
+    Audit,
+    BoardNotFound,
+    BoardStore,
+    Key,
+    Limits,
+    ReadModel,
+    StoreRefused,
+)
 from blackboard.keys import GlobalKeys
+from blackboard.outages import OUTAGE
 from blackboard.queues import Delivery, Liveness, WorkQueue
 from blackboard.views import Event
 
@@ -196,3 +206,12 @@ async def test_an_escalation_by_failed_audits_says_the_last_failure(store: Board
     assert row.why.endswith("; the last rejection: lorem ipsum again")
     [rewrites] = [i for i in await reads.incidents(["note"]) if i.kind == "rewrites"]
     assert rewrites.rejection == "lorem ipsum again"
+
+
+async def test_an_error_reply_is_refused_not_an_outage(store: BoardStore) -> None:
+    """A malformed stream id is the caller's mistake: retrying cannot help, so it is
+    no outage a loop would ride out for ever."""
+    with pytest.raises(StoreRefused, match="Invalid stream ID") as raised:
+        await ReadModel(store).dead_letters("nope")
+    assert not isinstance(raised.value, OUTAGE)
+    assert "Retrying will not help" in str(raised.value)

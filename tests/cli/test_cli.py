@@ -411,8 +411,9 @@ def test_dead_letter_listed_and_retried(boards: str) -> None:
         return rows
 
     assert [f for _, f in asyncio.run(requeued())][-1] == {"s": "not json"}
-    missing = CliRunner().invoke(main, ["--redis", boards, "retry", "1-1"])
-    assert missing.exit_code == 2 and "no dead letter" in missing.output
+    for entry_id in ("1-1", "nope"):
+        missing = CliRunner().invoke(main, ["--redis", boards, "retry", entry_id])
+        assert missing.exit_code == 2 and f"no dead letter {entry_id!r}" in missing.output
 
 
 def test_bad_app_specs_and_arguments_are_usage_errors(boards: str) -> None:
