@@ -215,3 +215,19 @@ async def test_an_error_reply_is_refused_not_an_outage(store: BoardStore) -> Non
         await ReadModel(store).dead_letters("nope")
     assert not isinstance(raised.value, OUTAGE)
     assert "Retrying will not help" in str(raised.value)
+
+
+async def test_follow_tells_what_happened_in_time_order(store: BoardStore) -> None:
+    """A whole run seen in one look (the follower was busy): its events come oldest
+    first, and only a status event carries a status."""
+    following = ReadModel(store).follow("policy", poll_s=0.02)
+    assert (await anext(following)).event == "missing"
+    await run_cases(store, "policy")  # everything happens before the next look
+    events = [await anext(following)]
+    while events[-1].event != "status":
+        events.append(await anext(following))
+    await following.aclose()
+    assert [e.event for e in events].count("commit") == 3
+    assert [e.ts_ms for e in events] == sorted(e.ts_ms for e in events)
+    assert {e.status for e in events[:-1]} == {None}
+    assert events[-1].status == "done"
