@@ -470,6 +470,7 @@ def _show(ctx: Ctx, e: Event, board: str) -> None:
 @click.option(
     "--timeout",
     default=0.0,
+    type=click.FloatRange(min=0),
     help="Exit after this many seconds (0: never); with --until-done, exit 6.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line and event.")

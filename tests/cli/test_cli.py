@@ -463,3 +463,28 @@ def test_the_supervisor_process_freezes_what_it_loaded_and_collects_less_often(
     assert result.exit_code == 0, result.output
     [(threshold, frozen)] = seen
     assert threshold == GC_THRESHOLD and frozen > 0
+
+
+def test_output_to_a_closed_pipe_ends_quietly(boards: str) -> None:
+    """`blackboard show B | head -1`: the reader went away, which is no error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before anything is written: every write fails
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "blackboard", "--redis", boards, "show", "loan-clean"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (shown.returncode, shown.stderr) == (0, "")
+
+
+def test_watch_refuses_a_negative_timeout(boards: str) -> None:
+    refused = CliRunner().invoke(
+        main, ["--redis", boards, "watch", "loan-clean", "--timeout", "-1"]
+    )
+    assert refused.exit_code == 2
+    assert "-1" in refused.output and ">=0" in refused.output.replace(" ", "")
