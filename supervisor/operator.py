@@ -317,6 +317,11 @@ class Operator:
 
     async def pause(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         bk = self.sup.keys.board(sub.board_id)
+        if await self.sup.redis.hget(bk.meta, "status") == BoardStatus.PAUSED:
+            return Outcome(
+                status="committed",
+                message=f"already paused; resume it with `blackboard resume {sub.board_id}`",
+            )
         await self.sup.redis.hset(
             bk.meta, mapping={"status": BoardStatus.PAUSED, "updated": int(time.time() * 1000)}
         )

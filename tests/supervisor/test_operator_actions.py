@@ -326,3 +326,20 @@ async def test_a_rollback_of_a_board_held_at_a_gate_drops_the_stale_hold_and_red
     assert fresh != stale
     queued = [a for a in await activations(store, "aml") if a["status"] == "queued"]
     assert queued == []
+
+
+async def test_pausing_a_paused_board_says_it_already_is(store: BoardStore) -> None:
+    app = build_app(
+        gates=[Gate("decision", ("amount",), lambda updates, board: "decision" in updates)]
+    )
+    async with Deployment(app, store) as d:
+        await d.start("c1")
+        await d.settle("c1")
+        first = await d.command("c1", "pause", by="human:ann")
+        assert first.message == "paused by human:ann"
+        updated = (await store.info("c1")).updated_ms
+        again = await d.command("c1", "pause", by="human:bob")
+    assert again.status == "committed"
+    assert again.message == "already paused; resume it with `blackboard resume c1`"
+    info = await store.info("c1")
+    assert (info.status, info.updated_ms) == ("paused", updated)
