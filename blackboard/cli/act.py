@@ -11,12 +11,12 @@ import os
 import re
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import click
 
-from blackboard.cli.base import Ctx, main, run_async
-from blackboard.errors import ConfigError
+from blackboard.cli.base import EXIT_USAGE, Ctx, main, run_async
+from blackboard.dead_letters import retry_dead_letter
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submit
 from blackboard.readmodel import ReadModel
@@ -297,17 +297,16 @@ def set_keys(
 def retry(ctx: Ctx, entry_id: str) -> None:
     """Put a dead letter back on the stream it came from (and remove it from the DLQ)."""
 
-    async def go() -> str:
+    async def go() -> str | None:
         store = ctx.store()
-        well_formed = re.fullmatch(r"\d+-\d+", entry_id) is not None  # as `dlq` lists them
-        letters = await ReadModel(store).dead_letters(entry_id) if well_formed else []
-        if not letters:
-            raise ConfigError(f"no dead letter {entry_id!r}; list them with `blackboard dlq`.")
-        # a write: it belongs on WorkQueue's API, which has no retry yet
-        fields = {k: v for k, v in letters[0].fields.items() if not k.startswith("dl_")}
-        new_id = await store.redis.xadd(letters[0].stream, cast(Any, fields))
-        await store.redis.xdel(GlobalKeys(store.settings.key_prefix).dead_letters, entry_id)
-        return str(new_id)
+        if re.fullmatch(r"\d+-\d+", entry_id) is None:  # not an id as `dlq` lists them
+            return None
+        dead_letters = GlobalKeys(store.settings.key_prefix).dead_letters
+        return await retry_dead_letter(store.redis, dead_letters, entry_id)
 
     new_id = run_async(ctx, go)
+    if new_id is None:
+        missing = f"no dead letter {entry_id!r}; list them with `blackboard dlq`."
+        click.echo(f"error: {missing}", err=True)
+        sys.exit(EXIT_USAGE)
     click.echo(f"retried {entry_id} as {new_id}")
