@@ -488,3 +488,26 @@ def test_watch_refuses_a_negative_timeout(boards: str) -> None:
     )
     assert refused.exit_code == 2
     assert "-1" in refused.output and ">=0" in refused.output.replace(" ", "")
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+def test_trace_never_breaks_inside_a_name(boards: str, columns: int) -> None:
+    """An agent's name and an outcome are identifiers: in a narrow table they wrap
+    between words only, a word too long for the column ellipsised (each is whole in
+    --json and in the lines below the table); never folded into pieces."""
+    hops = json.loads(cli(boards, "trace", "loan-income-slip", "--json").output)["hops"]
+    result = CliRunner().invoke(
+        main, ["--redis", boards, "trace", "loan-income-slip"], env={"COLUMNS": str(columns)}
+    )
+    assert max(len(line) for line in result.output.splitlines()) <= columns
+    rows = [line.split("│") for line in result.output.splitlines() if line.startswith("│")]
+    for column, field in ((2, "agent"), (4, "outcome")):
+        words = {w for hop in hops for w in hop[field].split()}
+        shown = [cells[column].strip() for cells in rows if cells[column].strip()]
+        for piece in shown:  # a whole word, or the start of one and "…"
+            assert piece in words or (
+                piece.endswith("…") and any(w.startswith(piece[:-1]) for w in words)
+            ), (field, piece, result.output)
+    agents = [cells[2].strip() for cells in rows if cells[2].strip()]
+    assert len(agents) == len(hops)  # a name is one line
+    assert "document_analysis audit failed:income_consistency:" in result.output
