@@ -158,19 +158,9 @@ def _common(fn: Any) -> Any:
 @click.option("--note", default="")
 @_common
 @click.pass_obj
-def approve(
-    ctx: Ctx,
-    board: str,
-    proposal_id: str,
-    note: str,
-    operator: str | None,
-    wait: float,
-    as_json: bool,
-) -> None:
+def approve(ctx: Ctx, /, board: str, proposal_id: str, note: str, **common: Any) -> None:
     """Commit a proposal a gate is holding."""
-    _command(
-        ctx, board, "approve", operator, wait, as_json=as_json, proposal_id=proposal_id, note=note
-    )
+    _command(ctx, board, "approve", proposal_id=proposal_id, note=note, **common)
 
 
 @main.command()
@@ -179,19 +169,9 @@ def approve(
 @click.option("--note", required=True, help="Why: returned to the agent as feedback.")
 @_common
 @click.pass_obj
-def reject(
-    ctx: Ctx,
-    board: str,
-    proposal_id: str,
-    note: str,
-    operator: str | None,
-    wait: float,
-    as_json: bool,
-) -> None:
+def reject(ctx: Ctx, /, board: str, proposal_id: str, note: str, **common: Any) -> None:
     """Return a held proposal to its agent with the reason."""
-    _command(
-        ctx, board, "reject", operator, wait, as_json=as_json, proposal_id=proposal_id, note=note
-    )
+    _command(ctx, board, "reject", proposal_id=proposal_id, note=note, **common)
 
 
 @main.command()
