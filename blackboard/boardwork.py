@@ -64,11 +64,13 @@ class BoardWork:
         )
 
     def last_rejection(self, agent: str | None = None) -> str:
-        """The whole message of the latest rejected proposal (of ``agent``)."""
+        """The whole message of the latest rejected proposal (of ``agent``): refused
+        before commit, or committed and then failing an audit (rolled back)."""
         done = sorted(self.acts.values(), key=lambda a: (a.finished_ms, a.created_ms))
         for act in reversed(done):
             decided = self.outcomes.get(act.activation_id)
-            if decided and decided.status == "rejected" and agent in (None, act.agent):
+            refused = decided is not None and (decided.status == "rejected" or decided.audit)
+            if decided and refused and agent in (None, act.agent):
                 return decided.message
         return ""
 
@@ -233,8 +235,9 @@ def _why(work: BoardWork) -> tuple[str, str]:
     last: Any = work.incidents[-1] if work.incidents else None
     if status == BoardStatus.ESCALATED:
         why = reason
-        if work.stopped_by_rejections():
-            why += f"; the last rejection: {work.last_rejection()}"
+        last_rejection = work.last_rejection() if work.stopped_by_rejections() else ""
+        if last_rejection:
+            why += f"; the last rejection: {last_rejection}"
         return why, (
             f"see `blackboard incidents {board}`, then resume it (`blackboard resume "
             f"{board}`) or roll it back (`blackboard rollback {board} --to VERSION`)"

@@ -53,6 +53,7 @@ __all__ = [
     "OwnershipError",
     "ProposalRejected",
     "SemanticError",
+    "StoreRefused",
     "StoreUnavailable",
     "TransientError",
     "ValidationFailed",
@@ -259,13 +260,31 @@ def escalation(board_id: str, reason: str) -> Escalated:
 
 
 class StoreUnavailable(BlackboardError):
-    """Redis could not be reached or answered with an error; see ``__cause__``."""
+    """Redis could not be reached, or cannot take the command for now (loading, out of
+    memory, read-only during a failover); see ``__cause__``. An outage: retrying later
+    can help."""
+
+
+class StoreRefused(BlackboardError):
+    """Redis answered the command with an error that retrying cannot change (a key of
+    the wrong type, a malformed argument such as a stream id, a script error); see
+    ``__cause__``. Not an outage."""
+
+
+_BUSY_REPLIES = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.TryAgainError,
+    redis_errors.ClusterDownError,
+)
+"""Error replies that describe the server's state, not the command: they pass."""
 
 
 @asynccontextmanager
 async def redis_failures(what: str) -> AsyncIterator[None]:
-    """Redis failures surface as StoreUnavailable, the redis error kept as the cause
-    (``what``: what was being done, for the message)."""
+    """Redis failures surface as StoreUnavailable (an outage) or StoreRefused (an error
+    reply about the command itself), the redis error kept as the cause (``what``: what
+    was being done, for the message)."""
     try:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
@@ -273,8 +292,14 @@ async def redis_failures(what: str) -> AsyncIterator[None]:
             f"Redis unreachable while trying to {what}: {str(exc).rstrip('.')}. Check that "
             "the server is up and BLACKBOARD_REDIS_URL points at it."
         ) from exc
-    except redis_errors.RedisError as exc:
+    except _BUSY_REPLIES as exc:
         raise StoreUnavailable(f"Redis refused to {what}: {str(exc).rstrip('.')}.") from exc
+    except redis_errors.RedisError as exc:
+        raise StoreRefused(
+            f"Redis refused to {what}: it answered {str(exc).rstrip('.')!r}. Retrying will "
+            "not help: check the arguments given (ids, keys), and that nothing but this "
+            "package writes under its key prefix."
+        ) from exc
 
 
 class CorruptData(BlackboardError):

@@ -309,7 +309,7 @@ async def fork_board(
     meta = {k: v for k, v in data["meta"].items() if k in ("deadline_ms",)}
     meta.update(
         status=BoardStatus.ACTIVE,
-        compliant=str(min(int(data["meta"].get("compliant", 0)), at)),
+        compliant=str(_compliant_at(data, at)),
         forked_from=f"{board_id}@{at}",
     )
     data.update(
@@ -326,6 +326,20 @@ async def fork_board(
     replay, _ = _replaying(store, data["declaration"])
     await replay.rollback(new_board_id, to=at, author=author, reason=f"forked from {board_id}@{at}")
     return await store.info(new_board_id)
+
+
+def _compliant_at(data: dict[str, Any], at: int) -> int:
+    """The compliant version of an export cut at ``at``: the board's compliant version if
+    it is no newer, else the newest version up to ``at`` whose audits passed. A board
+    with a compliant version but no passed one ran no audits (every version it has is
+    compliant): ``at``."""
+    compliant = int(data["meta"].get("compliant", 0))
+    passed = data["records"]["passed"]
+    if compliant <= at:
+        return compliant
+    if not passed:
+        return at
+    return max((v for v in passed if v <= at), default=0)
 
 
 async def provenance(store: BoardStore, board_id: str) -> str | None:

@@ -433,9 +433,7 @@ class ReadModel:
                     Event(
                         event="activation",
                         board=board,
-                        # when it happened, where the record says
-                        ts_ms={"queued": act.created_ms, "finished": act.finished_ms}.get(phase)
-                        or now,
+                        ts_ms=_at(act, phase) or now,
                         version=current,
                         phase=phase,
                         activation=act,
@@ -444,6 +442,7 @@ class ReadModel:
                         else None,
                     )
                 )
+        events.sort(key=lambda e: e.ts_ms)  # commits and activations, as they happened
         waiting = boardwork.waiting(snap, (await self._unserved([snap]))[board])
         state = (snap.status, waiting.why, tuple(waiting.unserved))
         if seen.status != state:
@@ -468,6 +467,15 @@ class _Followed:
     version: int = 0
     phases: dict[str, set[Phase]] = field(default_factory=dict)
     status: tuple[str, str, tuple[str, ...]] | None = None
+
+
+def _at(act: Activation, phase: Phase) -> int:
+    """When ``act`` reached ``phase``, where its record says (0: it does not)."""
+    if phase == "queued":
+        return act.created_ms
+    if phase == "started" and act.finished_ms and act.duration_ms:
+        return act.finished_ms - act.duration_ms
+    return act.finished_ms if phase == "finished" else 0
 
 
 def _when(row: HistoryRow) -> tuple[int, int]:

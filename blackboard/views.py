@@ -257,7 +257,8 @@ class Event(BaseModel):
     board: str
     ts_ms: int
     version: int | None = None
-    status: str = ""
+    status: str | None = None
+    """The board's status: on ``status`` events only."""
     waiting: Waiting | None = None
     commit: HistoryRow | None = None
     phase: Phase | None = None

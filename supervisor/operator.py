@@ -198,11 +198,30 @@ class Operator:
             sub.board_id, to, by=sub.author, why=why, proposal_id=f"rb.{sub.proposal_id}"
         )
         feedback = f"{sub.author} rolled the board back to v{to}: {why}; redo your work"
+        await self._drop_holds(sub, to, f"{sub.author} rolled the board back to v{to}: {why}")
         redo = await self.resumption.redo_roots(sub, to, result.version, feedback)
         await self.resumption.go_on(
             sub, redo, what=f"rollback to v{to} by {sub.author}", check_done=True
         )
         return Outcome(status="committed", version=result.version, keys=result.keys)
+
+    async def _drop_holds(self, sub: Submission, to: int, why: str) -> None:
+        """Answer and release the held proposals made on content a rollback to ``to``
+        took back (their base is newer): approving one would bring that content back,
+        and the redo proposes afresh. With no hold left, a board awaiting approval is
+        active again, so the redo is dispatched."""
+        bk = self.sup.keys.board(sub.board_id)
+        held = [Submission.model_validate_json(raw) for raw in await self.sup.redis.hvals(bk.held)]
+        stale = [h for h in held if h.base > to]
+        if stale:
+            answer = Outcome(status="rejected", reason="rolled_back", message=why)
+            pipe = self.sup.redis.pipeline(transaction=True)
+            for h in stale:
+                pipe.hset(bk.results, h.proposal_id, answer.model_dump_json())
+                pipe.hdel(bk.held, h.proposal_id)
+            await pipe.execute()
+        if len(stale) == len(held):
+            await self._reopen(sub.board_id)
 
     async def before_agent(self, board_id: str, agent: str) -> int:
         for entry in reversed(await self.sup.store.history(board_id)):
@@ -277,6 +296,7 @@ class Operator:
             sub.board_id, by=sub.author, why=why, proposal_id=f"flag.{sub.proposal_id}", keep=people
         )
         rollback = await self.sup.store.version(sub.board_id)
+        await self._drop_holds(sub, to, why)
         wanted = await self.resumption.redo_roots(sub, to, rollback, why)
         await self.resumption.go_on(
             sub, wanted, what=f"flag by {sub.author}", rewrite=culprit.author
@@ -297,6 +317,11 @@ class Operator:
 
     async def pause(self, sub: Submission, args: dict[str, Any]) -> Outcome:
         bk = self.sup.keys.board(sub.board_id)
+        if await self.sup.redis.hget(bk.meta, "status") == BoardStatus.PAUSED:
+            return Outcome(
+                status="committed",
+                message=f"already paused; resume it with `blackboard resume {sub.board_id}`",
+            )
         await self.sup.redis.hset(
             bk.meta, mapping={"status": BoardStatus.PAUSED, "updated": int(time.time() * 1000)}
         )

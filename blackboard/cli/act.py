@@ -8,21 +8,22 @@ import asyncio
 import getpass
 import json
 import os
+import re
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import click
 
-from blackboard.cli.base import Ctx, main, run_async
-from blackboard.errors import ConfigError
+from blackboard.cli.base import EXIT_USAGE, Ctx, main, run_async
+from blackboard.dead_letters import retry_dead_letter
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submit
 from blackboard.readmodel import ReadModel
 from blackboard.records import Outcome, Submission
 from blackboard.store import BoardStore
 
-__all__ = ["live_supervisors", "report", "send_command", "unanswered"]
+__all__ = ["live_supervisors", "outcome_json", "report", "send_command", "unanswered"]
 
 
 def _operator(name: str | None) -> str:
@@ -84,16 +85,27 @@ def unanswered(command: str, board: str, wait: float, sub: Submission, live: lis
     )
 
 
-def report(command: str, board: str, outcome: Outcome) -> None:
-    """One line for the outcome; exit 0 if committed, else 1."""
+def report(command: str, board: str, outcome: Outcome, as_json: bool = False) -> None:
+    """One line for the outcome; with ``as_json``, one JSON object instead
+    (:func:`outcome_json`), and the line on stderr too if it failed. Exit 0 if
+    committed, else 1."""
     failed = outcome.status != "committed"
+    if as_json:
+        click.echo(json.dumps(outcome_json(command, board, outcome), ensure_ascii=False))
     line = f"{'error: ' if failed else ''}{command} {board}: {outcome.status}"
     if outcome.version is not None:
         line += f" (version {outcome.version})"
     if outcome.message:
         line += f" - {outcome.message}"
-    click.echo(line, err=failed)
+    if failed or not as_json:
+        click.echo(line, err=failed)
     sys.exit(1 if failed else 0)
+
+
+def outcome_json(command: str, board: str, outcome: Outcome) -> dict[str, Any]:
+    """What ``--json`` prints for a command: the board, the command, and its outcome
+    (status, version, keys, reason, message)."""
+    return {"board": board, "command": command, **outcome.model_dump(exclude={"audit"})}
 
 
 def _command(
@@ -103,6 +115,7 @@ def _command(
     operator: str | None,
     wait: float,
     reason: str = "",
+    as_json: bool = False,
     **args: Any,
 ) -> None:
     async def go() -> tuple[Submission, Outcome | None, list[str]]:
@@ -117,7 +130,7 @@ def _command(
     if outcome is None:
         click.echo(unanswered(command, board, wait, sub, live), err=True)
         sys.exit(1)
-    report(command, board, outcome)
+    report(command, board, outcome, as_json)
 
 
 def _common(fn: Any) -> Any:
@@ -133,6 +146,9 @@ def _common(fn: Any) -> Any:
         show_default=True,
         help="Seconds to wait for the supervisor's answer.",
     )(fn)
+    fn = click.option(
+        "--json", "as_json", is_flag=True, help="Print the outcome as one JSON object."
+    )(fn)
     return fn
 
 
@@ -142,11 +158,9 @@ def _common(fn: Any) -> Any:
 @click.option("--note", default="")
 @_common
 @click.pass_obj
-def approve(
-    ctx: Ctx, board: str, proposal_id: str, note: str, operator: str | None, wait: float
-) -> None:
+def approve(ctx: Ctx, /, board: str, proposal_id: str, note: str, **common: Any) -> None:
     """Commit a proposal a gate is holding."""
-    _command(ctx, board, "approve", operator, wait, proposal_id=proposal_id, note=note)
+    _command(ctx, board, "approve", proposal_id=proposal_id, note=note, **common)
 
 
 @main.command()
@@ -155,11 +169,9 @@ def approve(
 @click.option("--note", required=True, help="Why: returned to the agent as feedback.")
 @_common
 @click.pass_obj
-def reject(
-    ctx: Ctx, board: str, proposal_id: str, note: str, operator: str | None, wait: float
-) -> None:
+def reject(ctx: Ctx, /, board: str, proposal_id: str, note: str, **common: Any) -> None:
     """Return a held proposal to its agent with the reason."""
-    _command(ctx, board, "reject", operator, wait, proposal_id=proposal_id, note=note)
+    _command(ctx, board, "reject", proposal_id=proposal_id, note=note, **common)
 
 
 @main.command()
@@ -179,6 +191,7 @@ def rollback(
     reason: str,
     operator: str | None,
     wait: float,
+    as_json: bool,
 ) -> None:
     """Restore an earlier version as a new commit (history is kept)."""
     chosen = sum([to is not None, compliant, before_agent is not None])
@@ -190,7 +203,7 @@ def rollback(
         if to is not None
         else ({"compliant": True} if compliant else {"before_agent": before_agent})
     )
-    _command(ctx, board, "rollback", operator, wait, reason=reason, **args)
+    _command(ctx, board, "rollback", operator, wait, reason=reason, as_json=as_json, **args)
 
 
 @main.command()
@@ -198,27 +211,29 @@ def rollback(
 @click.option("--reason", required=True)
 @_common
 @click.pass_obj
-def flag(ctx: Ctx, board: str, reason: str, operator: str | None, wait: float) -> None:
+def flag(
+    ctx: Ctx, board: str, reason: str, operator: str | None, wait: float, as_json: bool
+) -> None:
     """Flag the current version: back to the compliant one, the culprit redoes its work."""
-    _command(ctx, board, "flag", operator, wait, reason=reason)
+    _command(ctx, board, "flag", operator, wait, reason=reason, as_json=as_json)
 
 
 @main.command()
 @click.argument("board")
 @_common
 @click.pass_obj
-def pause(ctx: Ctx, board: str, operator: str | None, wait: float) -> None:
+def pause(ctx: Ctx, board: str, operator: str | None, wait: float, as_json: bool) -> None:
     """Stop dispatching activations for a board."""
-    _command(ctx, board, "pause", operator, wait)
+    _command(ctx, board, "pause", operator, wait, as_json=as_json)
 
 
 @main.command()
 @click.argument("board")
 @_common
 @click.pass_obj
-def resume(ctx: Ctx, board: str, operator: str | None, wait: float) -> None:
+def resume(ctx: Ctx, board: str, operator: str | None, wait: float, as_json: bool) -> None:
     """Resume a paused or escalated board (loop counters reset)."""
-    _command(ctx, board, "resume", operator, wait)
+    _command(ctx, board, "resume", operator, wait, as_json=as_json)
 
 
 @main.command("set")
@@ -234,6 +249,7 @@ def set_keys(
     reason: str,
     operator: str | None,
     wait: float,
+    as_json: bool,
 ) -> None:
     """Write keys owned by 'human': KEY=JSON ... (e.g. verdict='"yes"' max_amount=5000)."""
     values: dict[str, Any] = {}
@@ -252,7 +268,7 @@ def set_keys(
                 err=True,
             )
             sys.exit(2)
-    _command(ctx, board, "set", operator, wait, reason=reason, values=values)
+    _command(ctx, board, "set", operator, wait, reason=reason, as_json=as_json, values=values)
 
 
 @main.command()
@@ -261,16 +277,16 @@ def set_keys(
 def retry(ctx: Ctx, entry_id: str) -> None:
     """Put a dead letter back on the stream it came from (and remove it from the DLQ)."""
 
-    async def go() -> str:
+    async def go() -> str | None:
         store = ctx.store()
-        letters = await ReadModel(store).dead_letters(entry_id)
-        if not letters:
-            raise ConfigError(f"no dead letter {entry_id!r}; list them with `blackboard dlq`.")
-        # a write: it belongs on WorkQueue's API, which has no retry yet
-        fields = {k: v for k, v in letters[0].fields.items() if not k.startswith("dl_")}
-        new_id = await store.redis.xadd(letters[0].stream, cast(Any, fields))
-        await store.redis.xdel(GlobalKeys(store.settings.key_prefix).dead_letters, entry_id)
-        return str(new_id)
+        if re.fullmatch(r"\d+-\d+", entry_id) is None:  # not an id as `dlq` lists them
+            return None
+        dead_letters = GlobalKeys(store.settings.key_prefix).dead_letters
+        return await retry_dead_letter(store.redis, dead_letters, entry_id)
 
     new_id = run_async(ctx, go)
+    if new_id is None:
+        missing = f"no dead letter {entry_id!r}; list them with `blackboard dlq`."
+        click.echo(f"error: {missing}", err=True)
+        sys.exit(EXIT_USAGE)
     click.echo(f"retried {entry_id} as {new_id}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -47,7 +48,7 @@ class Ctx:
         self.debug = debug
         self._stores: list[BoardStore] = []
         # The terminal's width, else COLUMNS (a pipe too), else 80; tables wrap to it.
-        self.console = Console(width=shutil.get_terminal_size().columns, highlight=False)
+        self.console = _Console(width=shutil.get_terminal_size().columns, highlight=False)
         self.progress = Console(stderr=True)
 
     @property
@@ -200,6 +201,15 @@ def _late(param: str) -> Callable[[click.Context, click.Parameter, Any], None]:
     return set_it
 
 
+class _Console(Console):
+    """Rich's console, but a reader that went away is left to :meth:`_Group.invoke`
+    (rich exits with 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 class _Group(click.Group):
     """Every subcommand also takes ``--redis`` and ``--debug`` after its name
     (``blackboard show b1 --redis URL``), as people type them."""
@@ -223,6 +233,16 @@ class _Group(click.Group):
             )
         )
         super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """As click's, but output read by a reader that went away (``blackboard show B
+        | head -1``) ends the command quietly with 0: the reader had what it wanted."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # what is still buffered cannot be written either: drop it, not the exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """As click's, but a usage error is one line like every other error (click

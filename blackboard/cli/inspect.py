@@ -56,11 +56,14 @@ def _size(n: int) -> str:
     return f"{n}GB"
 
 
-def _table(*columns: str) -> Table:
-    """A table whose cells wrap (long words fold) rather than being cut."""
+def _table(*columns: str, names: tuple[str, ...] = ()) -> Table:
+    """A table whose cells wrap (long words fold) rather than being cut; but the
+    columns in ``names`` hold identifiers (an agent's name, an outcome), which wrap
+    between words only, a word too long for the column ending in "…" (commands that
+    use them print the whole value below the table or in --json)."""
     table = Table()
     for name in columns:
-        table.add_column(name, overflow="fold")
+        table.add_column(name, overflow="ellipsis" if name in names else "fold")
     return table
 
 
@@ -230,7 +233,17 @@ def trace(ctx: Ctx, board: str, mermaid_file: Any, as_json: bool) -> None:
         data = await _reads(ctx).trace(board)
 
         def render() -> None:
-            t = _table("time", "agent", "why", "outcome", "ms", "tok", "retry", "commit")
+            t = _table(
+                "time",
+                "agent",
+                "why",
+                "outcome",
+                "ms",
+                "tok",
+                "retry",
+                "commit",
+                names=("agent", "outcome"),
+            )
             for h in data.hops:
                 commit = f"v{h.commit}" if h.commit else "-"
                 _row(
@@ -470,6 +483,7 @@ def _show(ctx: Ctx, e: Event, board: str) -> None:
 @click.option(
     "--timeout",
     default=0.0,
+    type=click.FloatRange(min=0),
     help="Exit after this many seconds (0: never); with --until-done, exit 6.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line and event.")

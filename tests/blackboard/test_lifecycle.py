@@ -213,3 +213,24 @@ async def test_a_fork_with_rerun_activates_that_agent_on_it(store: BoardStore) -
     authors = [e.author for e in await store.history("case-rerun")]
     assert authors == ["intake", "scorer", "system", "scorer", "decider"]
     assert await store.read_key("case-rerun", "score") == 700
+
+
+async def test_a_fork_at_a_version_that_failed_its_audit_does_not_count_it_compliant(
+    store: BoardStore,
+) -> None:
+    async with Deployment(loan.app, store) as d:
+        await loan.run_case(d, "income-slip")  # v1 fails income_consistency
+    assert (await store.info("loan-income-slip")).compliant > 1
+    async with Deployment(loan.app, store) as d:
+        forked = await fork_board(store, "loan-income-slip", 1, "f1")
+        assert forked.compliant == 0  # v1 failed its audit: only v0 is compliant
+        outcome = await d.command("f1", "resume", rerun=["risk"])
+        assert outcome.status == "committed", outcome
+        await d.settle("f1")
+    audit = next(e for e in await store.history("f1") if e.author == "supervisor")
+    assert audit.kind == "rollback" and "income_consistency" in audit.reason
+    back = (await store.read("f1", at=audit.version)).data
+    assert back == (await store.read("f1", at=0)).data  # to v0, not to the bad v1
+    redo = await store.history("f1", start=audit.version + 1)
+    assert redo[0].author == "document_analysis"
+    assert (await store.read("f1", at=redo[0].version)).data["verified_income"] == 130_000

@@ -5,15 +5,27 @@ in a few pipelined round trips."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
 import whyapp
 from bbtest import count_into
+from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Deployment, Supervisor
+from pydantic import BaseModel
 
-from blackboard import BoardNotFound, BoardStore, ReadModel
+from blackboard import (
+    App,
+    Audit,
+    BoardNotFound,
+    BoardStore,
+    Key,
+    Limits,
+    ReadModel,
+    StoreRefused,
+)
 from blackboard.keys import GlobalKeys
+from blackboard.outages import OUTAGE
 from blackboard.queues import Delivery, Liveness, WorkQueue
 from blackboard.views import Event
 
@@ -163,3 +175,59 @@ async def test_activity_is_one_consistent_look(store: BoardStore) -> None:
     assert (held.status, held.version, held.idle) == ("awaiting_approval", 2, True)
     with pytest.raises(BoardNotFound, match="Did you mean 'gate'"):
         await reads.activity("gatf")
+
+
+class Note(BaseModel):
+    text: Annotated[str | None, Key("scribe")] = None
+
+
+@agent("scribe", reads=())
+async def scribe(ctx: Context) -> Output:
+    return Output(updates={"text": "lorem"})
+
+
+AUDITED = App(
+    board=Note,
+    agents=[scribe],
+    start=["scribe"],
+    audits=[Audit("no_lorem", ("text",), lambda b: b.get("text") != "lorem", "lorem ipsum again")],
+    done=lambda b: False,
+    limits=Limits(activation_timeout_s=10, max_rewrites=1),
+)
+
+
+async def test_an_escalation_by_failed_audits_says_the_last_failure(store: BoardStore) -> None:
+    async with Deployment(AUDITED, store) as d:
+        await d.start("note")
+        assert (await d.settle("note")).status == "escalated"
+    reads = ReadModel(store)
+    [row] = [e for e in await reads.escalations() if e.board == "note"]
+    assert row.rejection == "lorem ipsum again"
+    assert row.why.endswith("; the last rejection: lorem ipsum again")
+    [rewrites] = [i for i in await reads.incidents(["note"]) if i.kind == "rewrites"]
+    assert rewrites.rejection == "lorem ipsum again"
+
+
+async def test_an_error_reply_is_refused_not_an_outage(store: BoardStore) -> None:
+    """A malformed stream id is the caller's mistake: retrying cannot help, so it is
+    no outage a loop would ride out for ever."""
+    with pytest.raises(StoreRefused, match="Invalid stream ID") as raised:
+        await ReadModel(store).dead_letters("nope")
+    assert not isinstance(raised.value, OUTAGE)
+    assert "Retrying will not help" in str(raised.value)
+
+
+async def test_follow_tells_what_happened_in_time_order(store: BoardStore) -> None:
+    """A whole run seen in one look (the follower was busy): its events come oldest
+    first, and only a status event carries a status."""
+    following = ReadModel(store).follow("policy", poll_s=0.02)
+    assert (await anext(following)).event == "missing"
+    await run_cases(store, "policy")  # everything happens before the next look
+    events = [await anext(following)]
+    while events[-1].event != "status":
+        events.append(await anext(following))
+    await following.aclose()
+    assert [e.event for e in events].count("commit") == 3
+    assert [e.ts_ms for e in events] == sorted(e.ts_ms for e in events)
+    assert {e.status for e in events[:-1]} == {None}
+    assert events[-1].status == "done"

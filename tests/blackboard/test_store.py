@@ -21,6 +21,7 @@ from blackboard import (
     Proposal,
     ProposalRejected,
     Settings,
+    StoreRefused,
     StoreUnavailable,
     ValidationFailed,
     connect,
@@ -622,7 +623,7 @@ async def test_warm_is_only_a_speed_up_and_keeps_what_was_learnt_meanwhile(
     await fresh.warm(["odd", "w1"])  # no error: odd is reported where it is used
     assert fresh.declarations.known("odd") is None
     assert fresh.declarations.known("w1") == loan_schema.digest
-    with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+    with pytest.raises(StoreRefused, match="WRONGTYPE"):  # not an outage: no retrying
         await fresh.commit("odd", Proposal.updates("risk", 0, {"credit_score": 700}))
     # w2 re-created under another declaration while warm's round trip was out: the
     # digest learnt meanwhile is newer than the one warm read, and stays.

@@ -411,8 +411,9 @@ def test_dead_letter_listed_and_retried(boards: str) -> None:
         return rows
 
     assert [f for _, f in asyncio.run(requeued())][-1] == {"s": "not json"}
-    missing = CliRunner().invoke(main, ["--redis", boards, "retry", "1-1"])
-    assert missing.exit_code == 2 and "no dead letter" in missing.output
+    for entry_id in ("1-1", "nope"):
+        missing = CliRunner().invoke(main, ["--redis", boards, "retry", entry_id])
+        assert missing.exit_code == 2 and f"no dead letter {entry_id!r}" in missing.output
 
 
 def test_bad_app_specs_and_arguments_are_usage_errors(boards: str) -> None:
@@ -462,3 +463,51 @@ def test_the_supervisor_process_freezes_what_it_loaded_and_collects_less_often(
     assert result.exit_code == 0, result.output
     [(threshold, frozen)] = seen
     assert threshold == GC_THRESHOLD and frozen > 0
+
+
+def test_output_to_a_closed_pipe_ends_quietly(boards: str) -> None:
+    """`blackboard show B | head -1`: the reader went away, which is no error."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # gone before anything is written: every write fails
+    try:
+        shown = subprocess.run(
+            [sys.executable, "-m", "blackboard", "--redis", boards, "show", "loan-clean"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (shown.returncode, shown.stderr) == (0, "")
+
+
+def test_watch_refuses_a_negative_timeout(boards: str) -> None:
+    refused = CliRunner().invoke(
+        main, ["--redis", boards, "watch", "loan-clean", "--timeout", "-1"]
+    )
+    assert refused.exit_code == 2
+    assert "-1" in refused.output and ">=0" in refused.output.replace(" ", "")
+
+
+@pytest.mark.parametrize("columns", [60, 80])
+def test_trace_never_breaks_inside_a_name(boards: str, columns: int) -> None:
+    """An agent's name and an outcome are identifiers: in a narrow table they wrap
+    between words only, a word too long for the column ellipsised (each is whole in
+    --json and in the lines below the table); never folded into pieces."""
+    hops = json.loads(cli(boards, "trace", "loan-income-slip", "--json").output)["hops"]
+    result = CliRunner().invoke(
+        main, ["--redis", boards, "trace", "loan-income-slip"], env={"COLUMNS": str(columns)}
+    )
+    assert max(len(line) for line in result.output.splitlines()) <= columns
+    rows = [line.split("│") for line in result.output.splitlines() if line.startswith("│")]
+    for column, field in ((2, "agent"), (4, "outcome")):
+        words = {w for hop in hops for w in hop[field].split()}
+        shown = [cells[column].strip() for cells in rows if cells[column].strip()]
+        for piece in shown:  # a whole word, or the start of one and "…"
+            assert piece in words or (
+                piece.endswith("…") and any(w.startswith(piece[:-1]) for w in words)
+            ), (field, piece, result.output)
+    agents = [cells[2].strip() for cells in rows if cells[2].strip()]
+    assert len(agents) == len(hops)  # a name is one line
+    assert "document_analysis audit failed:income_consistency:" in result.output

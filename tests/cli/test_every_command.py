@@ -428,3 +428,38 @@ def test_start_says_when_no_supervisor_runs(redis_servers: Any) -> None:
         "note: no supervisor is running; board alone waits until one starts "
         f"(`blackboard supervisor --app {APP}`).\n"
     )
+
+
+def test_act_and_lifecycle_commands_answer_json(deployed: str, tmp_path: Path) -> None:
+    """--json on every command that changes a board: its outcome, one object."""
+
+    def answer(*args: str, code: int = 0) -> dict[str, Any]:
+        data = check(invoke(deployed, *args, "--json"), code, json_board='"board"')
+        assert isinstance(data, dict) and data["board"] in ("j1", "j2"), data
+        return data
+
+    forked = answer("fork", "loan-clean", "--at", "2", "--board", "j1")
+    assert (forked["command"], forked["status"], forked["version"]) == ("fork", "forked", 3)
+    assert forked["forked_from"] == "loan-clean@2" and forked["resume"]["status"] == "committed"
+    assert answer("pause", "j1")["status"] == "committed"
+    assert "already paused" in answer("pause", "j1")["message"]
+    assert answer("resume", "j1")["command"] == "resume"
+    rolled = answer("rollback", "j1", "--to", "1")
+    assert (rolled["status"], rolled["version"]) == ("committed", 4)
+    assert answer("flag", "j1", "--reason", "check")["status"] == "committed"
+    refused = answer("approve", "j1", code=1)  # nothing held
+    assert (refused["status"], refused["reason"]) == ("rejected", "ValidationFailed")
+    assert answer("reject", "j1", "--note", "no", code=1)["status"] == "rejected"
+    wrote = answer("set", "j1", 'application={"name": "Ada"}')
+    assert (wrote["status"], wrote["keys"]) == ("committed", ["application"])
+    export = tmp_path / "j1.json"
+    archived = answer("archive", "j1", "--to", str(export), "--keep")
+    assert (archived["status"], archived["version"], archived["kept"]) == (
+        "archived",
+        wrote["version"],
+        True,
+    )
+    imported = answer("import", str(export), "--board", "j2")
+    assert (imported["board"], imported["version"]) == ("j2", wrote["version"])
+    assert answer("delete", "j2", "--yes")["status"] == "deleted"
+    assert answer("delete", "j1", "--yes")["command"] == "delete"

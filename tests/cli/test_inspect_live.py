@@ -115,6 +115,7 @@ async def test_watch_json_from_before_the_board_exists_to_escalated(
         assert "greater than or equal to 0" in e["outcome"]["message"]
     phases = [e["phase"] for e in events if e["event"] == "activation"]
     assert phases.count("queued") == phases.count("started") == 3
+    assert [e for e in events if e["event"] != "status" and "status" in e] == []
     last = events[-1]
     assert (last["event"], last["status"]) == ("status", "escalated")
     assert "rejected 3 times in a row" in last["waiting"]["why"]

@@ -10,6 +10,8 @@ people own, which keep what a person last set.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -18,8 +20,11 @@ from blackboard.agents import Context, Output, agent, when_all
 from blackboard.supervisor import Deployment
 from pydantic import BaseModel
 
-from blackboard import App, Audit, BoardStore, Gate, Key
+from blackboard import App, Audit, BoardStore, Gate, Key, ReadModel
 from blackboard.records import Submission
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from examples import loan
 
 
 async def assert_not_stuck(store: BoardStore, app: App, board_id: str) -> None:
@@ -291,3 +296,50 @@ async def test_a_persons_writes_count_as_compliant_in_an_audited_app(store: Boar
         done = await d.command("c1", "set", by="human:ann", values={"max_amount": 10.0})
         info = await d.settle("c1")
     assert (info.status, info.compliant, info.version) == ("done", done.version, done.version)
+
+
+async def test_a_rollback_of_a_board_held_at_a_gate_drops_the_stale_hold_and_redoes(
+    store: BoardStore,
+) -> None:
+    """examples.loan's AML case: approve, flag, then roll back to v1 while the redone
+    decision is held again. The hold on the content the rollback took back goes (its
+    agent's proposal is answered), and the redo is dispatched: active, not stuck."""
+    async with Deployment(loan.app, store) as d:
+        await d.start("aml", {"application": loan.CASES["aml-hit"]})
+        assert (await d.settle("aml")).status == "awaiting_approval"
+        assert (await d.command("aml", "approve", by="human:ann")).status == "committed"
+        flagged = await d.command("aml", "flag", by="human:ann", reason="again")
+        assert flagged.status == "committed", flagged
+        assert (await d.settle("aml")).status == "awaiting_approval"
+        [stale] = await store.redis.hkeys(store.keys("aml").held)
+        outcome = await d.command("aml", "rollback", by="human:ann", to=1)
+        assert outcome.status == "committed", outcome
+        assert await store.redis.hkeys(store.keys("aml").held) == []
+        assert (await store.info("aml")).status == "active"
+        await assert_not_stuck(store, loan.app, "aml")
+        assert "aml" not in [e.board for e in await ReadModel(store).escalations()]
+        answer = await store.redis.hget(store.keys("aml").results, stale)
+        assert answer is not None and "rolled the board back to v1" in answer
+        info = await d.settle("aml")
+    assert info.status == "awaiting_approval"  # the redone decision, held afresh
+    [fresh] = await store.redis.hkeys(store.keys("aml").held)
+    assert fresh != stale
+    queued = [a for a in await activations(store, "aml") if a["status"] == "queued"]
+    assert queued == []
+
+
+async def test_pausing_a_paused_board_says_it_already_is(store: BoardStore) -> None:
+    app = build_app(
+        gates=[Gate("decision", ("amount",), lambda updates, board: "decision" in updates)]
+    )
+    async with Deployment(app, store) as d:
+        await d.start("c1")
+        await d.settle("c1")
+        first = await d.command("c1", "pause", by="human:ann")
+        assert first.message == "paused by human:ann"
+        updated = (await store.info("c1")).updated_ms
+        again = await d.command("c1", "pause", by="human:bob")
+    assert again.status == "committed"
+    assert again.message == "already paused; resume it with `blackboard resume c1`"
+    info = await store.info("c1")
+    assert (info.status, info.updated_ms) == ("paused", updated)
