@@ -255,9 +255,20 @@ class GlobalKeys:
         """Sorted set of archived board ids, score = archive time in ms."""
         return f"{self.prefix}:archived"
 
-    def proposals(self, shard: int) -> str:
-        """Stream of agents' submissions and operators' commands for the supervisor."""
-        return f"{self.prefix}:proposals:{shard}"
+    def submissions(self, agent: str, shard: int) -> str:
+        """Stream of one agent's submissions to the supervisor (one per agent and shard):
+        its author is the stream, which only that agent's Redis user may append to."""
+        return f"{self.prefix}:sub:{agent}:{shard}"
+
+    def reports(self, shard: int) -> str:
+        """Stream of the supervisor's own reports to itself (activations its watchdog
+        saw time out): only the supervisor's Redis user may append to it."""
+        return f"{self.prefix}:sup:{shard}"
+
+    def commands(self, shard: int) -> str:
+        """Stream of operators' commands to the supervisor (only the operator's Redis
+        user may append to it)."""
+        return f"{self.prefix}:ops:{shard}"
 
     def queue(self, agent: str) -> str:
         """Stream of activations for one agent (its instances share a consumer group)."""

@@ -32,7 +32,17 @@ from blackboard.keys import GlobalKeys
 from blackboard.outages import OUTAGE
 from blackboard.records import Submission
 
-__all__ = ["LIVENESS_MS", "OUTAGE", "Delivery", "Liveness", "WorkQueue", "shard_of", "submit"]
+__all__ = [
+    "LIVENESS_MS",
+    "OUTAGE",
+    "RUNNING_FIELD",
+    "Delivery",
+    "Liveness",
+    "WorkQueue",
+    "shard_of",
+    "submission_stream",
+    "submit",
+]
 
 
 log = logging.getLogger(__name__)
@@ -42,6 +52,10 @@ LIVENESS_MS = 5_000
 in that time, so only a process that stopped (killed, frozen, cut off) loses it; its
 pending entries are then taken over within about this long, well below the timeouts
 they could trip (the examples' activations: 30 s)."""
+RUNNING_FIELD = "run"
+"""Field of an entry on an agent's submission stream carrying its 'running' mark: the
+activation record as the agent started it, which the supervisor writes (an agent's Redis
+user cannot write the board's activation records; see ``supervisor/intake.py``)."""
 FORGET_MS = 86_400_000
 """A consumer that has not beaten for a day is dropped from the set of known consumers
 (the idle-time reclaim took its entries long ago)."""
@@ -382,7 +396,36 @@ def shard_of(board_id: str, shards: int) -> int:
     return zlib.crc32(board_id.encode()) % shards
 
 
-async def submit(redis: Redis, prefix: str, submission: Submission, shards: int = 1) -> str:
-    """Append a submission to the supervisor's stream (what agents and the CLI call)."""
-    stream = GlobalKeys(prefix).proposals(shard_of(submission.board_id, shards))
-    return cast(str, await redis.xadd(stream, {"s": submission.model_dump_json()}))
+def submission_stream(
+    keys: GlobalKeys, submission: Submission, shards: int = 1, *, by_supervisor: bool = False
+) -> str:
+    """Where a submission goes: the supervisor's own reports (``by_supervisor``) to its
+    stream, an operator's command to the operators' stream, anything else to its
+    author's own stream. The supervisor takes the author from the stream it
+    arrives on (see ``supervisor/intake.py``), so with per-role Redis users
+    (``blackboard acl``) nobody can submit under another's name."""
+    shard = shard_of(submission.board_id, shards)
+    if by_supervisor:
+        return keys.reports(shard)
+    if submission.kind == "command":
+        return keys.commands(shard)
+    return keys.submissions(submission.author, shard)
+
+
+async def submit(
+    redis: Redis,
+    prefix: str,
+    submission: Submission,
+    shards: int = 1,
+    *,
+    report: str = "",
+    by_supervisor: bool = False,
+) -> str:
+    """Append a submission to the supervisor's stream for its author (what agents and
+    the CLI call). ``report``: the activation's final record (JSON), which the supervisor
+    writes when it closes the activation (an agent's user cannot write board keys)."""
+    fields = {"s": submission.model_dump_json()}
+    if report:
+        fields["a"] = report
+    stream = submission_stream(GlobalKeys(prefix), submission, shards, by_supervisor=by_supervisor)
+    return cast(str, await redis.xadd(stream, cast(Any, fields)))

@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from blackboard.supervisor.compliance import Compliance, Dropped
 from blackboard.supervisor.control import Wanted, join_keys, plan_after_commit, reads_for
+from blackboard.supervisor.intake import Intake
 from blackboard.supervisor.loops import Router, Routing
 from blackboard.supervisor.operator import Operator
 from blackboard.supervisor.summarisation import Crossings
@@ -134,17 +135,19 @@ class Supervisor:
         self.operator = Operator(self)
         self.crossings = Crossings(self.redis, app)
         self.compliance = Compliance(self.redis, self.keys)
+        # issue 23: one stream per agent and one for operators; the stream is the author.
+        self.intake = Intake(self.redis, self.keys, app.agent_names, shards)
         self.queues = [
             WorkQueue(
                 self.redis,
-                self.keys.proposals(s),
+                source.stream,
                 GROUP,
                 dead_letters=self.keys.dead_letters,
                 max_deliveries=app.limits.max_deliveries,
                 claim_idle_ms=app.limits.claim_idle_ms,
                 keys=self.keys,
             )
-            for s in range(shards)
+            for source in self.intake.sources
         ]
         self.liveness = Liveness(self.redis, self.keys, self.name)
         store.register(app.schema)
@@ -288,11 +291,7 @@ class Supervisor:
         """Work on one batch taken from ``queue``: in waves where it can, one by one
         where it must; then its dispatches and acknowledgements."""
         by_board: ByBoard = {}
-        for d in deliveries:
-            sub = self._parse(d)
-            if sub is None:
-                await queue.dead_letter(d, "not a valid submission")
-                continue
+        for d, sub in await self.intake.screen(queue, deliveries):  # issue 23: by source
             items = by_board.get(sub.board_id)
             if items is None:  # (setdefault would build a deque for every submission)
                 items = by_board[sub.board_id] = deque()
@@ -1377,6 +1376,7 @@ class Supervisor:
                         reason=act.timed_out(self.app.limits.activation_timeout_s),
                     ),
                     self.shards,
+                    by_supervisor=True,  # issue 23: on the supervisor's own stream
                 )
                 await self.redis.zadd(bk.open, {aid: now + 3_600_000})  # reported once
                 reported += 1
