@@ -7,7 +7,7 @@ shows tracebacks. Every inspection command has ``--json`` with a stable shape.
 
 from __future__ import annotations
 
-from blackboard.cli import act, inspect, run  # noqa: F401  (register the commands)
+from blackboard.cli import acl, act, inspect, run  # noqa: F401  (register the commands)
 from blackboard.cli.base import main
 
 __all__ = ["main"]
