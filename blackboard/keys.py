@@ -176,6 +176,11 @@ class BoardKeys:
         """String with a TTL: the lease of the caller running one tool call."""
         return self._k(f"toolclaim:{key}")
 
+    @property
+    def archiving(self) -> str:
+        """String with a TTL: a supervisor replica is archiving the board (one at once)."""
+        return self._k("archiving")
+
     @cached_property
     def saga(self) -> str:
         """List: compensations of successful side-effect calls, oldest first."""

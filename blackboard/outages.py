@@ -61,7 +61,9 @@ def ride_out(
 
     return AsyncRetrying(
         retry=retry_if_exception_type(OUTAGE),
-        wait=wait_exponential_jitter(initial=FIRST_WAIT_S, max=LONGEST_WAIT_S, jitter=FIRST_WAIT_S),
+        wait=wait_exponential_jitter(
+            multiplier=FIRST_WAIT_S, max=LONGEST_WAIT_S, jitter=FIRST_WAIT_S
+        ),
         stop=stop,
         before_sleep=tell,
         reraise=True,

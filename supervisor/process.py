@@ -30,6 +30,7 @@ from blackboard.supervisor.control import Wanted, join_keys, plan_after_commit, 
 from blackboard.supervisor.intake import Intake
 from blackboard.supervisor.loops import Router, Routing
 from blackboard.supervisor.operator import Operator
+from blackboard.supervisor.retention import Retention
 from blackboard.supervisor.summarisation import Crossings
 from blackboard.supervisor.validation import Decision, Validator
 
@@ -150,6 +151,8 @@ class Supervisor:
             for source in self.intake.sources
         ]
         self.liveness = Liveness(self.redis, self.keys, self.name)
+        # issue 23: streams trimmed behind what is pending; set .policy to archive boards
+        self.retention = Retention(store, [q.stream for q in self.queues], app.agent_names)
         store.register(app.schema)
         self._partial_joins = any(t.join and t.partial for a in app.agents for t in a.triggers)
         self._deadlines: dict[str, int] = {}
@@ -221,6 +224,7 @@ class Supervisor:
         alive = asyncio.create_task(self.liveness.run(beating))
         tasks = [asyncio.create_task(self._consume(q, stop, batch)) for q in self.queues]
         tasks.append(asyncio.create_task(self._watchdog(stop)))
+        tasks.append(asyncio.create_task(self.retention.run(stop)))  # issue 23
         try:
             await asyncio.gather(*tasks)
         finally:

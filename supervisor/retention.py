@@ -1,0 +1,201 @@
+"""Bounded memory: what the supervisor drops from Redis, on a schedule.
+
+- **Streams** (the submission streams it reads, every agent's queue) are trimmed with
+  ``XTRIM MINID`` at the oldest entry some consumer group still needs: the oldest one
+  pending (delivered, not acknowledged) or, with none pending, the first not yet
+  delivered. Never a blind ``MAXLEN``, which drops entries still pending (DESIGN §11). A
+  stream no group reads is left alone: nobody has taken what is in it.
+- **Boards that are done** (or failed) are archived out of Redis by an
+  :class:`ArchivePolicy` after a grace period: its ``archive`` callable exports the
+  board's log to a file and then removes it (``blackboard.lifecycle.archive_board``,
+  passed in so that this module does not decide the export format).
+
+Every replica may run this: trimming is idempotent, and a board is archived by one
+replica at a time (a short claim on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from blackboard.keys import GlobalKeys
+from blackboard.outages import OUTAGE, ride_out
+from blackboard.status import BoardStatus
+from blackboard.store import BoardStore
+
+__all__ = ["ArchivePolicy", "Retention", "trim_floor", "trim_stream"]
+
+log = logging.getLogger(__name__)
+
+TRIM_EVERY_S = 10.0
+"""How often the streams are trimmed: often enough that a stream holds about this many
+seconds of traffic beyond what is still pending."""
+
+Archive = Callable[[BoardStore, str, Path], Awaitable[Path]]
+"""Export a board's log under a directory, then remove the board; returns the file."""
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = entry_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def _older(a: str, b: str) -> str:
+    return min(a, b, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+async def trim_floor(redis: Redis, stream: str) -> str | None:
+    """The oldest entry id some consumer group of ``stream`` still needs (pending in it,
+    or not yet delivered to it); None if no group reads the stream."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except redis_errors.ResponseError as exc:  # no such stream
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    floor: str | None = None
+    for group in groups:
+        needed = _next_id(str(group["last-delivered-id"]))
+        if int(group["pending"]):
+            info = await redis.xpending(stream, group["name"])
+            if info["min"] is not None:
+                needed = _older(str(info["min"]), needed)
+        floor = needed if floor is None else _older(floor, needed)
+    return floor
+
+
+async def trim_stream(redis: Redis, stream: str) -> int:
+    """Drop the entries of ``stream`` every group is done with; how many went.
+
+    A group reading between the look and the trim only moves forward, and an entry
+    reclaimed is one still pending: neither is below the floor."""
+    floor = await trim_floor(redis, stream)
+    if floor is None:
+        return 0
+    return int(await redis.xtrim(stream, minid=floor, approximate=False))
+
+
+@dataclass
+class ArchivePolicy:
+    """Archive boards that are done or failed, ``after_s`` after their last change.
+
+    Attributes:
+        archive: the export-then-remove step (``blackboard.lifecycle.archive_board``).
+        directory: where the exports go.
+        after_s: grace period after the board's last change (an operator may look).
+        per_round: most boards archived per round (keeps a round short).
+    """
+
+    archive: Archive
+    directory: Path
+    after_s: float = 3600.0
+    per_round: int = 100
+    statuses: tuple[str, ...] = (BoardStatus.DONE, BoardStatus.FAILED)
+    """Which boards count as finished."""
+
+
+class Retention:
+    """The supervisor's housekeeping: trims streams, archives finished boards.
+
+    Args:
+        store: the board store.
+        streams: the streams to trim (beside every agent's queue).
+        agents: the app's agent names (their queues are trimmed).
+        policy: archive finished boards this way (None: never).
+        every_s: time between two rounds.
+    """
+
+    def __init__(
+        self,
+        store: BoardStore,
+        streams: Sequence[str],
+        agents: Sequence[str],
+        *,
+        policy: ArchivePolicy | None = None,
+        every_s: float = TRIM_EVERY_S,
+    ) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.keys = GlobalKeys(store.settings.key_prefix)
+        self.streams = [*streams, *(self.keys.queue(a) for a in agents)]
+        self.policy = policy
+        self.every_s = every_s
+        self._cursor = 0
+
+    async def round(self) -> tuple[int, int]:
+        """One round: (entries trimmed, boards archived)."""
+        trimmed = 0
+        for stream in self.streams:
+            try:
+                trimmed += await trim_stream(self.redis, stream)
+            except redis_errors.ResponseError as exc:  # e.g. not a stream: leave it be
+                log.warning("retention: cannot trim %s: %s", stream, exc)
+        archived = await self.archive_finished() if self.policy is not None else 0
+        return trimmed, archived
+
+    async def archive_finished(self) -> int:
+        """Archive up to ``per_round`` finished boards past the grace period, walking the
+        board index a page per round (the whole index is seen over several rounds)."""
+        policy = self.policy
+        assert policy is not None
+        cursor, ids = await self.redis.zscan(
+            self.keys.boards, self._cursor, count=max(policy.per_round * 4, 100)
+        )
+        self._cursor = int(cursor)
+        board_ids = [str(b) for b, _ in ids]
+        if not board_ids:
+            return 0
+        pipe = self.redis.pipeline(transaction=False)
+        for board_id in board_ids:
+            pipe.hmget(self.keys.board(board_id).meta, ["status", "updated"])
+        now_ms = time.time() * 1000
+        due = [
+            board_id
+            for board_id, (status, updated) in zip(board_ids, await pipe.execute(), strict=True)
+            if status in policy.statuses and float(updated or 0) <= now_ms - policy.after_s * 1000
+        ]
+        archived = 0
+        for board_id in due[: policy.per_round]:
+            claim = self.keys.board(board_id).archiving
+            if not await self.redis.set(claim, "1", nx=True, px=60_000):
+                continue  # another replica has it
+            try:
+                path = await policy.archive(self.store, board_id, policy.directory)
+                archived += 1
+                log.info("archived board %s to %s", board_id, path)
+            except OUTAGE:
+                raise
+            except Exception:  # this board stays; the others go on (and it, next time)
+                log.exception("retention: archiving board %s failed", board_id)
+            finally:
+                await self.redis.delete(claim)
+        return archived
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Rounds every ``every_s`` until ``stop`` is set, riding out outages."""
+        while not stop.is_set():
+            try:
+                async for attempt in ride_out("retention", log, stop=_stopped(stop)):
+                    with attempt:
+                        await self.round()
+            except OUTAGE:  # (re-raised only once stopping)
+                pass
+            except Exception:  # housekeeping never stops the supervisor: next round
+                log.exception("retention: a round failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.every_s)
+
+
+def _stopped(stop: asyncio.Event) -> Any:
+    """A tenacity stop condition: give up retrying once ``stop`` is set."""
+    return lambda _state: stop.is_set()

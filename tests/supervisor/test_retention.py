@@ -1,0 +1,119 @@
+"""Bounded memory (issue 23): streams trimmed behind the oldest entry a consumer group
+still needs, on the supervisor's schedule; finished boards archived by policy. Both
+backends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import pytest
+from blackboard.agents import Context, Output, agent
+from blackboard.supervisor import Supervisor
+from blackboard.supervisor.retention import ArchivePolicy, Retention, trim_floor, trim_stream
+from pydantic import BaseModel
+
+from blackboard import App, BoardStore, Key
+from blackboard.queues import submit
+from blackboard.records import Submission
+
+
+class One(BaseModel):
+    x: Annotated[int | None, Key("a")] = None
+
+
+@agent("a")
+async def a(ctx: Context) -> Output:
+    return Output(updates={"x": 1})
+
+
+APP = App(board=One, agents=[a], start=["a"], done=lambda b: b.get("x") == 3, done_reads=["x"])
+
+
+async def test_a_stream_keeps_what_any_group_has_pending_or_not_yet_read(
+    store: BoardStore,
+) -> None:
+    r = store.redis
+    ids = [await r.xadd("s", {"n": n}) for n in range(10)]
+    await r.xgroup_create("s", "slow", id="0")
+    await r.xgroup_create("s", "fast", id="0")
+    await r.xreadgroup("slow", "c", {"s": ">"}, count=6)
+    await r.xack("s", "slow", *ids[:3])  # pending in slow: 3, 4, 5; 6.. not read
+    await r.xreadgroup("fast", "c", {"s": ">"}, count=2)
+    await r.xack("s", "fast", *ids[:2])  # fast has read 0, 1: it needs 2 next
+    assert await trim_floor(r, "s") == ids[2]
+    assert await trim_stream(r, "s") == 2
+    assert [i for i, _ in await r.xrange("s")] == ids[2:]
+    await r.xreadgroup("fast", "c", {"s": ">"})
+    await r.xack("s", "fast", *ids[2:])
+    assert await trim_stream(r, "s") == 1  # slow still holds 3, 4, 5 pending
+    assert (await r.xpending("s", "slow"))["min"] == ids[3]
+    await r.xack("s", "slow", *ids[3:6])
+    assert await trim_stream(r, "s") == 3  # 6.. were never delivered to slow
+    assert [i for i, _ in await r.xrange("s")] == ids[6:]
+    await r.xadd("lonely", {"n": 1})
+    assert await trim_stream(r, "lonely") == 0  # no group: nobody took anything
+    assert await trim_stream(r, "missing") == 0
+
+
+async def test_the_supervisor_trims_its_streams_as_it_goes(store: BoardStore) -> None:
+    sup = Supervisor(APP, store)
+    sup.retention.every_s = 0.02
+    await store.create("b1", APP.schema)
+    stream = sup.keys.submissions("a", 0)
+    for v in range(3):
+        patch = [{"op": "add", "path": "/x", "value": v + 1}]
+        sub = Submission(kind="proposal", board_id="b1", author="a", base=v, patch=patch)
+        await submit(store.redis, store.settings.key_prefix, sub)
+    assert await store.redis.xlen(stream) == 3
+    stop = asyncio.Event()
+    task = asyncio.create_task(sup.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while await store.version("b1") < 3 or await store.redis.xlen(stream):
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+    assert (await store.redis.xpending(stream, "supervisor"))["pending"] == 0
+
+
+async def test_finished_boards_are_archived_by_policy_and_others_kept(
+    store: BoardStore, tmp_path: Path
+) -> None:
+    archived: list[str] = []
+
+    async def archive(store: BoardStore, board_id: str, directory: Path) -> Path:
+        path = directory / f"{board_id}.jsonl"
+        entries = await store.history(board_id)
+        path.write_text("".join(e.model_dump_json() + "\n" for e in entries))
+        await store.delete(board_id)
+        archived.append(board_id)
+        return path
+
+    for board in ("done1", "failed1", "active1", "fresh-done"):
+        await store.create(board, APP.schema)
+    meta = store.keys
+    await store.redis.hset(meta("done1").meta, mapping={"status": "done", "updated": 1})
+    await store.redis.hset(meta("failed1").meta, mapping={"status": "failed", "updated": 1})
+    await store.redis.hset(meta("fresh-done").meta, "status", "done")  # updated: just now
+    policy = ArchivePolicy(archive, tmp_path, after_s=60)
+    retention = Retention(store, [], APP.agent_names, policy=policy)
+    assert await retention.round() == (0, 2)
+    assert sorted(archived) == ["done1", "failed1"]
+    assert sorted(b.board_id for b in await store.boards()) == ["active1", "fresh-done"]
+    assert json.loads((tmp_path / "done1.jsonl").read_text() or "null") is None
+    assert await store.redis.exists(meta("done1").archiving) == 0
+
+
+async def test_a_key_that_is_not_a_stream_is_skipped_not_fatal(
+    store: BoardStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    await store.redis.set("bb:queue:a", "not a stream")
+    await store.redis.xadd("s", {"n": 1})
+    await store.redis.xgroup_create("s", "g", id="$")
+    retention = Retention(store, ["s"], APP.agent_names)
+    assert await retention.round() == (1, 0)
+    assert "cannot trim bb:queue:a" in caplog.text
