@@ -27,7 +27,8 @@ from pydantic import BaseModel
 
 from bench._server import machine, redis_server, target
 from blackboard import App, BoardStore, Key, Limits
-from blackboard.queues import submit
+from blackboard.keys import GlobalKeys
+from blackboard.queues import submission_stream
 from blackboard.records import Submission
 
 QUICK = "--quick" in sys.argv
@@ -81,21 +82,27 @@ async def send(store: BoardStore, boards: list[str], start: int, count: int) -> 
         for i in range(count)
         for b in boards
     ]
+    keys = GlobalKeys(prefix)
     for i in range(0, len(subs), SENT):
-        await asyncio.gather(*(submit(store.redis, prefix, s) for s in subs[i : i + SENT]))
+        pipe = store.redis.pipeline(transaction=False)  # in order: each on its base
+        for s in subs[i : i + SENT]:
+            pipe.xadd(submission_stream(keys, s), {"s": s.model_dump_json()})
+        await pipe.execute()
 
 
-async def wait_gone(store: BoardStore, boards: list[str], timeout: float = 600) -> None:
+async def wait_gone(store: BoardStore, boards: list[str], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while any([await store.redis.exists(store.keys(b).meta) for b in boards]):
-        assert time.monotonic() < deadline, "boards not archived in time"
+        if time.monotonic() > deadline:
+            raise SystemExit(f"boards not archived in {timeout:g} s")
         await asyncio.sleep(0.05)
 
 
 async def wait_version(store: BoardStore, boards: list[str], version: int) -> None:
     deadline = time.monotonic() + 600
     while min([await store.version(b) for b in boards]) < version:
-        assert time.monotonic() < deadline, "proposals not committed in time"
+        if time.monotonic() > deadline:
+            raise SystemExit("proposals not committed in time")
         await asyncio.sleep(0.01)
 
 

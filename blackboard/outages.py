@@ -14,7 +14,8 @@ from tenacity import (
     RetryCallState,
     retry_if_exception_type,
     stop_never,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 from tenacity.stop import StopBaseT
 
@@ -61,9 +62,10 @@ def ride_out(
 
     return AsyncRetrying(
         retry=retry_if_exception_type(OUTAGE),
-        wait=wait_exponential_jitter(
-            multiplier=FIRST_WAIT_S, max=LONGEST_WAIT_S, jitter=FIRST_WAIT_S
-        ),
+        # (not wait_exponential_jitter: its 'initial' warns on tenacity 9.1+, 'multiplier'
+        # is missing before; this sum is the same wait on every version we allow)
+        wait=wait_exponential(multiplier=FIRST_WAIT_S, max=LONGEST_WAIT_S)
+        + wait_random(0, FIRST_WAIT_S),
         stop=stop,
         before_sleep=tell,
         reraise=True,
