@@ -42,6 +42,8 @@ __all__ = [
     "shard_of",
     "submission_stream",
     "submit",
+    "trim_floor",
+    "trim_stream",
 ]
 
 
@@ -376,19 +378,48 @@ class WorkQueue:
         log.warning("dead-lettered %s from %s: %s", delivery.entry_id, self.stream, reason)
 
     async def trim(self) -> int:
-        """Drop entries every consumer has acknowledged (never a pending one)."""
-        info = await self.redis.xpending(self.stream, self.group)
-        if info["pending"]:
-            floor = info["min"]
-        else:
-            groups = await self.redis.xinfo_groups(self.stream)
-            mine = [g for g in groups if g["name"] == self.group]
-            if not mine:
-                return 0
-            floor = mine[0]["last-delivered-id"]
-            ms, seq = floor.split("-")
-            floor = f"{ms}-{int(seq) + 1}"
-        return int(await self.redis.xtrim(self.stream, minid=floor, approximate=False))
+        """Drop entries every group of the stream is done with (see :func:`trim_stream`)."""
+        return await trim_stream(self.redis, self.stream)
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = entry_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def _older(a: str, b: str) -> str:
+    return min(a, b, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+async def trim_floor(redis: Redis, stream: str) -> str | None:
+    """The oldest entry id some consumer group of ``stream`` still needs (pending in it,
+    or not yet delivered to it); None if no group reads the stream."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except redis_errors.ResponseError as exc:  # no such stream
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    floor: str | None = None
+    for group in groups:
+        needed = _next_id(str(group["last-delivered-id"]))
+        if int(group["pending"]):
+            info = await redis.xpending(stream, group["name"])
+            if info["min"] is not None:
+                needed = _older(str(info["min"]), needed)
+        floor = needed if floor is None else _older(floor, needed)
+    return floor
+
+
+async def trim_stream(redis: Redis, stream: str) -> int:
+    """Drop the entries of ``stream`` every group is done with; how many went.
+
+    A group reading between the look and the trim only moves forward, and an entry
+    reclaimed is one still pending: neither is below the floor."""
+    floor = await trim_floor(redis, stream)
+    if floor is None:
+        return 0
+    return int(await redis.xtrim(stream, minid=floor, approximate=False))
 
 
 def shard_of(board_id: str, shards: int) -> int:

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
 
 from blackboard.keys import GlobalKeys
 from blackboard.outages import OUTAGE, ride_out
+from blackboard.queues import trim_stream
 from blackboard.status import BoardStatus
 from blackboard.store import BoardStore
 
-__all__ = ["ArchivePolicy", "Retention", "trim_floor", "trim_stream"]
+__all__ = ["ArchivePolicy", "Retention"]
 
 log = logging.getLogger(__name__)
 
@@ -43,46 +43,6 @@ seconds of traffic beyond what is still pending."""
 
 Archive = Callable[[BoardStore, str, Path], Awaitable[Path]]
 """Export a board's log under a directory, then remove the board; returns the file."""
-
-
-def _next_id(entry_id: str) -> str:
-    ms, seq = entry_id.split("-")
-    return f"{ms}-{int(seq) + 1}"
-
-
-def _older(a: str, b: str) -> str:
-    return min(a, b, key=lambda i: tuple(map(int, i.split("-"))))
-
-
-async def trim_floor(redis: Redis, stream: str) -> str | None:
-    """The oldest entry id some consumer group of ``stream`` still needs (pending in it,
-    or not yet delivered to it); None if no group reads the stream."""
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except redis_errors.ResponseError as exc:  # no such stream
-        if "no such key" in str(exc).lower():
-            return None
-        raise
-    floor: str | None = None
-    for group in groups:
-        needed = _next_id(str(group["last-delivered-id"]))
-        if int(group["pending"]):
-            info = await redis.xpending(stream, group["name"])
-            if info["min"] is not None:
-                needed = _older(str(info["min"]), needed)
-        floor = needed if floor is None else _older(floor, needed)
-    return floor
-
-
-async def trim_stream(redis: Redis, stream: str) -> int:
-    """Drop the entries of ``stream`` every group is done with; how many went.
-
-    A group reading between the look and the trim only moves forward, and an entry
-    reclaimed is one still pending: neither is below the floor."""
-    floor = await trim_floor(redis, stream)
-    if floor is None:
-        return 0
-    return int(await redis.xtrim(stream, minid=floor, approximate=False))
 
 
 @dataclass

@@ -12,11 +12,11 @@ from typing import Annotated
 import pytest
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
-from blackboard.supervisor.retention import ArchivePolicy, Retention, trim_floor, trim_stream
+from blackboard.supervisor.retention import ArchivePolicy, Retention
 from pydantic import BaseModel
 
 from blackboard import App, BoardStore, Key
-from blackboard.queues import submit
+from blackboard.queues import submit, trim_floor, trim_stream
 from blackboard.records import Submission
 
 
