@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import pytest
 import redis.asyncio
+from aclserver import ADMIN, lock_down
 from blackboard.agents import Context, Output, agent
 from pydantic import BaseModel
 from redis import exceptions as redis_errors
@@ -24,8 +25,6 @@ from blackboard import acl as acls
 from blackboard.errors import ConfigError
 
 pytestmark = [pytest.mark.real_only, pytest.mark.real_redis]
-
-ADMIN = ("admin", "admin-secret")
 
 
 class Pair(BaseModel):
@@ -146,16 +145,7 @@ def ops(me: str) -> list[tuple[str, frozenset[str], Callable[[redis.asyncio.Redi
 async def server(redis_servers: Any) -> AsyncIterator[Any]:
     """A private server whose ``default`` user is off, with an admin and the app's users."""
     srv = redis_servers()
-    with srv.client() as c:
-        c.acl_setuser(
-            ADMIN[0],
-            enabled=True,
-            passwords=[f"+{ADMIN[1]}"],
-            keys=["*"],
-            channels=["*"],
-            commands=["+@all"],
-        )
-        c.acl_setuser("default", enabled=False)
+    lock_down(srv)
     admin = client(srv, *ADMIN)
     wanted = acls.users(APP)
     await acls.apply(admin, wanted, acls.passwords(wanted, ENV))

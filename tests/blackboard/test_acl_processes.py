@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio
+from aclserver import ADMIN, admin_client, lock_down
 
 from blackboard import BoardStore
 from blackboard import acl as acls
 
 pytestmark = [pytest.mark.real_only, pytest.mark.real_redis, pytest.mark.slow]
 
-ADMIN = ("admin", "admin-secret")
 ROOT = Path(__file__).resolve().parents[2]
 APP_SPEC = "examples.support:app"
 AGENTS = ["triage", "technical", "billing", "account"]
@@ -54,16 +53,7 @@ async def test_the_support_example_runs_with_a_user_per_process(
     redis_servers: Any, tmp_path: Path
 ) -> None:
     srv = redis_servers()
-    with srv.client() as c:
-        c.acl_setuser(
-            ADMIN[0],
-            enabled=True,
-            passwords=[f"+{ADMIN[1]}"],
-            keys=["*"],
-            channels=["*"],
-            commands=["+@all"],
-        )
-        c.acl_setuser("default", enabled=False)
+    lock_down(srv)
     users = {"supervisor": "bb-supervisor", "operator": "bb-operator"}
     users |= {a: f"bb-agent-{a}" for a in AGENTS}
     secrets = {
@@ -101,9 +91,7 @@ async def test_the_support_example_runs_with_a_user_per_process(
 
     procs = [spawn("supervisor", "supervisor")]
     procs += [spawn(a, "agent", a) for a in AGENTS]
-    admin = redis.asyncio.Redis(
-        unix_socket_path=srv.socket, username=ADMIN[0], password=ADMIN[1], decode_responses=True
-    )
+    admin = admin_client(srv)
     store = BoardStore(admin)
     try:
         for board, text in (

@@ -10,40 +10,15 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import pytest
-from blackboard.agents import Context, Handoff, Output, agent
+from aimedapp import app as APP
 from blackboard.supervisor import Deployment
-from pydantic import BaseModel
 
-from blackboard import App, BoardStore, Key, StoreUnavailable
+from blackboard import BoardStore, StoreUnavailable
 
 pytestmark = [pytest.mark.real_only, pytest.mark.real_redis]
-
-
-class Relay(BaseModel):
-    first: Annotated[int | None, Key("first")] = None
-    second: Annotated[int | None, Key("second")] = None
-
-
-@agent("first", handoffs=("second",))
-async def first(ctx: Context) -> Output:
-    return Output(updates={"first": 1}, handoff=Handoff(to="second"))
-
-
-@agent("second", reads=("first",))
-async def second(ctx: Context) -> Output:
-    return Output(updates={"second": ctx.board["first"] + 1})
-
-
-APP = App(
-    board=Relay,
-    agents=[first, second],
-    start=["first"],
-    done=lambda b: b.get("second") is not None,
-    done_reads=["second"],
-)
 
 
 def certificates(where: Path) -> dict[str, Path]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 from blackboard.agents import Context, Handoff, Output, agent
@@ -39,8 +39,14 @@ async def second(ctx: Context) -> Output:
 APP = App(board=Pair, agents=[first, second], start=["first"])
 
 
-def entry(sub: Submission, **extra: str) -> dict[str, str]:
-    return {"s": sub.model_dump_json(), **extra}
+GRAB = [{"op": "add", "path": "/first", "value": 666}]
+"""A write to first's key."""
+
+
+def entry(kind: Any, author: str, board: str = "b1", **fields: Any) -> dict[str, str]:
+    """A stream entry carrying a submission, as any Redis client could append it."""
+    sub = Submission(kind=kind, board_id=board, author=author, **fields)
+    return {"s": sub.model_dump_json()}
 
 
 async def test_forged_submissions_are_refused_and_recorded(
@@ -54,58 +60,19 @@ async def test_forged_submissions_are_refused_and_recorded(
     record = json.loads(raw)
     assert record["agent"] == "first"
     keys, redis = sup.keys, store.redis
+    mine = keys.submissions("second", 0)
     forged = {
-        "claiming author 'first' on agent": (
-            keys.submissions("second", 0),
-            entry(
-                Submission(
-                    kind="proposal",
-                    board_id="b1",
-                    author="first",
-                    patch=[{"op": "add", "path": "/first", "value": 666}],
-                )
-            ),
-        ),
+        "claiming author 'first' on agent": (mine, entry("proposal", "first", patch=GRAB)),
         "given to 'first'": (
-            keys.submissions("second", 0),
-            entry(
-                Submission(
-                    kind="failure",
-                    board_id="b1",
-                    author="second",
-                    activation_id=given,
-                    error="fatal",
-                    reason="forged",
-                )
-            ),
+            mine,
+            entry("failure", "second", activation_id=given, error="fatal", reason="forged"),
         ),
         "operator command ('set')": (
-            keys.submissions("second", 0),
-            entry(
-                Submission(
-                    kind="command",
-                    board_id="b1",
-                    author="human:mallory",
-                    command="set",
-                    args={"values": {"note": "forged"}},
-                )
-            ),
+            mine,
+            entry("command", "human:mallory", command="set", args={"values": {"note": "x"}}),
         ),
-        "on the operators' stream": (
-            keys.commands(0),
-            entry(
-                Submission(
-                    kind="proposal",
-                    board_id="b1",
-                    author="first",
-                    patch=[{"op": "add", "path": "/first", "value": 666}],
-                )
-            ),
-        ),
-        "marked 'first'": (
-            keys.submissions("second", 0),
-            {"run": json.dumps({**record, "status": "running"})},
-        ),
+        "on the operators' stream": (keys.commands(0), entry("proposal", "first", patch=GRAB)),
+        "marked 'first'": (mine, {"run": json.dumps({**record, "status": "running"})}),
     }
     for stream, fields in forged.values():
         await redis.xadd(stream, fields)
@@ -115,7 +82,7 @@ async def test_forged_submissions_are_refused_and_recorded(
         author="second",
         patch=[{"op": "add", "path": "/second", "value": 2}],
     )
-    await redis.xadd(keys.submissions("second", 0), entry(honest))
+    await redis.xadd(mine, {"s": honest.model_dump_json()})
 
     async def done() -> bool:
         letters = await redis.xlen(keys.dead_letters)
@@ -151,8 +118,7 @@ async def test_a_refusal_on_a_board_that_does_not_exist_creates_nothing(
     store: BoardStore,
 ) -> None:
     sup = Supervisor(APP, store)
-    forged = Submission(kind="proposal", board_id="nope", author="first")
-    await store.redis.xadd(sup.keys.submissions("second", 0), entry(forged))
+    await store.redis.xadd(sup.keys.submissions("second", 0), entry("proposal", "first", "nope"))
     [queue] = [q for q in sup.queues if q.stream == sup.keys.submissions("second", 0)]
     assert await sup.intake.screen(queue, await queue.take("t", block_ms=100)) == []
     assert await store.redis.exists(store.keys("nope").incidents) == 0
