@@ -9,6 +9,7 @@
 
 The archive step here is a stand-in for ``blackboard.lifecycle.archive_board`` (export
 the log as JSON lines, then delete the board). Run: python -m bench.memory [--quick]
+[--control] (--control: the memory run again with the streams left untrimmed).
 """
 
 from __future__ import annotations
@@ -106,12 +107,15 @@ async def wait_version(store: BoardStore, boards: list[str], version: int) -> No
         await asyncio.sleep(0.01)
 
 
-async def memory_run(url: str, out: Path) -> tuple[list[int], bool]:
-    """used_memory every SAMPLE proposals; whether the last half grew by <= 5%."""
+async def memory_run(url: str, out: Path, *, trim: bool = True) -> tuple[list[int], bool]:
+    """used_memory every SAMPLE proposals; whether the last half grew by <= 5%. Without
+    ``trim`` the streams are not trimmed (boards are still archived): the control."""
     app = make_app(PER_BOARD)
     store = BoardStore.from_url(url)
     sup = Supervisor(app, store)
     sup.retention.every_s = 0.2
+    if not trim:
+        sup.retention.streams = []
     sup.retention.policy = ArchivePolicy(archive, out, after_s=0, per_round=1_000)
     stop = asyncio.Event()
     task = asyncio.create_task(sup.run(stop))
@@ -134,6 +138,9 @@ async def memory_run(url: str, out: Path) -> tuple[list[int], bool]:
         await store.close()
     mid = samples[len(samples) // 2 - 1]
     growth = (samples[-1] - mid) / mid
+    if not trim:
+        print(f"  without trimming: the last half grew {growth * 100:.1f}%")
+        return samples, growth <= 0.05
     return samples, target("memory_last_half_growth", growth * 100, "<=", 5.0)
 
 
@@ -172,6 +179,10 @@ async def main() -> None:
     with redis_server() as url, tempfile.TemporaryDirectory() as out:
         print(f"memory: {PROPOSALS:,} proposals on {BOARDS:,} boards, archived as they finish")
         await memory_run(url, Path(out))
+    if "--control" in sys.argv:
+        with redis_server() as url, tempfile.TemporaryDirectory() as out:
+            print("control: the same, streams not trimmed")
+            await memory_run(url, Path(out), trim=False)
     with redis_server() as url:
         fresh, reused, _ = await reuse_run(url)
         print(f"reuse: fresh {fresh:,.0f}/s, reused {reused:,.0f}/s ({reused / fresh:.2f})")
