@@ -13,6 +13,10 @@ batch is worked on, :class:`Intake` refuses:
 
 The supervisor's own stream (its watchdog's reports) is trusted: only its user writes it.
 
+It also refuses, clearly and without calling it an attack, a proposal based on a version
+older than the proposal records its board still keeps, whose own record is gone: it may
+have committed long ago, and it must not be applied twice.
+
 A refused entry is logged, recorded as a ``security`` incident on its board (when the
 board exists: a made-up board id creates nothing), and dead-lettered with the reason, so
 the evidence is kept and nothing of it is applied.
@@ -37,6 +41,12 @@ from blackboard.errors import ConfigError
 from blackboard.keys import GlobalKeys, check_board_id
 from blackboard.queues import RUNNING_FIELD, Delivery, WorkQueue
 from blackboard.records import Activation, Submission
+
+KEPT_FROM = "records_from"
+"""Field of a board's meta hash, kept by the retention (``supervisor/retention.py``):
+the first version whose proposal records are all kept. A proposal based on an earlier
+version whose own record is gone is refused here: it may have committed, and nothing
+could tell; its commit, if any, is in the log."""
 
 __all__ = ["Intake", "Source"]
 
@@ -106,15 +116,28 @@ class Intake:
                 parsed.append((d, Submission.model_validate_json(d.fields.get("s", ""))))
             except ValueError:
                 await queue.dead_letter(d, "not a valid submission")
-        givens = await self._given(source, [s for _, s in parsed if s is not None])
+        subs = [s for _, s in parsed if s is not None]
+        givens = await self._given(source, subs)
+        forgotten = await self._forgotten(subs)
         accepted = []
         for d, sub in parsed:
             assert sub is not None
             why = self._refusal(source, d, sub, givens)
-            if why is None:
-                accepted.append((d, sub))
-            else:
+            if why is not None:
                 await self.refuse(queue, d, sub.board_id, why)
+            elif sub.proposal_id in forgotten:
+                kept = forgotten[sub.proposal_id]
+                why = (
+                    f"proposal {sub.proposal_id} on board {sub.board_id!r} is based on "
+                    f"v{sub.base}, older than the proposal records the board keeps (from "
+                    f"v{kept}): whether it committed cannot be told, so it is not applied. "
+                    "If it committed, its commit is in the log (blackboard history); "
+                    "otherwise submit it again on the current version."
+                )
+                log.warning("refused %s from %s: %s", d.entry_id, queue.stream, why)
+                await queue.dead_letter(d, why)
+            else:
+                accepted.append((d, sub))
         reports = [(sub, d.fields["a"]) for d, sub in accepted if d.fields.get("a")]
         if reports:  # the agent's record of its activation, checked above: kept as it sent it
             pipe = self.redis.pipeline(transaction=False)
@@ -140,6 +163,28 @@ class Intake:
                 except ValueError:
                     given[key] = ""
         return given
+
+    async def _forgotten(self, subs: list[Submission]) -> dict[str, int]:
+        """Proposal id -> the board's ``records_from``, for proposals based on a version
+        whose records the retention may have dropped and whose own record is gone (see
+        ``supervisor/retention.py``): a duplicate of those could not be recognised."""
+        proposals = [s for s in subs if s.kind == "proposal"]
+        boards = list(dict.fromkeys(s.board_id for s in proposals))
+        if not boards:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for board_id in boards:
+            pipe.hget(self.keys.board(board_id).meta, KEPT_FROM)
+        kept = {b: int(v) for b, v in zip(boards, await pipe.execute(), strict=True) if v}
+        # based on b, it commits at b + 1 or later: recognised if that version's are kept
+        older = [s for s in proposals if s.base + 1 < kept.get(s.board_id, 0)]
+        if not older:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for sub in older:
+            pipe.hexists(self.keys.board(sub.board_id).proposals, sub.proposal_id)
+        known = await pipe.execute()
+        return {s.proposal_id: kept[s.board_id] for s, k in zip(older, known, strict=True) if not k}
 
     @staticmethod
     def _refusal(

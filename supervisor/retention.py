@@ -5,6 +5,10 @@
   pending (delivered, not acknowledged) or, with none pending, the first not yet
   delivered. Never a blind ``MAXLEN``, which drops entries still pending (DESIGN §11). A
   stream no group reads is left alone: nobody has taken what is in it.
+- **Proposal records** (id -> version, outcome, routing done) of commits older than
+  ``records_window_s`` (7 days) are dropped from live boards; the board's ``records_from``
+  says from which version they are all kept, and the intake refuses a proposal based
+  on an earlier version whose record is gone (never re-applied).
 - **Boards that are done** (or failed) are archived out of Redis by an
   :class:`ArchivePolicy` after a grace period: its ``archive`` callable exports the
   board's log to a file and then removes it (``blackboard.lifecycle.archive_board``,
@@ -23,8 +27,9 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from blackboard.supervisor.intake import KEPT_FROM
 from redis import exceptions as redis_errors
 
 from blackboard.keys import GlobalKeys
@@ -36,6 +41,11 @@ from blackboard.store import BoardStore
 __all__ = ["ArchivePolicy", "Retention"]
 
 log = logging.getLogger(__name__)
+
+RECORDS_WINDOW_S = 7 * 86_400.0
+"""How long a commit's proposal records (id -> version, outcome, routed) are kept."""
+SWEEP = 1_000
+"""Log entries looked at per board per round."""
 
 TRIM_EVERY_S = 10.0
 """How often the streams are trimmed: often enough that a stream holds about this many
@@ -73,6 +83,7 @@ class Retention:
         agents: the app's agent names (their queues are trimmed).
         policy: archive finished boards this way (None: never).
         every_s: time between two rounds.
+        records_window_s: how long proposal records are kept (see :data:`KEPT_FROM`).
     """
 
     def __init__(
@@ -83,6 +94,7 @@ class Retention:
         *,
         policy: ArchivePolicy | None = None,
         every_s: float = TRIM_EVERY_S,
+        records_window_s: float = RECORDS_WINDOW_S,
     ) -> None:
         self.store = store
         self.redis = store.redis
@@ -90,7 +102,9 @@ class Retention:
         self.streams = [*streams, *(self.keys.queue(a) for a in agents)]
         self.policy = policy
         self.every_s = every_s
+        self.records_window_s = records_window_s
         self._cursor = 0
+        self._records_cursor = 0
 
     async def round(self) -> tuple[int, int]:
         """One round: (entries trimmed, boards archived)."""
@@ -100,8 +114,45 @@ class Retention:
                 trimmed += await trim_stream(self.redis, stream)
             except redis_errors.ResponseError as exc:  # e.g. not a stream: leave it be
                 log.warning("retention: cannot trim %s: %s", stream, exc)
+        forgotten = await self.forget_old_records()
+        if forgotten:
+            log.info("retention: dropped the records of %d old proposals", forgotten)
         archived = await self.archive_finished() if self.policy is not None else 0
         return trimmed, archived
+
+    async def forget_old_records(self) -> int:
+        """:meth:`forget_records` on a page of the board index (all of it over rounds)."""
+        cursor, ids = await self.redis.zscan(self.keys.boards, self._records_cursor, count=200)
+        self._records_cursor = int(cursor)
+        return sum([await self.forget_records(str(b)) for b, _ in ids])
+
+    async def forget_records(self, board_id: str) -> int:
+        """Drop the proposal records of the board's commits older than the window
+        (oldest first, up to :data:`SWEEP`), then move its ``records_from`` past them."""
+        bk = self.keys.board(board_id)
+        kept = int(await self.redis.hget(bk.meta, KEPT_FROM) or 1)
+        cutoff = time.time() * 1000 - self.records_window_s * 1000
+        old: list[tuple[str, dict[str, str]]] = []
+        rows = cast(
+            "list[tuple[str, dict[str, str]]]",
+            await self.redis.xrange(bk.log, min=f"{kept}-0", count=SWEEP),
+        )
+        for entry_id, fields in rows:
+            if int(fields.get("ts") or 0) > cutoff:
+                break
+            old.append((entry_id, fields))
+        if not old:
+            return 0
+        pids = [f["proposal"] for _, f in old if f.get("proposal")]
+        pipe = self.redis.pipeline(transaction=True)
+        # (records_from first moves up, so the intake refuses before a record is gone)
+        pipe.hset(bk.meta, KEPT_FROM, int(old[-1][0].split("-")[0]) + 1)
+        if pids:
+            pipe.hdel(bk.proposals, *pids)
+            pipe.hdel(bk.results, *pids)
+            pipe.hdel(bk.routed, *pids)
+        await pipe.execute()
+        return len(pids)
 
     async def archive_finished(self) -> int:
         """Archive up to ``per_round`` finished boards past the grace period, walking the

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import pytest
 from blackboard.agents import Context, Output, agent
@@ -117,3 +117,55 @@ async def test_a_key_that_is_not_a_stream_is_skipped_not_fatal(
     retention = Retention(store, ["s"], APP.agent_names)
     assert await retention.round() == (1, 0)
     assert "cannot trim bb:queue:a" in caplog.text
+
+
+def proposal(pid: str, base: int) -> Submission:
+    patch = [{"op": "add", "path": "/x", "value": base + 1}]
+    return Submission(
+        kind="proposal", board_id="b1", author="a", proposal_id=pid, base=base, patch=patch
+    )
+
+
+async def run_until(sup: Supervisor, until: Any) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(sup.run(stop))
+    try:
+        async with asyncio.timeout(10):
+            while not await until():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task
+
+
+async def test_records_past_the_window_go_and_a_late_duplicate_is_refused_not_reapplied(
+    store: BoardStore,
+) -> None:
+    sup = Supervisor(APP, store)
+    sup.retention.every_s = 3600  # rounds by hand here
+    await store.create("b1", APP.schema)
+    prefix, bk = store.settings.key_prefix, store.keys("b1")
+    for v in range(2):
+        await submit(store.redis, prefix, proposal(f"p{v}", v))
+    await run_until(sup, lambda: store.redis.hexists(bk.results, "p1"))
+    assert await sup.retention.forget_records("b1") == 0  # within the window: kept
+    sup.retention.records_window_s = 0
+    assert await sup.retention.forget_records("b1") == 2
+    sup.retention.records_window_s = 3600  # (the next run's first round keeps p2's)
+    assert await store.redis.hlen(bk.proposals) == await store.redis.hlen(bk.results) == 0
+    assert await store.redis.hget(bk.meta, "records_from") == "3"
+    # p0 delivered again long after (an operator's retry of an old dead letter, say)
+    await submit(store.redis, prefix, proposal("p0", 0))
+    await submit(store.redis, prefix, proposal("p2", 2))  # a new one commits as usual
+
+    async def settled() -> bool:
+        return bool(await store.redis.hexists(bk.results, "p2")) and bool(
+            await store.redis.xlen(sup.keys.dead_letters)
+        )
+
+    await run_until(sup, settled)
+    assert await store.version("b1") == 3
+    assert [e.proposal_id for e in await store.history("b1")] == ["p0", "p1", "p2"]
+    [(_, letter)] = await store.redis.xrange(sup.keys.dead_letters)
+    assert "older than the proposal records the board keeps (from v3)" in letter["dl_reason"]
+    assert "blackboard history" in letter["dl_reason"]
