@@ -35,12 +35,14 @@ async def test_an_agent_restarted_under_the_same_name_runs_what_it_held_first(
     task = asyncio.create_task(restarted.run(stop))
     try:
         async with asyncio.timeout(5):  # claim_idle_ms is 30 s
-            while not await store.redis.xlen(sup.keys.submissions(0)):
+            while await store.redis.xlen(sup.keys.submissions("first", 0)) < 2:  # running, done
                 await asyncio.sleep(0.02)
     finally:
         stop.set()
         await task
-    [(_, fields)] = await store.redis.xrange(sup.keys.submissions(0))
+    [fields] = [
+        f for _, f in await store.redis.xrange(sup.keys.submissions("first", 0)) if "s" in f
+    ]
     assert held.fields["activation"] in fields["s"]
     assert await store.redis.xpending(restarted.queue.stream, "workers") == {
         "pending": 0,
