@@ -1,5 +1,5 @@
-"""Making a Redis client (a real server by URL, or the embedded in-process default), and
-sending concurrent tasks' commands together."""
+"""Making a Redis client (a real server by URL, or the embedded in-process default),
+sending concurrent tasks' commands together, and running a read-only script as one."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from blackboard.errors import ConfigError
 
-__all__ = ["Command", "Pipeliner", "connect"]
+__all__ = ["Command", "Pipeliner", "ReadOnlyScript", "connect"]
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
@@ -50,6 +50,39 @@ def connect(url: str | None = None, *, max_connections: int = 64) -> Redis:
     )
     pool.connection_class = _hiredis_packing(pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+class ReadOnlyScript:
+    """A Lua script that only reads, run with ``EVALSHA_RO`` (Redis 7), which a Redis user
+    allowed only reads may send: ``EVALSHA`` declares its keys written as well, so it
+    needs write rights on them (``blackboard acl``'s operator has none). Not yet cached
+    on the server (``NOSCRIPT``): sent whole with ``EVAL_RO``, which caches it. A server
+    without these commands (the embedded fakeredis, which has no users to enforce;
+    Redis before 7) runs it with ``EVALSHA``, as redis-py's ``Script`` does.
+
+    Args:
+        redis: the client.
+        source: the script's Lua text.
+    """
+
+    def __init__(self, redis: Redis, source: str) -> None:
+        self.redis = redis
+        self.script = redis.register_script(source)
+        self.read_only = True
+        """False once the server said it has no ``EVALSHA_RO``."""
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if self.read_only:
+            try:
+                try:
+                    return await self.redis.evalsha_ro(self.script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    return await self.redis.eval_ro(self.script.script, len(keys), *keys, *args)
+            except ResponseError as exc:
+                if not str(exc).lower().startswith("unknown command"):
+                    raise
+                self.read_only = False
+        return await self.script(keys=keys, args=args)
 
 
 def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:

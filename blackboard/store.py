@@ -28,7 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from blackboard import codec, history
 from blackboard.commits import Committer, PreparedCommit, check_version, lua
 from blackboard.config import Settings
-from blackboard.connection import Command, connect
+from blackboard.connection import Command, ReadOnlyScript, connect
 from blackboard.declarations import Declarations
 from blackboard.errors import (
     BoardExists,
@@ -86,7 +86,8 @@ class BoardStore:
         """The commit protocol; the store's commit methods are its."""
         self._closed = False
         self._create_script = redis.register_script(lua("create.lua"))
-        self._read_at_script = redis.register_script(lua("read_at.lua"))
+        self._read_at_script = ReadOnlyScript(redis, lua("read_at.lua"))
+        """Read-only: a user allowed only reads (the operator's) reads past versions."""
 
     @classmethod
     def from_url(cls, url: str | None = None, settings: Settings | None = None) -> BoardStore:

@@ -20,9 +20,10 @@ from redis import exceptions as redis_errors
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from blackboard import App, Key
+from blackboard import App, BoardStore, Key
 from blackboard import acl as acls
 from blackboard.errors import ConfigError
+from blackboard.records import Proposal
 
 pytestmark = [pytest.mark.real_only, pytest.mark.real_redis]
 
@@ -202,6 +203,23 @@ async def test_every_role_is_allowed_exactly_what_the_table_says(server: Any) ->
     await admin.aclose()
     assert wrong == [], "\n".join(wrong)
     assert denied == forbidden > 100
+
+
+async def test_every_role_reads_a_board_at_a_past_version(server: Any) -> None:
+    """``show --at`` runs read_at.lua read-only (EVALSHA_RO, EVAL_RO when the server has
+    not cached it): the operator's and an agent's users have no write rights for EVALSHA."""
+    admin = BoardStore(client(server, *ADMIN))
+    await admin.create("b1", APP.schema, {"first": 1})
+    patch = [{"op": "replace", "path": "/first", "value": 2}]
+    await admin.commit("b1", Proposal(author="first", base=0, patch=patch))
+    for role in ("operator", "first", "supervisor"):
+        await admin.redis.script_flush()  # not cached: the first call sends it whole
+        store = BoardStore(role_client(server, role))
+        for _ in range(2):
+            assert (await store.read("b1", at=0)).data["first"] == 1
+        assert (await store.read("b1")).data["first"] == 2
+        await store.close()
+    await admin.close()
 
 
 def test_users_name_their_password_variables_and_hash_the_passwords(tmp_path: Path) -> None:
