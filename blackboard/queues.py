@@ -57,7 +57,7 @@ they could trip (the examples' activations: 30 s)."""
 RUNNING_FIELD = "run"
 """Field of an entry on an agent's submission stream carrying its 'running' mark: the
 activation record as the agent started it, which the supervisor writes (an agent's Redis
-user cannot write the board's activation records; see ``supervisor/intake.py``)."""
+user cannot write the board's activation records; see ``supervisor/authentication.py``)."""
 FORGET_MS = 86_400_000
 """A consumer that has not beaten for a day is dropped from the set of known consumers
 (the idle-time reclaim took its entries long ago)."""
@@ -433,7 +433,7 @@ def submission_stream(
     """Where a submission goes: the supervisor's own reports (``by_supervisor``) to its
     stream, an operator's command to the operators' stream, anything else to its
     author's own stream. The supervisor takes the author from the stream it
-    arrives on (see ``supervisor/intake.py``), so with per-role Redis users
+    arrives on (see ``supervisor/authentication.py``), so with per-role Redis users
     (``blackboard acl``) nobody can submit under another's name."""
     shard = shard_of(submission.board_id, shards)
     if by_supervisor:

@@ -6,12 +6,12 @@ ACLs that stop a process from appending to another's stream: tests/test_acl.py).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from typing import Annotated, Any
 
 import pytest
+from bbtest import run_until
 from blackboard.agents import Context, Handoff, Output, agent
 from blackboard.supervisor import Supervisor
 from pydantic import BaseModel
@@ -88,16 +88,8 @@ async def test_forged_submissions_are_refused_and_recorded(
         letters = await redis.xlen(keys.dead_letters)
         return letters >= len(forged) and await redis.hexists(bk.results, honest.proposal_id)
 
-    stop = asyncio.Event()
     caplog.set_level(logging.WARNING, "blackboard.supervisor.authentication")
-    task = asyncio.create_task(sup.run(stop))
-    try:
-        async with asyncio.timeout(10):
-            while not await done():
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await task
+    await run_until(sup, done)
 
     board = await store.read("b1")
     assert board.data == {"first": None, "second": 2, "note": ""}

@@ -9,11 +9,10 @@ from collections import deque
 from typing import Annotated, Any
 
 import pytest
-from bbtest import counting, outcome_of
+from bbtest import counting, outcome_of, run_until
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
 from blackboard.supervisor.fast_paths import ATOMIC, GENERAL
-from blackboard.supervisor.intake import BATCH
 from blackboard.supervisor.routing import Routing
 from pydantic import BaseModel
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -147,19 +146,6 @@ async def test_a_commit_is_routed_only_under_its_own_proposal_id(store: BoardSto
 
 
 # -- a consumer batch in waves --------------------------------------------------------
-
-
-async def run_until(sup: Supervisor, until: Any, batch: int = BATCH) -> None:
-    """Run the supervisor until ``until()`` holds, then stop it."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(sup.run(stop, batch=batch))
-    try:
-        async with asyncio.timeout(10):
-            while not await until():
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await task
 
 
 async def consume(sup: Supervisor, subs: list[Submission], until: Any) -> list[int]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import pytest
+from bbtest import run_until
 from blackboard.agents import Context, Output, agent
 from blackboard.supervisor import Supervisor
 from blackboard.supervisor.retention import ArchivePolicy, Retention, archive_into
@@ -134,18 +135,6 @@ def proposal(pid: str, base: int) -> Submission:
     return Submission(
         kind="proposal", board_id="b1", author="a", proposal_id=pid, base=base, patch=patch
     )
-
-
-async def run_until(sup: Supervisor, until: Any) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(sup.run(stop))
-    try:
-        async with asyncio.timeout(10):
-            while not await until():
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await task
 
 
 async def test_records_past_the_window_go_and_a_late_duplicate_is_refused_not_reapplied(
