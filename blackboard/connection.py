@@ -67,6 +67,7 @@ class ReadOnlyScript:
 
     def __init__(self, redis: Redis, source: str) -> None:
         self.redis = redis
+        self.source = source
         self.script = redis.register_script(source)
         self.read_only = True
         """False once the server said it has no ``EVALSHA_RO``."""
@@ -77,7 +78,7 @@ class ReadOnlyScript:
                 try:
                     return await self.redis.evalsha_ro(self.script.sha, len(keys), *keys, *args)
                 except NoScriptError:
-                    return await self.redis.eval_ro(self.script.script, len(keys), *keys, *args)
+                    return await self.redis.eval_ro(self.source, len(keys), *keys, *args)
             except ResponseError as exc:
                 if not str(exc).lower().startswith("unknown command"):
                     raise
