@@ -15,21 +15,21 @@ from blackboard.errors import ConfigError
 
 __all__ = ["acl"]
 
+FILE = click.Path(dir_okay=False, path_type=Path)
+
 
 @main.command()
 @click.option("--app", "app_spec", required=True, help="pkg.module:app")
 @click.option(
     "--secrets",
     "secrets_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
+    type=FILE,
     help="File of NAME=password lines (the environment's BLACKBOARD_PASSWORD_* win).",
 )
 @click.option(
     "--file",
     "acl_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
+    type=FILE,
     help="Write an ACL file (the server's aclfile) instead of printing ACL SETUSER lines.",
 )
 @click.option(
