@@ -76,17 +76,17 @@ async def raw_vs_library(store: BoardStore, n: int, rounds: int) -> tuple[Row, R
     await store.create("raw", SCHEMA)
     await store.create("lib", SCHEMA)
     # Record the exact script calls the library makes for n commits on board "raw"...
-    script = store._commit_script
+    script = store.committer.script
     recorded: list[tuple[list[str], list[Any]]] = []
 
     async def record(keys: list[str], args: list[Any]) -> list[Any]:
         recorded.append((keys, args))
         return ["ok", len(recorded), 0, "score"]
 
-    store._commit_script = record  # type: ignore[assignment]
+    store.committer.script = record  # type: ignore[assignment]
     for i in range(n * rounds):
         await store.commit("raw", Proposal.updates("agent", i, {"score": i}, **ids()))
-    store._commit_script = script
+    store.committer.script = script
 
     async def raw(i: int) -> None:
         keys, args = recorded[i]

@@ -165,7 +165,7 @@ async def main() -> None:
         store = BoardStore.from_url(url, Settings(redis_url=url))
         sup = Supervisor(sbench.app, store)
         await sup.publish(replace=True)
-        script = store._commit_script
+        script = store.committer.script
         await store.redis.script_load(script.script)
         raw = await count(replay(store, script.sha, await raw_calls(store)))
         await store.redis.script_load(sup.router.commit_route_script.script)

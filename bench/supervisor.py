@@ -61,14 +61,15 @@ SENT = 100
 
 
 def spawn_supervisor(
-    url: str, wrapper: Sequence[str] = (), stderr: int | None = None
+    url: str, wrapper: Sequence[str] = (), stderr: int | None = None, *, fast_io: bool = True
 ) -> subprocess.Popen[bytes]:
     """A supervisor process for :data:`app` on ``url``; ``wrapper``: a command that runs
-    it (valgrind, say)."""
+    it (valgrind, say); ``fast_io``: its Redis I/O (``Settings.fast_io``)."""
     root = str(Path(__file__).resolve().parents[1])
     env = {
         **os.environ,
         "BLACKBOARD_REDIS_URL": url,
+        "BLACKBOARD_FAST_IO": "1" if fast_io else "0",
         "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     return subprocess.Popen(
@@ -96,7 +97,7 @@ async def recorded_commits(
 ) -> list[Call]:
     """The commit script's calls for ``commits`` (board, proposal), built by the library
     as for a real commit, recorded instead of sent: what the raw figures replay."""
-    script = store._commit_script
+    script = store.committer.script
     calls: list[Call] = []
     versions: Counter[str] = Counter()
 
@@ -104,13 +105,13 @@ async def recorded_commits(
         calls.append((keys, args))
         return ["ok", versions[keys[0]], 0, "x"]
 
-    store._commit_script = record  # type: ignore[assignment]
+    store.committer.script = record  # type: ignore[assignment]
     try:
         for board, proposal in commits:
             versions[store.keys(board).meta] += 1
             await store.commit(board, proposal)
     finally:
-        store._commit_script = script
+        store.committer.script = script
     return calls
 
 
@@ -140,7 +141,7 @@ async def raw_sequential(store: BoardStore, n: int) -> float:
             for i in range(n)
         ),
     )
-    script = store._commit_script
+    script = store.committer.script
     t0 = time.perf_counter()
     for keys, args in recorded:
         await script(keys=keys, args=args)

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 __all__ = ["App", "Audit", "Gate", "Limits", "Policy", "load_app"]
 
 Check = Callable[[Mapping[str, Any]], "bool | str | None"]
+"""A synchronous check over a board view (key -> value, unset keys absent): True or None
+passes; False fails with the check's default message; a non-empty string fails with
+that string as the reason. See :class:`Policy` and ``App.done``."""
 
 
 def verdict(result: bool | str | None, default_message: str) -> str | None:
@@ -46,7 +49,17 @@ class Policy:
     commit. The keys it reads join the commit's read set, so a concurrent change to them
     is a conflict (re-validated), never a silent write skew.
 
-    ``check(board)`` returns True/None when satisfied, else False or a message.
+    ``check(board)``:
+        Receives: the board as it would be after the proposal, limited to the keys the
+            proposal touches and those the app's policies read (``reads``); an unset
+            key is absent.
+        Returns: True or None when satisfied; False (``message`` is the reason) or a
+            message when not: the proposal is rejected with that reason, nothing is
+            committed, and its author gets it as feedback for a rewrite.
+        Runs: in the supervisor, synchronously, on every proposal, before any gate
+            and the commit; again if the commit lost a race. Keep it fast and pure
+            (no I/O): it runs inside the supervisor's loop.
+        Raises: an exception counts as a failure (the reason names it), not a crash.
     """
 
     name: str
@@ -58,7 +71,18 @@ class Policy:
 @dataclass(frozen=True)
 class Audit:
     """A check after commit (possibly slow or semantic). A failure rolls the board back
-    to the compliant version and sends the author a rewrite request."""
+    to the compliant version and sends the author a rewrite request.
+
+    ``check(board)``:
+        Receives: the committed version's values of the keys every audit of the app
+            reads (``reads``); an unset key is absent.
+        Returns: True or None when the version passes; False (``message`` is the
+            reason) or a message when not. May be a coroutine function (a model call,
+            say); its result is awaited.
+        Runs: in the supervisor, after each commit, audits in order until one fails;
+            the board goes on meanwhile (later commits may be rolled back with it).
+        Raises: an exception counts as a failure (the reason names it).
+    """
 
     name: str
     reads: tuple[str, ...]
@@ -69,7 +93,19 @@ class Audit:
 @dataclass(frozen=True)
 class Gate:
     """A human-approval checkpoint: a proposal for which ``when(updates, board)`` is true
-    is held, not committed, until an operator approves or rejects it."""
+    is held, not committed, until an operator approves or rejects it.
+
+    ``when(updates, board)``:
+        Receives: ``updates``, the values the proposal would write (key -> value, None
+            for a removal), and ``board``, the board as it would be after it (the keys
+            it touches and those the policies and gates read).
+        Returns: True to hold the proposal for an operator (``blackboard approve`` or
+            ``reject``); False to let it commit. The first gate that holds wins.
+        Runs: in the supervisor, synchronously, after the policies passed and before
+            the commit. Keep it fast and pure.
+        Raises: an exception leaves the submission pending; it is delivered again up
+            to ``Limits.max_deliveries`` times, then dead-lettered (the board waits).
+    """
 
     name: str
     reads: tuple[str, ...]
@@ -105,7 +141,19 @@ class Limits(BaseModel):
 
 
 Router = Callable[[Mapping[str, Any], Sequence[str]], Sequence[str]]
-"""router(board, changed_keys) -> agents to activate, after handoffs and triggers."""
+"""The app's routing callback, ``router(board, changed_keys) -> agent names``.
+
+Receives: the board's values of the keys routing reads (``App.router_reads``, the
+    triggers' watched keys and ``App.done_reads``; an unset key is absent) and the keys
+    the commit changed.
+Returns: names of agents to activate, besides the handoff and the triggers that fired
+    (an agent wanted twice is activated once); an empty sequence adds none.
+Runs: in the supervisor, synchronously, after every commit that changed keys (once
+    ``done`` said the board is not done). Keep it fast and pure.
+Raises: an exception, or a name that is not an agent of the app (ConfigError), leaves
+    the submission pending: routing is retried on redelivery (the commit is not
+    repeated), up to ``Limits.max_deliveries`` times, then it is dead-lettered.
+"""
 
 
 @dataclass
@@ -118,9 +166,15 @@ class App:
         agents: the agents; names unique; each owns exactly the keys the model gives it.
         start: agent(s) activated when a board starts.
         policies, audits, gates: see their classes.
-        done: completion condition over the board; a board is ``done`` when it holds.
+        done: completion condition (a :data:`Check`): called in the supervisor after
+            every commit that changed keys, before any activation, with the keys
+            routing reads (``done_reads`` among them). A truthy result makes the
+            board ``done`` and activates nobody; False or None goes on. An exception
+            leaves the submission pending, as for ``router``.
         done_reads: the keys ``done`` reads.
-        router: optional; extra activations decided from the board.
+        router: optional; extra activations decided from the board (see
+            :data:`Router`).
+        router_reads: the keys ``router`` reads (default: its ``reads`` attribute).
         summariser: name of the agent that summarises keys that grow too large.
         limits: loop, budget and time limits.
         model: the model agents get in their context (see ``blackboard.agents.models``).

@@ -1,36 +1,88 @@
-"""Making a Redis client (a real server by URL, or the embedded in-process default),
-sending concurrent tasks' commands together, and running a read-only script as one."""
+"""Making a Redis client (a real server by URL, or the embedded in-process default), and
+sending concurrent tasks' commands together."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection, Connection
-from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.utils import HIREDIS_AVAILABLE
 
 from blackboard.errors import ConfigError
 
-__all__ = ["Command", "Pipeliner", "ReadOnlyScript", "connect"]
+__all__ = ["FAST_IO", "Command", "Pipeliner", "connect", "missing_internals"]
 
 _SCHEMES = ("redis://", "rediss://", "unix://")
 
+# The redis-py internals the fast I/O builds on (object, attribute path), and parameters
+# it passes to them: redis-py does not promise them, so they are checked, not assumed.
+_USES: tuple[tuple[str, str], ...] = (
+    ("redis.utils", "HIREDIS_AVAILABLE"),
+    ("redis.connection", "HiredisRespSerializer.pack"),
+    ("redis.asyncio.connection", "AbstractConnection._host_error"),
+    ("redis.asyncio.connection", "AbstractConnection.pack_command"),
+    ("redis.asyncio.connection", "AbstractConnection.pack_commands"),
+    ("redis.asyncio.connection", "AbstractConnection.send_packed_command"),
+    ("redis.asyncio.connection", "AbstractConnection.read_response"),
+    ("redis.asyncio.connection", "AbstractConnection.disconnect"),
+    ("redis.asyncio.connection", "ConnectionPool.get_connection"),
+    ("redis.asyncio.connection", "ConnectionPool.ensure_connection"),
+    ("redis.asyncio.connection", "ConnectionPool.release"),
+    ("redis.asyncio.client", "Pipeline.parse_response"),
+)
+_PARAMETERS = {"send_packed_command": "check_health", "disconnect": "nowait"}
+_INSTANCE = ("_parser", "socket_timeout", "health_check_interval", "next_health_check")
 
-def connect(url: str | None = None, *, max_connections: int = 64) -> Redis:
+
+def missing_internals() -> list[str]:
+    """The redis-py internals the fast I/O (see :func:`connect`) needs that the installed
+    redis-py lacks: none from 5.2 to 8.x (CI runs tests/blackboard/test_pipeliner.py
+    against both ends of the range the project allows)."""
+    missing = []
+    for module, path in _USES:
+        found: Any = importlib.import_module(module)
+        for name in path.split("."):
+            found = getattr(found, name, None)
+        wanted = _PARAMETERS.get(path.rsplit(".", 1)[-1])
+        if not found or (wanted and wanted not in inspect.signature(found).parameters):
+            missing.append(f"{module}.{path}" + (f"({wanted}=)" if wanted else ""))
+    connection = Connection()  # not connected: no I/O
+    missing += [f"Connection().{a}" for a in _INSTANCE if not hasattr(connection, a)]
+    if not hasattr(getattr(connection, "_parser", None), "read_response"):
+        missing.append("Connection()._parser.read_response")
+    pipeline = Pipeline(None, {}, False, None)  # type: ignore[arg-type]
+    if not isinstance(getattr(pipeline, "command_stack", None), list):
+        missing.append("Pipeline().command_stack")
+    return missing
+
+
+FAST_IO = not missing_internals()
+"""Whether the installed redis-py has what the fast I/O needs; without it, every client
+:func:`connect` makes uses plain redis-py."""
+
+
+def connect(url: str | None = None, *, max_connections: int = 64, fast_io: bool = True) -> Redis:
     """A client with ``decode_responses=True``. No I/O happens until first use.
 
     ``url=None`` gives the embedded store: fakeredis with Lua, in this process, so the
     first run needs no server. Each call makes a fresh, empty embedded server; share one
     :class:`~blackboard.store.BoardStore` (or its client) between components that must see
     the same boards. A blocking pool bounds connections under many concurrent tasks.
+
+    ``fast_io``: on a real server, this module's own I/O on redis-py's internals (commands
+    packed by hiredis, scripts' replies read straight from the parser, and a
+    :class:`Pipeliner` that keeps its connection and several round trips in flight);
+    used only if the installed redis-py has those internals (:data:`FAST_IO`). Else, or
+    with ``False`` (``Settings.fast_io``), plain redis-py.
     """
     if url is None:
         import fakeredis  # the embedded default only; a real deployment never loads it
@@ -48,42 +100,9 @@ def connect(url: str | None = None, *, max_connections: int = 64) -> Redis:
         timeout=20,
         health_check_interval=30,
     )
-    pool.connection_class = _hiredis_packing(pool.connection_class)
+    if fast_io and FAST_IO:
+        pool.connection_class = _hiredis_packing(pool.connection_class)
     return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
-
-
-class ReadOnlyScript:
-    """A Lua script that only reads, run with ``EVALSHA_RO`` (Redis 7), which a Redis user
-    allowed only reads may send: ``EVALSHA`` declares its keys written as well, so it
-    needs write rights on them (``blackboard acl``'s operator has none). Not yet cached
-    on the server (``NOSCRIPT``): sent whole with ``EVAL_RO``, which caches it. A server
-    without these commands (the embedded fakeredis, which has no users to enforce;
-    Redis before 7) runs it with ``EVALSHA``, as redis-py's ``Script`` does.
-
-    Args:
-        redis: the client.
-        source: the script's Lua text.
-    """
-
-    def __init__(self, redis: Redis, source: str) -> None:
-        self.redis = redis
-        self.source = source
-        self.script = redis.register_script(source)
-        self.read_only = True
-        """False once the server said it has no ``EVALSHA_RO``."""
-
-    async def __call__(self, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        if self.read_only:
-            try:
-                try:
-                    return await self.redis.evalsha_ro(self.script.sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    return await self.redis.eval_ro(self.source, len(keys), *keys, *args)
-            except ResponseError as exc:
-                if not str(exc).lower().startswith("unknown command"):
-                    raise
-                self.read_only = False
-        return await self.script(keys=keys, args=args)
 
 
 def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
@@ -91,13 +110,13 @@ def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
     hiredis (redis-py's own ``HiredisRespSerializer``), which is ~10x faster: a commit
     carries dozens of arguments. The bytes on the wire are the same. These connections
     also read a script's reply without redis-py's per-reply wrapping (``read_reply``)."""
-    if not HIREDIS_AVAILABLE:
-        return cls
     import hiredis
+    from redis.connection import HiredisRespSerializer
 
     serializer = HiredisRespSerializer()
 
     class Packing(cls):  # type: ignore[valid-type,misc]
+        fast_io = True  # a Pipeliner on these connections keeps one (see _Pinned)
         packs_heads = True  # takes a _Head in place of a script call's sha, keys
 
         async def read_reply(self) -> Any:
@@ -203,9 +222,19 @@ class Pipeliner:
     redis-py's ``ConnectionError``: their commands may or may not have run.
     """
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, pinned: bool | None = None) -> None:
+        """``pinned``: send on one connection kept between round trips, written to while
+        earlier round trips' replies are still coming (:class:`_Pinned`, on redis-py's
+        internals); else each round trip is a plain redis-py pipeline on a pooled
+        connection. By default pinned when ``redis`` came from :func:`connect` with its
+        fast I/O."""
         self.redis = redis
-        self._pipe = _Pinned(redis.connection_pool, redis.response_callbacks, False, None)
+        if pinned is None:
+            pinned = getattr(redis.connection_pool.connection_class, "fast_io", False)
+        cls = _Pinned if pinned else _Plain
+        self._pipe: _Pinned | _Plain = cls(
+            redis.connection_pool, redis.response_callbacks, False, None
+        )
         self._flying = 0
         self._waiting: list[tuple[list[Command], asyncio.Future[list[Any]], bool]] = []
         self._sending: set[asyncio.Task[None]] = set()
@@ -333,6 +362,24 @@ class Pipeliner:
                 self._heads.clear()
             head = self._heads[ident] = _Head(sha, keys)
         return ("EVALSHA", head, argv if argv.__class__ is tuple else tuple(argv))
+
+
+class _Plain(Pipeline):
+    """The Pipeliner's pipeline on plain redis-py (no :data:`FAST_IO`, or not asked for):
+    commands are queued as on :class:`_Pinned`, and each execute sends them in a fresh
+    redis-py pipeline, on a connection from the pool, so several may be in flight."""
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack, self.command_stack = self.command_stack, []
+        if not stack:
+            return []
+        pipe = Pipeline(self.connection_pool, self.response_callbacks, False, None)
+        for args, options in stack:
+            pipe.execute_command(*args, **options)
+        return await pipe.execute(raise_on_error)  # type: ignore[no-any-return]
+
+    async def release(self) -> None:
+        """Nothing kept: each round trip gave its connection back to the pool."""
 
 
 class _Pinned(Pipeline):

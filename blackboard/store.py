@@ -28,7 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from blackboard import codec, history
 from blackboard.commits import Committer, PreparedCommit, check_version, lua
 from blackboard.config import Settings
-from blackboard.connection import Command, ReadOnlyScript, connect
+from blackboard.connection import Command, connect
 from blackboard.declarations import Declarations
 from blackboard.errors import (
     BoardExists,
@@ -38,6 +38,7 @@ from blackboard.errors import (
     redis_failures,
 )
 from blackboard.keys import BoardKeys, GlobalKeys, check_board_id
+from blackboard.readonly import ReadOnlyScript
 from blackboard.records import (
     BoardInfo,
     BoardSize,
@@ -94,7 +95,8 @@ class BoardStore:
         """A store on ``url`` (``redis://``, ``unix://``), else ``BLACKBOARD_REDIS_URL``,
         else the embedded in-process Redis."""
         settings = settings or Settings.from_env(redis_url=url)
-        return cls(connect(settings.redis_url if url is None else url), settings)
+        client = connect(settings.redis_url if url is None else url, fast_io=settings.fast_io)
+        return cls(client, settings)
 
     async def close(self) -> None:
         """Close the client (idempotent)."""

@@ -187,7 +187,7 @@ def test_cli_reports_corrupt_data_in_one_line(redis_server: Any, loan_schema: An
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         "error: key 'counter' of board 'loan-1' stored in Redis is not valid JSON "
-        "(Expecting value: line 1 column 4 (char 3)): something other than this package "
+        "(unexpected end of data: line 1 column 4 (char 3)): something other than this package "
         "wrote it, or it was damaged. Restore it from a backup or delete the board; check "
         "that nothing else writes under this key prefix."
     ]

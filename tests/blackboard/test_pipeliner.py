@@ -1,5 +1,9 @@
 """The Pipeliner: concurrent callers share round trips, each gets its own replies and
-its own errors; scripts a server lost are loaded again. Both backends."""
+its own errors; scripts a server lost are loaded again. Both backends, and both ways
+of sending (``pinned``: the fast I/O on redis-py's internals; plain redis-py
+pipelines). This is the contract CI runs against the lowest and the newest redis-py the
+project allows (.ci/run): the tests of the pinned way alone check that its use of
+redis-py's internals still holds."""
 
 from __future__ import annotations
 
@@ -16,11 +20,69 @@ from redis.exceptions import BusyLoadingError, DataError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from blackboard.connection import IN_FLIGHT, Pipeliner, connect
+from blackboard.connection import FAST_IO, IN_FLIGHT, Pipeliner, connect, missing_internals
 
 
-async def test_callers_meanwhile_share_one_round_trip(redis_client: redis.asyncio.Redis) -> None:
-    p = Pipeliner(redis_client)
+@pytest.fixture(params=[True, False], ids=["pinned", "plain"])
+def pinned(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def test_this_redis_py_has_every_internal_the_fast_io_needs() -> None:
+    """Run against the lowest and the newest redis-py allowed: a release that drops one
+    fails here (the fast I/O would otherwise be left silently)."""
+    assert missing_internals() == []
+    assert FAST_IO
+
+
+def test_without_an_internal_connect_falls_back_to_plain_redis_py(
+    redis_servers: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A redis-py without one of the internals the fast I/O uses: it is named, and
+    connect() gives plain redis-py clients, whose Pipeliner sends plain pipelines."""
+    from redis.asyncio.connection import AbstractConnection
+
+    from blackboard import connection
+
+    monkeypatch.delattr(AbstractConnection, "_host_error")
+    assert missing_internals() == ["redis.asyncio.connection.AbstractConnection._host_error"]
+    monkeypatch.setattr(connection, "FAST_IO", not missing_internals())
+    client = connect(redis_servers().url)
+    assert not hasattr(client.connection_pool.connection_class, "fast_io")
+    assert type(Pipeliner(client)._pipe).__name__ == "_Plain"
+
+
+@pytest.mark.parametrize(
+    ("chosen", "expected"),
+    [
+        ({}, "_Pinned"),
+        ({"BLACKBOARD_FAST_IO": "0"}, "_Plain"),
+        ({"BLACKBOARD_FAST_IO": "1"}, "_Pinned"),
+    ],
+)
+async def test_settings_choose_the_fast_io_or_plain_redis_py(
+    redis_servers: Any, chosen: dict[str, str], expected: str
+) -> None:
+    """Settings.fast_io (BLACKBOARD_FAST_IO) reaches connect(); the embedded store, with
+    no socket to save round trips on, sends plain pipelines either way."""
+    from blackboard import BoardStore, Settings
+
+    url = redis_servers().url
+    store = BoardStore.from_url(url, Settings.from_env(chosen, redis_url=url))
+    try:
+        assert type(Pipeliner(store.redis)._pipe).__name__ == expected
+        assert await Pipeliner(store.redis).execute(("incr", ("n",), {})) == [1]
+    finally:
+        await store.close()
+    embedded = BoardStore.from_url(None, Settings.from_env(chosen))
+    assert type(Pipeliner(embedded.redis)._pipe).__name__ == "_Plain"
+    await embedded.close()
+
+
+async def test_callers_meanwhile_share_one_round_trip(
+    redis_client: redis.asyncio.Redis, pinned: bool
+) -> None:
+    p = Pipeliner(redis_client, pinned=pinned)
     sizes = counting(p)
     replies = await asyncio.gather(
         *(p.execute(("set", (f"k{i}", i), {}), ("incr", (f"k{i}",), {})) for i in range(50))
@@ -31,19 +93,24 @@ async def test_callers_meanwhile_share_one_round_trip(redis_client: redis.asynci
     assert sizes == [2] * IN_FLIGHT + [2 * (50 - IN_FLIGHT)]
 
 
-async def test_a_lone_caller_is_not_delayed_or_batched(redis_client: redis.asyncio.Redis) -> None:
-    p = Pipeliner(redis_client)
+async def test_a_lone_caller_is_not_delayed_or_batched(
+    redis_client: redis.asyncio.Redis, pinned: bool
+) -> None:
+    p = Pipeliner(redis_client, pinned=pinned)
     sizes = counting(p)
     for i in range(3):
         assert await p.execute(("incr", ("n",), {})) == [i + 1]
     assert sizes == [1, 1, 1]
     if not isinstance(redis_client, FakeAsyncRedis):  # one connection served all three
-        assert len(await redis_client.client_list()) == 2  # with this client_list's own
+        # pinned: kept, beside client_list's own; plain: back in the pool, client_list's
+        assert len(await redis_client.client_list()) == (2 if pinned else 1)
 
 
-async def test_an_error_reaches_only_its_caller(redis_client: redis.asyncio.Redis) -> None:
+async def test_an_error_reaches_only_its_caller(
+    redis_client: redis.asyncio.Redis, pinned: bool
+) -> None:
     await redis_client.set("text", "not a number")
-    p = Pipeliner(redis_client)
+    p = Pipeliner(redis_client, pinned=pinned)
     results = await asyncio.gather(
         p.execute(("incr", ("n",), {})),
         p.execute(("set", ("a", 1), {}), ("incr", ("text",), {}), ("set", ("b", 2), {})),
@@ -57,14 +124,16 @@ async def test_an_error_reaches_only_its_caller(redis_client: redis.asyncio.Redi
     assert await redis_client.mget("a", "b") == ["1", "2"]
 
 
-async def test_script_replies_come_back_in_place(redis_client: redis.asyncio.Redis) -> None:
+async def test_script_replies_come_back_in_place(
+    redis_client: redis.asyncio.Redis, pinned: bool
+) -> None:
     """A script's reply is read as it comes (nested tables included); a script's error is
     that command's reply, and the commands around it still get theirs."""
     nested = redis_client.register_script("return {'ok', ARGV[1], {1, 'x'}}")
     failing = redis_client.register_script("return redis.error_reply('NOPE refused here')")
     await nested(args=["warm"])
     await redis_client.script_load(failing.script)
-    p = Pipeliner(redis_client)
+    p = Pipeliner(redis_client, pinned=pinned)
     replies = await p.execute(
         ("script", (nested, [], ["a"]), {}),
         ("script", (failing, [], []), {}),
@@ -77,12 +146,14 @@ async def test_script_replies_come_back_in_place(redis_client: redis.asyncio.Red
 
 @pytest.mark.parametrize("concurrent", [1, 5])
 async def test_scripts_the_server_lost_are_loaded_again(
-    redis_client: redis.asyncio.Redis, concurrent: int
+    redis_client: redis.asyncio.Redis,
+    concurrent: int,
+    pinned: bool,
 ) -> None:
     script = redis_client.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     await script(keys=["s"], args=[1])
     await redis_client.script_flush()
-    p = Pipeliner(redis_client)
+    p = Pipeliner(redis_client, pinned=pinned)
     calls = [p.execute(("script", (script, ["s"], [10]), {})) for _ in range(concurrent)]
     replies = await asyncio.gather(*calls)
     assert sorted(r[0] for r in replies) == [1 + 10 * (i + 1) for i in range(concurrent)]
@@ -91,6 +162,7 @@ async def test_scripts_the_server_lost_are_loaded_again(
 
 async def test_what_follows_a_lost_script_runs_again_after_it(
     redis_client: redis.asyncio.Redis,
+    pinned: bool,
 ) -> None:
     """A caller's commands after a script depend on it (a read of what it wrote, a
     WAIT): when the server had lost the script, they ran before it, so they run again
@@ -101,7 +173,7 @@ async def test_what_follows_a_lost_script_runs_again_after_it(
     )
     await script(keys=["v", "n"], args=["old"])
     await redis_client.script_flush()
-    p = Pipeliner(redis_client)
+    p = Pipeliner(redis_client, pinned=pinned)
     sizes = counting(p)
     p._flying = IN_FLIGHT  # both callers wait, then go in one round trip
     writer = asyncio.ensure_future(
@@ -123,6 +195,7 @@ async def test_what_follows_a_lost_script_runs_again_after_it(
 
 async def test_a_script_that_ran_is_not_run_again_with_a_lost_one(
     redis_client: redis.asyncio.Redis,
+    pinned: bool,
 ) -> None:
     """The server had lost the first script but not the second: only the first runs
     again (and the read after both), so the second counts once."""
@@ -130,7 +203,7 @@ async def test_a_script_that_ran_is_not_run_again_with_a_lost_one(
     kept = redis_client.register_script("return redis.call('INCRBY', KEYS[1], 10)")
     await redis_client.script_flush()
     await redis_client.script_load(kept.script)
-    p = Pipeliner(redis_client)
+    p = Pipeliner(redis_client, pinned=pinned)
     sizes = counting(p)
     replies = await p.execute(
         ("script", (lost, ["a"], []), {}),
@@ -144,7 +217,9 @@ async def test_a_script_that_ran_is_not_run_again_with_a_lost_one(
 @pytest.mark.real_only
 @pytest.mark.parametrize("stuck", ["read", "write"])
 async def test_a_hung_server_times_out_and_the_connection_recovers(
-    redis_servers: Any, stuck: str
+    redis_servers: Any,
+    stuck: str,
+    pinned: bool,
 ) -> None:
     """A server that stops answering (SIGSTOP) raises redis' TimeoutError after the
     socket timeout, whether the reply never comes or the request cannot even be written
@@ -153,7 +228,7 @@ async def test_a_hung_server_times_out_and_the_connection_recovers(
 
     server = redis_servers()
     client = connect(f"{server.url}?socket_timeout=0.5")
-    p = Pipeliner(client)
+    p = Pipeliner(client, pinned=pinned)
     await p.execute(("set", ("k", "v"), {}))
     command = ("get", ("k",), {}) if stuck == "read" else ("set", ("big", "x" * (2 << 20)), {})
     server.process.send_signal(signal.SIGSTOP)
@@ -175,13 +250,14 @@ async def test_a_hung_server_times_out_and_the_connection_recovers(
 @pytest.mark.real_only
 async def test_a_round_trip_longer_than_the_socket_timeout_succeeds_while_replies_come(
     redis_servers: Any,
+    pinned: bool,
 ) -> None:
     """The socket timeout bounds the wait for the next reply, not the whole pipeline:
     twelve BLPOPs that each time out after 0.1 s answer one by one over 1.2 s, past a
     0.5 s socket timeout, and the round trip succeeds (as with redis-py's own reads)."""
     server = redis_servers()
     client = connect(f"{server.url}?socket_timeout=0.5")
-    p = Pipeliner(client)
+    p = Pipeliner(client, pinned=pinned)
     started = asyncio.get_running_loop().time()
     replies = await p.execute(*[("blpop", (["empty"], 0.1), {}) for _ in range(12)])
     assert replies == [None] * 12
@@ -192,13 +268,14 @@ async def test_a_round_trip_longer_than_the_socket_timeout_succeeds_while_replie
 @pytest.mark.real_only
 async def test_a_caller_cancelled_mid_round_trip_leaves_no_reply_for_the_next(
     redis_servers: Any,
+    pinned: bool,
 ) -> None:
     """A round trip abandoned before its replies were read (its caller cancelled) drops
     the connection: the next caller gets its own replies, and the abandoned BLPOP,
     gone with its connection, takes nothing from the list."""
     server = redis_servers()
     client = connect(server.url)
-    p = Pipeliner(client)
+    p = Pipeliner(client, pinned=pinned)
     waiting = asyncio.ensure_future(p.execute(("blpop", (["q"], 5), {})))
     async with asyncio.timeout(10):  # until the BLPOP blocks on the server
         while int((await client.info("clients"))["blocked_clients"]) == 0:
@@ -213,11 +290,12 @@ async def test_a_caller_cancelled_mid_round_trip_leaves_no_reply_for_the_next(
 
 async def test_an_argument_that_cannot_be_sent_fails_its_call_alone(
     redis_client: redis.asyncio.Redis,
+    pinned: bool,
 ) -> None:
     """A command redis-py cannot encode (None as a value) raises its DataError before
     anything is sent: nothing of that call ran, and the next call, on the same
     connection, gets its own replies."""
-    p = Pipeliner(redis_client)
+    p = Pipeliner(redis_client, pinned=pinned)
     real = not isinstance(redis_client, FakeAsyncRedis)
     first = await p.execute(("set", ("k", "v"), {}), *([("client_id", (), {})] if real else []))
     with pytest.raises(DataError):  # its message is redis-py's, worded per packer
@@ -315,12 +393,14 @@ callers = st.lists(
 )
 @given(calls=callers)
 async def test_no_caller_ever_gets_anothers_replies(
-    redis_client: redis.asyncio.Redis, calls: list[tuple[int, int | None]]
+    redis_client: redis.asyncio.Redis,
+    calls: list[tuple[int, int | None]],
+    pinned: bool,
 ) -> None:
     """Concurrent callers, some cancelled after a few turns of the event loop: every
     caller that returns has exactly its own replies; one that fails was cancelled, or
     hears that the connection was lost in flight; the Pipeliner then works again."""
-    p = Pipeliner(redis_client)
+    p = Pipeliner(redis_client, pinned=pinned)
 
     async def call(i: int, n: int) -> list[Any]:
         return await p.execute(*[("echo", (f"{i}.{j}",), {}) for j in range(n)])
@@ -340,6 +420,8 @@ async def test_no_caller_ever_gets_anothers_replies(
         else:
             assert result == [f"{i}.{j}" for j in range(n)]
     assert await call(99, 2) == ["99.0", "99.1"]
+    if not pinned:  # on connections of their own, round trips of cancelled callers may
+        await asyncio.gather(*p._sending)  # still be in flight (pinned: read before it)
     assert (p._flying, p._waiting) == (0, [])
     await p.aclose()
 
@@ -481,7 +563,16 @@ async def test_a_read_that_fails_is_redis_py_s_connection_error(redis_servers: A
         async def reset(_: int) -> bytes:
             raise ConnectionResetError(104, "Connection reset by peer")
 
-        connection._parser._stream.read = reset  # type: ignore[attr-defined]
+        send = connection.send_packed_command
+
+        async def send_then_fail_reads(*args: Any, **kwargs: Any) -> None:
+            # after the send: the pool's check before it (a read, in redis-py < 8) would
+            # see the failure first and quietly reconnect
+            await send(*args, **kwargs)
+            connection._parser._stream.read = reset  # type: ignore[attr-defined]
+            del connection.send_packed_command  # once: the class's again
+
+        connection.send_packed_command = send_then_fail_reads  # type: ignore[method-assign]
         with pytest.raises(RedisConnectionError, match="Connection reset by peer"):
             await p.execute(("script", (echo, [], ["x"]), {}))
         assert await p.execute(("script", (echo, [], ["y"]), {})) == [["ok", "y"]]
