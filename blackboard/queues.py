@@ -88,8 +88,10 @@ class Liveness:
 
     async def beat(self) -> None:
         now = int(time.time() * 1000)
-        await self.redis.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
-        await self.redis.zadd(self.keys.consumers, {self.consumer: now})
+        pipe = self.redis.pipeline(transaction=True)  # a reader sees both or neither
+        pipe.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
+        pipe.zadd(self.keys.consumers, {self.consumer: now})
+        await pipe.execute()
         self._beats += 1
         if self._beats % 1000 == 1:  # now and then: the long-gone are forgotten
             await self.redis.zremrangebyscore(self.keys.consumers, "-inf", now - FORGET_MS)
