@@ -88,10 +88,10 @@ class Liveness:
 
     async def beat(self) -> None:
         now = int(time.time() * 1000)
-        pipe = self.redis.pipeline(transaction=True)  # a reader sees both or neither
-        pipe.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
-        pipe.zadd(self.keys.consumers, {self.consumer: now})
-        await pipe.execute()
+        # The beat's time first: a reader in between sees a consumer not yet alive,
+        # never one alive that has not beaten.
+        await self.redis.zadd(self.keys.consumers, {self.consumer: now})
+        await self.redis.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
         self._beats += 1
         if self._beats % 1000 == 1:  # now and then: the long-gone are forgotten
             await self.redis.zremrangebyscore(self.keys.consumers, "-inf", now - FORGET_MS)
