@@ -43,7 +43,7 @@ from blackboard.errors import (
 )
 from blackboard.keys import GlobalKeys
 from blackboard.outages import OUTAGE, riding_out
-from blackboard.queues import Delivery, Liveness, WorkQueue, shard_of
+from blackboard.queues import RUNNING_FIELD, Delivery, Liveness, WorkQueue, shard_of
 from blackboard.records import Activation, ContextRead, Submission
 from blackboard.status import STOPPED as BOARD_STOPPED
 from blackboard.store import BoardStore
@@ -317,12 +317,11 @@ class AgentWorker:
         if entry_id is None:
             await self._submit_local(submission, act)
             return
-        stream = self.keys.submissions(shard_of(act.board_id, self.shards))
+        # The record goes with the submission: the supervisor writes it when it closes
+        # the activation (this agent's Redis user cannot write board keys; issue 23).
+        stream = self.keys.submissions(self.agent.name, shard_of(act.board_id, self.shards))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(stream, {"s": submission.model_dump_json()})
-        pipe.hset(
-            self.keys.board(act.board_id).activations, act.activation_id, act.model_dump_json()
-        )
+        pipe.xadd(stream, {"s": submission.model_dump_json(), "a": act.model_dump_json()})
         pipe.xack(self.queue.stream, GROUP, entry_id)
         await pipe.execute()
 
@@ -432,7 +431,12 @@ class AgentWorker:
         else:
             bk = self.keys.board(act.board_id)
             pipe = self.redis.pipeline(transaction=True)
-            pipe.hset(bk.activations, act.activation_id, act.model_dump_json())  # running
+            # 'running', through the supervisor (see supervisor/authentication.py; issue 23)
+            shard = shard_of(act.board_id, self.shards)
+            pipe.xadd(
+                self.keys.submissions(self.agent.name, shard),
+                {RUNNING_FIELD: act.model_dump_json()},
+            )
             pipe.hget(bk.meta, "version")
             pipe.hmget(bk.state, keys or ["-"])
             pipe.hgetall(bk.loops)

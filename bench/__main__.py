@@ -9,6 +9,9 @@
   6. one supervisor with 1 .. 1,000 concurrent boards, then two supervisors
   7. framework overhead per LLM step over the SDK alone, and vs LangGraph + SQLite with
      its OpenAI chat model, against a local stub that answers at once (bench/llm.py)
+  8. bounded memory: used_memory over 200,000 proposals on boards archived as they
+     finish, and the commit rate on reused vs fresh boards (bench/memory.py, on servers
+     of its own; its TARGET lines are printed, its figures are not in results.md)
 
 Starts its own redis-server and PostgreSQL on private sockets/ports. Writes
 bench/results/results.md and bench/results/plot.png, and prints TARGET lines.
@@ -18,7 +21,8 @@ After 1, ``io`` compares the supervisor's Redis I/O on redis-py internals
 (``Settings.fast_io``) with plain redis-py pipelines, in interleaved rounds.
 
 ``--only SECTION[,SECTION]`` runs some sections (ceiling, io, handoff, workflows, sizes,
-history, scale, llm, always: 1, io, 2 to 7, then the handoff with appendfsync always)
+history, scale, llm, always, memory: 1, io, 2 to 7, the handoff with appendfsync always,
+then 8)
 and prints their rows and TARGETs without writing the results, which stand for a whole
 run.
 """
@@ -43,6 +47,7 @@ from redis.exceptions import ResponseError
 
 from bench import commit as commit_bench
 from bench import llm as llm_bench
+from bench import memory as memory_bench
 from bench import supervisor as sbench
 from bench._postgres import postgres_server
 from bench._server import machine, percentile, redis_server, target
@@ -51,7 +56,18 @@ from blackboard import BoardStore, Proposal, Settings, codec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUICK = "--quick" in sys.argv
-SECTIONS = ("ceiling", "io", "handoff", "workflows", "sizes", "history", "scale", "llm", "always")
+SECTIONS = (
+    "ceiling",
+    "io",
+    "handoff",
+    "workflows",
+    "sizes",
+    "history",
+    "scale",
+    "llm",
+    "always",
+    "memory",
+)
 
 
 def chosen(argv: list[str]) -> set[str]:
@@ -376,6 +392,10 @@ async def main() -> None:
             proc.wait(30)
             await store.close()
             row("handoff, appendfsync always", f"p50 {a50:.2f} ms, p99 {a99:.2f} ms")
+
+    if "memory" in ONLY:
+        print("8. bounded memory")
+        await memory_bench.main()
 
     if set(SECTIONS) <= ONLY:
         write_report(results, time.monotonic() - started)

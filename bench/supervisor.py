@@ -179,7 +179,7 @@ async def throughput(
     ids = [f"{tag}-{b}" for b in range(boards)]
     for b in ids:
         await store.create(b, app.schema)
-    stream = GlobalKeys(store.settings.key_prefix).submissions(0)
+    stream = GlobalKeys(store.settings.key_prefix).submissions("a", 0)
     # Serialised before the clock starts, as the raw figures' script calls are built
     # before theirs: what is timed is sending them and the supervisor's work.
     subs = [

@@ -20,7 +20,7 @@ from blackboard.keys import GlobalKeys
 from blackboard.store import redis_failures
 from blackboard.views import Instance
 
-__all__ = ["QueueState", "consumers"]
+__all__ = ["QueueState", "consumers", "sharing"]
 
 QueueState = tuple[list[Instance], int, int]
 """A queue's consumers, entries in flight (delivered, not acknowledged), entries waiting
@@ -75,6 +75,33 @@ async def consumers(
             ]
             out.append((instances, *await _backlog(redis, stream, info, length)))
     return out
+
+
+async def sharing(
+    redis: Redis, keys: GlobalKeys, streams: list[str], group: str, prefix: str
+) -> QueueState:
+    """The state of several streams one consumer group reads together (the supervisor
+    replicas read every submission stream), as one queue: each consumer once, holding
+    what it holds on all of them, the backlogs added up.
+
+    Raises:
+        StoreUnavailable: Redis is unreachable or refused.
+    """
+    states = await consumers(redis, keys, [(s, group, prefix) for s in streams])
+    by_name: dict[str, Instance] = {}
+    for instances, _, _ in states:
+        for instance in instances:
+            seen = by_name.get(instance.name)
+            if seen is not None:
+                instance = seen.model_copy(
+                    update={"in_flight": seen.in_flight + instance.in_flight}
+                )
+            by_name[instance.name] = instance
+    return (
+        [by_name[name] for name in sorted(by_name)],
+        sum(in_flight for _, in_flight, _ in states),
+        sum(waiting for _, _, waiting in states),
+    )
 
 
 def _by_prefix(names: list[str], prefixes: list[str]) -> list[list[str]]:

@@ -177,6 +177,11 @@ class BoardKeys:
         """String with a TTL: the lease of the caller running one tool call."""
         return self._k(f"toolclaim:{key}")
 
+    @property
+    def archiving(self) -> str:
+        """String with a TTL: a supervisor replica is archiving the board (one at once)."""
+        return self._k("archiving")
+
     @cached_property
     def saga(self) -> str:
         """List: compensations of successful side-effect calls, oldest first."""
@@ -256,10 +261,20 @@ class GlobalKeys:
         """Sorted set of archived board ids, score = archive time in ms."""
         return f"{self.prefix}:archived"
 
-    def submissions(self, shard: int) -> str:
-        """Stream of :class:`~blackboard.records.Submission`: agents' proposals and
-        failure reports, operators' commands, for the supervisor (one per shard)."""
-        return f"{self.prefix}:proposals:{shard}"
+    def submissions(self, agent: str, shard: int) -> str:
+        """Stream of one agent's submissions to the supervisor (one per agent and shard):
+        its author is the stream, which only that agent's Redis user may append to."""
+        return f"{self.prefix}:sub:{agent}:{shard}"
+
+    def reports(self, shard: int) -> str:
+        """Stream of the supervisor's own reports to itself (activations its watchdog
+        saw time out): only the supervisor's Redis user may append to it."""
+        return f"{self.prefix}:sup:{shard}"
+
+    def commands(self, shard: int) -> str:
+        """Stream of operators' commands to the supervisor (only the operator's Redis
+        user may append to it)."""
+        return f"{self.prefix}:ops:{shard}"
 
     def queue(self, agent: str) -> str:
         """Stream of activations for one agent (its instances share a consumer group)."""

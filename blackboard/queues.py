@@ -32,7 +32,19 @@ from blackboard.keys import GlobalKeys
 from blackboard.outages import OUTAGE
 from blackboard.records import Submission
 
-__all__ = ["LIVENESS_MS", "OUTAGE", "Delivery", "Liveness", "WorkQueue", "shard_of", "submit"]
+__all__ = [
+    "LIVENESS_MS",
+    "OUTAGE",
+    "RUNNING_FIELD",
+    "Delivery",
+    "Liveness",
+    "WorkQueue",
+    "shard_of",
+    "submission_stream",
+    "submit",
+    "trim_floor",
+    "trim_stream",
+]
 
 
 log = logging.getLogger(__name__)
@@ -42,6 +54,10 @@ LIVENESS_MS = 5_000
 in that time, so only a process that stopped (killed, frozen, cut off) loses it; its
 pending entries are then taken over within about this long, well below the timeouts
 they could trip (the examples' activations: 30 s)."""
+RUNNING_FIELD = "run"
+"""Field of an entry on an agent's submission stream carrying its 'running' mark: the
+activation record as the agent started it, which the supervisor writes (an agent's Redis
+user cannot write the board's activation records; see ``supervisor/authentication.py``)."""
 FORGET_MS = 86_400_000
 """A consumer that has not beaten for a day is dropped from the set of known consumers
 (the idle-time reclaim took its entries long ago)."""
@@ -72,8 +88,10 @@ class Liveness:
 
     async def beat(self) -> None:
         now = int(time.time() * 1000)
-        await self.redis.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
+        # The beat's time first: a reader in between sees a consumer not yet alive,
+        # never one alive that has not beaten.
         await self.redis.zadd(self.keys.consumers, {self.consumer: now})
+        await self.redis.set(self.keys.live(self.consumer), now, px=self.ttl_ms)
         self._beats += 1
         if self._beats % 1000 == 1:  # now and then: the long-gone are forgotten
             await self.redis.zremrangebyscore(self.keys.consumers, "-inf", now - FORGET_MS)
@@ -362,19 +380,48 @@ class WorkQueue:
         log.warning("dead-lettered %s from %s: %s", delivery.entry_id, self.stream, reason)
 
     async def trim(self) -> int:
-        """Drop entries every consumer has acknowledged (never a pending one)."""
-        info = await self.redis.xpending(self.stream, self.group)
-        if info["pending"]:
-            floor = info["min"]
-        else:
-            groups = await self.redis.xinfo_groups(self.stream)
-            mine = [g for g in groups if g["name"] == self.group]
-            if not mine:
-                return 0
-            floor = mine[0]["last-delivered-id"]
-            ms, seq = floor.split("-")
-            floor = f"{ms}-{int(seq) + 1}"
-        return int(await self.redis.xtrim(self.stream, minid=floor, approximate=False))
+        """Drop entries every group of the stream is done with (see :func:`trim_stream`)."""
+        return await trim_stream(self.redis, self.stream)
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = entry_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def _older(a: str, b: str) -> str:
+    return min(a, b, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+async def trim_floor(redis: Redis, stream: str) -> str | None:
+    """The oldest entry id some consumer group of ``stream`` still needs (pending in it,
+    or not yet delivered to it); None if no group reads the stream."""
+    try:
+        groups = await redis.xinfo_groups(stream)
+    except redis_errors.ResponseError as exc:  # no such stream
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    floor: str | None = None
+    for group in groups:
+        needed = _next_id(str(group["last-delivered-id"]))
+        if int(group["pending"]):
+            info = await redis.xpending(stream, group["name"])
+            if info["min"] is not None:
+                needed = _older(str(info["min"]), needed)
+        floor = needed if floor is None else _older(floor, needed)
+    return floor
+
+
+async def trim_stream(redis: Redis, stream: str) -> int:
+    """Drop the entries of ``stream`` every group is done with; how many went.
+
+    A group reading between the look and the trim only moves forward, and an entry
+    reclaimed is one still pending: neither is below the floor."""
+    floor = await trim_floor(redis, stream)
+    if floor is None:
+        return 0
+    return int(await redis.xtrim(stream, minid=floor, approximate=False))
 
 
 def shard_of(board_id: str, shards: int) -> int:
@@ -382,7 +429,36 @@ def shard_of(board_id: str, shards: int) -> int:
     return zlib.crc32(board_id.encode()) % shards
 
 
-async def submit(redis: Redis, prefix: str, submission: Submission, shards: int = 1) -> str:
-    """Append a submission to the supervisor's stream (what agents and the CLI call)."""
-    stream = GlobalKeys(prefix).submissions(shard_of(submission.board_id, shards))
-    return cast(str, await redis.xadd(stream, {"s": submission.model_dump_json()}))
+def submission_stream(
+    keys: GlobalKeys, submission: Submission, shards: int = 1, *, by_supervisor: bool = False
+) -> str:
+    """Where a submission goes: the supervisor's own reports (``by_supervisor``) to its
+    stream, an operator's command to the operators' stream, anything else to its
+    author's own stream. The supervisor takes the author from the stream it
+    arrives on (see ``supervisor/authentication.py``), so with per-role Redis users
+    (``blackboard acl``) nobody can submit under another's name."""
+    shard = shard_of(submission.board_id, shards)
+    if by_supervisor:
+        return keys.reports(shard)
+    if submission.kind == "command":
+        return keys.commands(shard)
+    return keys.submissions(submission.author, shard)
+
+
+async def submit(
+    redis: Redis,
+    prefix: str,
+    submission: Submission,
+    shards: int = 1,
+    *,
+    report: str = "",
+    by_supervisor: bool = False,
+) -> str:
+    """Append a submission to the supervisor's stream for its author (what agents and
+    the CLI call). ``report``: the activation's final record (JSON), which the supervisor
+    writes when it closes the activation (an agent's user cannot write board keys)."""
+    fields = {"s": submission.model_dump_json()}
+    if report:
+        fields["a"] = report
+    stream = submission_stream(GlobalKeys(prefix), submission, shards, by_supervisor=by_supervisor)
+    return cast(str, await redis.xadd(stream, cast(Any, fields)))

@@ -21,7 +21,7 @@ from redis import exceptions as redis_errors
 
 from blackboard import boardwork, codec
 from blackboard.boardwork import SUPERVISOR, BoardWork, read_work
-from blackboard.consumers import consumers
+from blackboard.consumers import QueueState, consumers, sharing
 from blackboard.keys import GlobalKeys
 from blackboard.records import Activation, BoardInfo
 from blackboard.status import BoardStatus
@@ -287,11 +287,9 @@ class ReadModel:
         active = [s.board for s in snaps if s.status == BoardStatus.ACTIVE]
         agents = sorted({a for names in needed.values() for a in names})
         queues = [(self.keys.queue(a), AGENT_GROUP, a) for a in agents]
+        seen = dict(zip(agents, await consumers(self.redis, self.keys, queues), strict=True))
         if active:
-            queues.append((self.keys.submissions(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES))
-        seen = dict(
-            zip([*agents, SUPERVISOR], await consumers(self.redis, self.keys, queues), strict=False)
-        )
+            seen[SUPERVISOR] = await self._supervising()
         dead = {
             name for name, (instances, *_) in seen.items() if not any(i.alive for i in instances)
         }
@@ -310,8 +308,8 @@ class ReadModel:
             return None
         names = list(declaration["agents"])
         queues = [(self.keys.queue(n), AGENT_GROUP, n) for n in names]
-        queues.append((self.keys.submissions(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES))
-        *per_agent, supervisors = await consumers(self.redis, self.keys, queues)
+        per_agent = await consumers(self.redis, self.keys, queues)
+        supervisors = await self._supervising(names)
         active = [b.board_id for b in await self.store.boards() if b.status == BoardStatus.ACTIVE]
         open_by_agent: dict[str, list[str]] = {}
         for snap in await self._work(active):
@@ -341,9 +339,19 @@ class ReadModel:
     async def supervisors(self) -> list[Instance]:
         """The supervisor replicas known on the submission streams, with their liveness
         (``alive``: beating now)."""
-        queue = (self.keys.submissions(0), SUPERVISOR_GROUP, SUPERVISOR_NAMES)
-        [(instances, _, _)] = await consumers(self.redis, self.keys, [queue])
+        instances, _, _ = await self._supervising()
         return instances
+
+    async def _supervising(self, agents: list[str] | None = None) -> QueueState:
+        """The supervisor replicas on the streams they all read (shard 0's): each
+        agent's submissions (``agents``, or the published app's), the operators'
+        commands, the watchdog's reports."""
+        if agents is None:
+            declaration = await self.app()
+            agents = list(declaration["agents"]) if declaration is not None else []
+        streams = [self.keys.submissions(a, 0) for a in agents]
+        streams += [self.keys.commands(0), self.keys.reports(0)]
+        return await sharing(self.redis, self.keys, streams, SUPERVISOR_GROUP, SUPERVISOR_NAMES)
 
     async def _breakers(self, tools: list[str]) -> dict[str, Breaker]:
         async with redis_failures("read the tools' breakers"):

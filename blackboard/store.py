@@ -38,6 +38,7 @@ from blackboard.errors import (
     redis_failures,
 )
 from blackboard.keys import BoardKeys, GlobalKeys, check_board_id
+from blackboard.readonly import ReadOnlyScript
 from blackboard.records import (
     BoardInfo,
     BoardSize,
@@ -86,7 +87,8 @@ class BoardStore:
         """The commit protocol; the store's commit methods are its."""
         self._closed = False
         self._create_script = redis.register_script(lua("create.lua"))
-        self._read_at_script = redis.register_script(lua("read_at.lua"))
+        self._read_at_script = ReadOnlyScript(redis, lua("read_at.lua"))
+        """Read-only: a user allowed only reads (the operator's) reads past versions."""
 
     @classmethod
     def from_url(cls, url: str | None = None, settings: Settings | None = None) -> BoardStore:

@@ -117,6 +117,7 @@ class Watchdog:
                     reason=act.timed_out(self.limits.activation_timeout_s),
                 ),
                 self.shards,
+                by_supervisor=True,  # on its own stream, which only its Redis user writes
             )
             await self.redis.zadd(bk.open, {aid: now + REPORTED_MS})  # reported once
             reported += 1

@@ -1,7 +1,8 @@
 """Intake: how a supervisor takes submissions from its streams and works on them.
 
 A consumer takes a batch (up to :data:`BATCH` entries), reads the next one ahead under
-a backlog, and groups the batch by board, each board's submissions in stream order.
+a backlog, keeps what its stream's author may send (:mod:`~blackboard.supervisor.
+authentication`), and groups the batch by board, each board's submissions in stream order.
 The common case goes in waves (:meth:`Intake.waves`): each board's next proposal on the
 atomic path, every board's in one round trip, spread over :data:`LANES` lanes so that
 this process and Redis work at once. A board leaves the waves at its first submission
@@ -20,6 +21,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
+from blackboard.supervisor.authentication import Authentication
 from blackboard.supervisor.fast_paths import FastPaths, Planned
 from tenacity import RetryCallState
 
@@ -74,12 +76,16 @@ class Intake:
         name: this replica's consumer name.
         fast: plans and settles the atomic path.
         handle: handles one submission otherwise.
+        authentication: decides, by the stream, which submissions are what they claim.
     """
 
-    def __init__(self, name: str, fast: FastPaths, handle: Handle) -> None:
+    def __init__(
+        self, name: str, fast: FastPaths, handle: Handle, authentication: Authentication
+    ) -> None:
         self.name = name
         self.fast = fast
         self.handle = handle
+        self.authentication = authentication
         self.store, self.router, self.boards = fast.store, fast.router, fast.boards
 
     async def consume(self, queue: WorkQueue, stop: asyncio.Event, batch: int) -> None:
@@ -157,11 +163,7 @@ class Intake:
         """Work on one batch taken from ``queue``: in waves where it can, one by one
         where it must; then its dispatches and acknowledgements."""
         by_board: ByBoard = {}
-        for d in deliveries:
-            sub = self.parse(d)
-            if sub is None:
-                await queue.dead_letter(d, "not a valid submission")
-                continue
+        for d, sub in await self.authentication.screen(queue, deliveries):
             items = by_board.get(sub.board_id)
             if items is None:  # (setdefault would build a deque for every submission)
                 items = by_board[sub.board_id] = deque()
@@ -330,13 +332,6 @@ class Intake:
             except Exception:
                 # Left pending: redelivered, then dead-lettered after max_deliveries.
                 log.exception("submission %s on board %s failed", sub.proposal_id, sub.board_id)
-
-    @staticmethod
-    def parse(delivery: Delivery) -> Submission | None:
-        try:
-            return Submission.model_validate_json(delivery.fields.get("s", ""))
-        except ValueError:
-            return None
 
 
 class _Reading:

@@ -11,7 +11,8 @@ This module is the facade (start a board, run, handle one submission, recover); 
 duty lives in a module of its own:
 
 - :mod:`~blackboard.supervisor.intake`: taking submissions from the streams, in batches,
-  waves and lanes;
+  waves and lanes; :mod:`~blackboard.supervisor.authentication`: who sent them (the
+  stream is the author);
 - :mod:`~blackboard.supervisor.fast_paths`: a proposal committed and routed in one or two
   round trips; :mod:`~blackboard.supervisor.general`: decided, then routed;
 - :mod:`~blackboard.supervisor.validation`: deciding (validation, gates, audits);
@@ -19,7 +20,9 @@ duty lives in a module of its own:
 - :mod:`~blackboard.supervisor.routing`: the routing step in Redis, and dispatch;
 - :mod:`~blackboard.supervisor.deadlines`: the watchdog;
 - :mod:`~blackboard.supervisor.boards`: per-board locks and caches;
-- :mod:`~blackboard.supervisor.operator`: operators' commands.
+- :mod:`~blackboard.supervisor.operator`: operators' commands;
+- :mod:`~blackboard.supervisor.retention`: trimming streams, dropping old proposal
+  records, archiving finished boards (set ``retention.policy``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
+from blackboard.supervisor.authentication import Authentication
 from blackboard.supervisor.boards import Boards
 from blackboard.supervisor.compliance import Compliance
 from blackboard.supervisor.control import Wanted
@@ -43,6 +47,7 @@ from blackboard.supervisor.general import GeneralPath
 from blackboard.supervisor.incidents import Incidents
 from blackboard.supervisor.intake import BATCH, Intake
 from blackboard.supervisor.operator import Operator
+from blackboard.supervisor.retention import Retention
 from blackboard.supervisor.routing import RouteStep, Routing
 from blackboard.supervisor.validation import Decider, Validator
 
@@ -85,26 +90,33 @@ class Supervisor:
         self.keys = GlobalKeys(store.settings.key_prefix)
         self.name = name or f"sup-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.shards = shards
+        self.incidents = Incidents(self.redis, self.keys)
+        # One stream per agent, one for operators, one for the watchdog: the stream is
+        # the author (with one Redis user per role; see ``blackboard acl``).
+        self.authentication = Authentication(
+            self.redis, self.keys, app.agent_names, shards, self.incidents
+        )
         self.queues = [
             WorkQueue(
                 self.redis,
-                self.keys.submissions(s),
+                source.stream,
                 GROUP,
                 dead_letters=self.keys.dead_letters,
                 max_deliveries=app.limits.max_deliveries,
                 claim_idle_ms=app.limits.claim_idle_ms,
                 keys=self.keys,
             )
-            for s in range(shards)
+            for source in self.authentication.sources
         ]
         self.liveness = Liveness(self.redis, self.keys, self.name)
+        # streams trimmed behind what is pending; set ``retention.policy`` to archive boards
+        self.retention = Retention(store, [q.stream for q in self.queues], app.agent_names)
         store.register(app.schema)
         # the duties, each its own object; those later in the list use those before
         self.router = RouteStep(self.redis, self.keys, app.limits)
         self.boards = Boards(self.redis, self.keys, app.limits, limit=store.CACHE_LIMIT)
         self.watchdog = Watchdog(self.redis, self.keys, app.limits, self.router, shards)
         self.compliance = Compliance(self.redis, self.keys)
-        self.incidents = Incidents(self.redis, self.keys)
         self.validator = Validator(app, store)
         self.decider = Decider(app, self.validator, self.keys, self.compliance, self.incidents)
         self.follow_up = FollowUp(
@@ -120,7 +132,7 @@ class Supervisor:
         self.fast = FastPaths(self.follow_up)
         self.operator = Operator(self)
         self.general = GeneralPath(self.decider, self.follow_up, self.operator)
-        self.intake = Intake(self.name, self.fast, self.handle)
+        self.intake = Intake(self.name, self.fast, self.handle, self.authentication)
 
     # -- declaration ----------------------------------------------------------------
 
@@ -184,6 +196,7 @@ class Supervisor:
         alive = asyncio.create_task(self.liveness.run(beating))
         tasks = [asyncio.create_task(self.intake.consume(q, stop, batch)) for q in self.queues]
         tasks.append(asyncio.create_task(self.watchdog.run(stop)))
+        tasks.append(asyncio.create_task(self.retention.run(stop)))
         try:
             await asyncio.gather(*tasks)
         finally:

@@ -6,13 +6,13 @@ embedded mode is resent through one until the activation's deadline. Both backen
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
 
 import pytest
 from aimedapp import app
-from bbtest import activations
 from blackboard.agents import AgentWorker
 from blackboard.supervisor import Supervisor
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -35,12 +35,14 @@ async def test_an_agent_restarted_under_the_same_name_runs_what_it_held_first(
     task = asyncio.create_task(restarted.run(stop))
     try:
         async with asyncio.timeout(5):  # claim_idle_ms is 30 s
-            while not await store.redis.xlen(sup.keys.submissions(0)):
+            while await store.redis.xlen(sup.keys.submissions("first", 0)) < 2:  # running, done
                 await asyncio.sleep(0.02)
     finally:
         stop.set()
         await task
-    [(_, fields)] = await store.redis.xrange(sup.keys.submissions(0))
+    [fields] = [
+        f for _, f in await store.redis.xrange(sup.keys.submissions("first", 0)) if "s" in f
+    ]
     assert held.fields["activation"] in fields["s"]
     assert await store.redis.xpending(restarted.queue.stream, "workers") == {
         "pending": 0,
@@ -67,9 +69,14 @@ async def test_a_worker_rides_out_an_outage_and_keeps_consuming(
     worker.queue.take = flaky  # type: ignore[method-assign]
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
+    mine = sup.keys.submissions("first", 0)
+
+    async def submitted() -> list[str]:  # its record travels with it (the supervisor writes it)
+        return [json.loads(f["a"])["status"] for _, f in await store.redis.xrange(mine) if "s" in f]
+
     try:
         async with asyncio.timeout(5):
-            while [a["status"] for a in await activations(store, "job")] != ["submitted"]:
+            while await submitted() != ["submitted"]:
                 await asyncio.sleep(0.02)
     finally:
         stop.set()

@@ -5,7 +5,7 @@ a board's activity with its metadata."""
 from __future__ import annotations
 
 import whyapp
-from blackboard.supervisor import Deployment
+from blackboard.supervisor import Deployment, Supervisor
 
 from blackboard import BoardStore, ReadModel
 from blackboard.keys import GlobalKeys
@@ -36,6 +36,26 @@ async def test_supervisors_with_their_liveness(store: BoardStore) -> None:
         ("sup-host-1-abc", True),
         ("sup-host-2-def", False),
     ]
+
+
+async def test_a_supervisor_is_seen_once_with_what_it_holds_on_every_stream_it_reads(
+    store: BoardStore,
+) -> None:
+    await Supervisor(whyapp.app, store).publish()
+    keys = GlobalKeys(store.settings.key_prefix)
+    agent = whyapp.app.agent_names[0]
+    held = {keys.submissions(agent, 0): 2, keys.commands(0): 1, keys.reports(0): 0}
+    for stream, n in held.items():
+        queue = WorkQueue(store.redis, stream, "supervisor", dead_letters=keys.dead_letters)
+        for i in range(n):
+            await queue.put({"n": i})
+        assert len(await queue.take("sup-host-1-abc", count=10, block_ms=10)) == n
+    await Liveness(store.redis, keys, "sup-host-1-abc").beat()
+    [seen] = await ReadModel(store).supervisors()
+    assert (seen.name, seen.alive, seen.in_flight) == ("sup-host-1-abc", True, 3)
+    agents = await ReadModel(store).agents()
+    assert agents is not None
+    assert [(i.name, i.in_flight) for i in agents.supervisors] == [("sup-host-1-abc", 3)]
 
 
 async def test_one_dead_letter_by_its_id(store: BoardStore) -> None:

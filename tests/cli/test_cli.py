@@ -391,7 +391,7 @@ def test_dead_letter_listed_and_retried(boards: str) -> None:
 
         client = connect(boards)
         keys = GlobalKeys("bb")
-        queue = WorkQueue(client, keys.submissions(0), "supervisor", dead_letters=keys.dead_letters)
+        queue = WorkQueue(client, keys.commands(0), "supervisor", dead_letters=keys.dead_letters)
         await queue.ensure_group()
         entry = await queue.put({"s": "not json"})
         await queue.dead_letter(Delivery(entry, {"s": "not json"}, 6), "not a valid submission")
@@ -406,7 +406,7 @@ def test_dead_letter_listed_and_retried(boards: str) -> None:
 
     async def requeued() -> list[Any]:
         client = connect(boards)
-        rows = await client.xrange("bb:proposals:0")
+        rows = await client.xrange("bb:ops:0")
         await client.aclose()
         return rows
 

@@ -3,9 +3,12 @@ readers of what the supervisor recorded."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any, Literal
 
 from blackboard.agents import Context, Handoff, Output, Summariser, agent, when_changed
+from blackboard.supervisor import Supervisor
+from blackboard.supervisor.intake import BATCH
 from pydantic import BaseModel, Field
 
 from blackboard import App, BoardStore, Key, Limits
@@ -108,3 +111,16 @@ def counting(p: Pipeliner) -> list[int]:
     sizes: list[int] = []
     count_into(p._pipe, sizes)
     return sizes
+
+
+async def run_until(sup: Supervisor, until: Any, batch: int = BATCH) -> None:
+    """Run the supervisor until ``until()`` holds (10 s at most), then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(sup.run(stop, batch=batch))
+    try:
+        async with asyncio.timeout(10):
+            while not await until():
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await task

@@ -132,7 +132,8 @@ async def holders(client: Redis) -> list[str]:
     names: list[str] = []
     for example, app in APPS.items():
         keys = GlobalKeys(example)
-        streams = [(keys.submissions(0), "supervisor")]
+        streams = [(keys.submissions(a.name, 0), "supervisor") for a in app.agents]
+        streams += [(keys.commands(0), "supervisor")]
         streams += [(keys.queue(a.name), "workers") for a in app.agents]
         for stream, group in streams:
             try:

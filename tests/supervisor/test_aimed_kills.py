@@ -145,7 +145,8 @@ async def test_supervisor_killed_between_commit_and_routing_is_routed_before_the
         await worker.handle(activation)  # run, submit, acknowledge: as an agent process
         dead = Liveness(client, sup.keys, "dead-replica")
         await dead.beat()
-        [entry] = await sup.queues[0].take("dead-replica", block_ms=1000)
+        taken = await sup.queues[0].take("dead-replica", block_ms=1000)
+        [entry] = [e for e in taken if "s" in e.fields]  # (the other: its 'running' mark)
         sub = Submission.model_validate_json(entry.fields["s"])
         decision = await sup.validator.decide("job", sub.proposal(), kind="write")
         assert decision.status == "committed"  # and then the replica was killed

@@ -77,7 +77,8 @@ async def test_no_submission_or_activation_goes_through_a_stream(store: BoardSto
         await d.start("p1")
         await d.settle("p1")
     keys = GlobalKeys(store.settings.key_prefix)
-    for stream in (keys.submissions(0), keys.queue("first"), keys.queue("second")):
+    streams = [keys.submissions("first", 0), keys.submissions("second", 0), keys.commands(0)]
+    for stream in (*streams, keys.queue("first"), keys.queue("second")):
         assert await store.redis.xlen(stream) == 0, stream
     bk = store.keys("p1")
     assert (await store.redis.zcard(bk.open), await store.redis.hlen(bk.outbox)) == (0, 0)

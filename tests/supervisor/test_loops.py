@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from bbtest import activations, build_app, incidents, outcomes
+from bbtest import activations, build_app, incidents, outcomes, run_until
 from blackboard.agents import Context, Handoff, Output, agent
 from blackboard.supervisor import Deployment, Supervisor
 from pydantic import BaseModel
@@ -200,19 +200,11 @@ async def test_watchdog_reports_a_board_deadline_as_a_deadline(store: BoardStore
     app = build_app(limits=Limits(deadline_s=0.2))
     sup = Supervisor(app, store)
     await sup.start("c1")
-    stop = asyncio.Event()
-    task = asyncio.create_task(sup.run(stop))
 
     async def reported() -> bool:
         return any(o["status"] == "failed" for o in await outcomes(store, "c1"))
 
-    try:
-        async with asyncio.timeout(10):
-            while not await reported():
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await task
+    await run_until(sup, reported)
     assert (await store.info("c1")).status == "escalated"
     [incident] = await incidents(store, "c1")
     assert incident["kind"] == "deadline", incident

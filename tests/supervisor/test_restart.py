@@ -21,7 +21,8 @@ async def test_a_replica_restarted_under_the_same_name_handles_what_it_held_firs
     worker = AgentWorker(app, "first", store, name="f0")
     [activation] = await worker.queue.take("f0", block_ms=100)
     await worker.handle(activation)  # submitted
-    [held] = await first.queues[0].take("r1", block_ms=100)  # then kill -9: never acked
+    taken = await first.queues[0].take("r1", block_ms=100)  # then kill -9: never acked
+    [held] = [e for e in taken if "s" in e.fields]  # (the other: first's 'running' mark)
     restarted = Supervisor(app, store, name="r1")
     restarted.queues[0]._next_reclaim = float("inf")  # no reclaim: it must know its own
     stop = asyncio.Event()
