@@ -8,7 +8,7 @@ atomic path, every board's in one round trip, spread over :data:`LANES` lanes so
 this process and Redis work at once. A board leaves the waves at its first submission
 that needs more, and the rest of its submissions go one by one (``handle``). The batch's
 dispatches and acknowledgements are sent last (:meth:`RouteStep.flush`). An outage is
-ridden out (:func:`~blackboard.outages.ride_out`): what this consumer read and did not
+ridden out (:func:`~blackboard.outages.riding_out`): what this consumer read and did not
 acknowledge is taken again first, in order.
 """
 
@@ -27,7 +27,7 @@ from tenacity import RetryCallState
 
 from blackboard.connection import Command
 from blackboard.errors import BoardNotFound
-from blackboard.outages import OUTAGE, ride_out
+from blackboard.outages import OUTAGE, riding_out
 from blackboard.queues import Delivery, WorkQueue
 from blackboard.records import Outcome, Submission
 
@@ -108,11 +108,13 @@ class Intake:
 
         try:
             while not stop.is_set() or reading.ahead is not None:  # stopping: finish it
-                async for attempt in ride_out(
-                    f"supervisor {self.name}", log, stop=stopping, before_retry=broken
-                ):
-                    with attempt:
-                        await self._step(queue, stop, batch, reading)
+                await riding_out(
+                    f"supervisor {self.name}",
+                    log,
+                    lambda: self._step(queue, stop, batch, reading),
+                    stop=stopping,
+                    before_retry=broken,
+                )
         except OUTAGE:  # Redis away as it stops: what it held stays pending, taken over
             if not stop.is_set():
                 raise
