@@ -7,7 +7,7 @@ shows tracebacks. Every inspection command has ``--json`` with a stable shape.
 
 from __future__ import annotations
 
-from blackboard.cli import act, demo, inspect, lifecycle, run  # noqa: F401  (register them)
+from blackboard.cli import act, compact, demo, inspect, lifecycle, run  # noqa: F401  (register them)
 from blackboard.cli.base import main
 
 __all__ = ["main"]
