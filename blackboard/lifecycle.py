@@ -66,7 +66,7 @@ async def export_board(store: BoardStore, board_id: str) -> dict[str, Any]:
     """
     await store.info(board_id)
     keys = store.keys(board_id)
-    since = await store.redis.hget(keys.meta, "history_from")
+    since = cast("str | None", await store.redis.hget(keys.meta, "history_from"))
     if since is not None and int(since) > 0:
         raise ValidationFailed(
             f"board {board_id!r}'s history before v{since} was compacted, and an export "
