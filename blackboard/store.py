@@ -394,7 +394,7 @@ class BoardStore:
         where = f"the log of board {board_id!r}"
         return [history.entry_from_stream(i, f, where) for i, f in rows]
 
-    async def compact(self, board_id: str, below: int) -> int:
+    async def compact(self, board_id: str, below: int, *, keep_compliant: bool = False) -> int:
         """Drop the board's history below version ``below``, as far as a snapshot allows,
         and return S, the oldest version it can still rebuild (its ``history_from``).
 
@@ -404,13 +404,18 @@ class BoardStore:
         version below S raises :class:`HistoryCompacted`. Running it again with the same
         or a lower ``below`` changes nothing.
 
+        ``keep_compliant``: never go past the board's compliant version, the target of the
+        supervisor's audit rollback (``below`` is lowered to it, in the same script); the
+        CLI's ``compact`` always sets it, as should anything compacting a supervised board.
+
         Raises:
             BoardNotFound; ValidationFailed: ``below`` is not in ``0..current``.
         """
         keys = self.keys(board_id)
         async with redis_failures(f"compact board {board_id!r} below version {below}"):
             reply = await self._compact_script(
-                keys=[keys.meta, keys.snapshots, keys.snapshot_index, keys.log], args=[below]
+                keys=[keys.meta, keys.snapshots, keys.snapshot_index, keys.log],
+                args=[below, "1" if keep_compliant else "0"],
             )
         if reply[0] == "notfound":
             raise await self.not_found(board_id)

@@ -21,12 +21,13 @@ __all__: list[str] = []
 @click.pass_obj
 def compact(ctx: Ctx, board: str, below: int, yes: bool, as_json: bool) -> None:
     """Drop BOARD's log and snapshots below version --below, as far as a snapshot
-    allows; versions from there on still read, diff and roll back as before."""
+    allows and never past its compliant version (the audit rollback's target);
+    versions from there on still read, diff and roll back as before."""
     info = run_async(ctx, lambda: ctx.store().info(board))
     if not yes and not _confirmed(board, info.version, below):
         click.echo(f"error: board {board} not compacted (pass --yes not to be asked).", err=True)
         sys.exit(EXIT_FAILED)
-    since = run_async(ctx, lambda: ctx.store().compact(board, below))
+    since = run_async(ctx, lambda: ctx.store().compact(board, below, keep_compliant=True))
     if as_json:
         data = {
             "board": board,
@@ -39,7 +40,8 @@ def compact(ctx: Ctx, board: str, below: int, yes: bool, as_json: bool) -> None:
         return
     click.echo(
         f"compacted {board}: its history now starts at version {since} (the newest "
-        f"snapshot at or below {below}); versions {since}..current can be read."
+        f"snapshot at or below {below} and its compliant version); versions "
+        f"{since}..current can be read."
     )
 
 

@@ -4,6 +4,8 @@ KEYS[1] meta     KEYS[2] snaps     KEYS[3] snapidx     KEYS[4] log
         (all under the board's hash tag; see commit.lua for their shapes)
 
 ARGV[1] below: the caller wants versions below this one gone, as far as possible
+ARGV[2] '1': keep the board's compliant version (meta.compliant, the supervisor's audit
+        rollback target) readable: below is lowered to it if it is older
 
 S is the newest snapshot version <= below (version 0's snapshot is written by
 create.lua, so one always exists). Log entries with version < S and snapshots < S are
@@ -16,11 +18,12 @@ Returns one of
   {'notfound'}
   {'range', current version}      below is not in 0..current
 ]]
-local m = redis.call('HMGET', KEYS[1], 'version', 'history_from')
+local m = redis.call('HMGET', KEYS[1], 'version', 'history_from', 'compliant')
 if not m[1] then return {'notfound'} end
 local current = tonumber(m[1])
 local below = tonumber(ARGV[1])
 if below < 0 or below > current then return {'range', current} end
+if ARGV[2] == '1' then below = math.min(below, tonumber(m[3] or 0)) end
 local from = tonumber(m[2] or 0)
 if below <= from then return {'ok', from, 0, 0} end  -- done before (its snapshots are gone)
 local s = tonumber(redis.call('ZREVRANGEBYSCORE', KEYS[3], below, '-inf', 'LIMIT', 0, 1)[1])

@@ -136,3 +136,18 @@ async def test_any_compactions_keep_exactly_the_versions_from_history_from(
                 await store.read(board, at=v)
         else:
             assert (await store.read(board, at=v)).data == states[v]
+
+
+async def test_keep_compliant_never_drops_the_audit_rollback_target(
+    store: BoardStore, board: str
+) -> None:
+    states = await fill(store, board, 40)
+    snaps = await snapshots(store, board)
+    compliant = snaps[2] + 1  # as the supervisor records it once audits passed there
+    await store.redis.hset(store.keys(board).meta, "compliant", compliant)
+    since = await store.compact(board, 40, keep_compliant=True)
+    assert since == snaps[2]
+    assert (await store.read(board, at=compliant)).data == states[compliant]
+    await store.rollback(board, to=compliant, author="supervisor")
+    assert (await store.read(board)).data == states[compliant]
+    assert await store.compact(board, 40) > since  # without it: the newest snapshot

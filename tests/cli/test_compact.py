@@ -19,13 +19,15 @@ pytestmark = [pytest.mark.real_redis]
 
 @pytest.fixture
 def url(redis_server: Any, loan_schema: BoardSchema) -> str:
-    """Board loan-1 at version 20, with snapshots along the way."""
+    """Board loan-1 at version 20 (compliant at 15), with snapshots along the way."""
 
     async def setup() -> None:
         store = BoardStore(connect(redis_server.url), Settings(snapshot_min_bytes=256))
         await store.redis.flushdb()
         await store.create("loan-1", loan_schema)
         await fill(store, "loan-1", 20)
+        # as a supervisor records it: the audit rollback's target, which compact keeps
+        await store.redis.hset(store.keys("loan-1").meta, "compliant", 15)
         await store.close()
 
     asyncio.run(setup())
@@ -48,7 +50,7 @@ def test_compact_asks_then_compacts_and_reads_refuse_below(url: str) -> None:
     assert done.exit_code == 0, done.output
     answer = json.loads(done.stdout)
     since = answer["history_from"]
-    assert 0 < since <= 20
+    assert 0 < since <= 15
     assert answer == {
         "board": "loan-1",
         "command": "compact",
