@@ -86,9 +86,9 @@ class BoardStore:
         self.committer = Committer(redis, self.settings, self._global, self.declarations)
         """The commit protocol; the store's commit methods are its."""
         self._closed = False
+        self._compact_script = redis.register_script(lua("compact.lua"))
         self._create_script = redis.register_script(lua("create.lua"))
         self._read_at_script = redis.register_script(lua("read_at.lua"))
-        self._compact_script = redis.register_script(lua("compact.lua"))
 
     @classmethod
     def from_url(cls, url: str | None = None, settings: Settings | None = None) -> BoardStore:
