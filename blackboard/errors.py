@@ -8,6 +8,7 @@
     ├── BoardExists            create() on an id that is taken
     ├── ProposalRejected       a proposed write was refused; the board is unchanged
     │   ├── ValidationFailed   malformed patch, unknown key, bad value, too large
+    │   │   └── HistoryCompacted  a version below the board's compacted history
     │   ├── OwnershipError     the author does not own a key it touches
     │   ├── ConflictError      a key written or read changed after the base version
     │   ├── BoardStopped       the board is escalated, done or failed
@@ -48,6 +49,7 @@ __all__ = [
     "CorruptData",
     "Escalated",
     "FatalError",
+    "HistoryCompacted",
     "LoopDetected",
     "NeedsHuman",
     "OwnershipError",
@@ -124,6 +126,30 @@ class ValidationFailed(ProposalRejected):
         self.rule = rule
         self.expected = expected
         super().__init__(message)
+
+
+class HistoryCompacted(ValidationFailed):
+    """A version below the board's ``history_from``: :meth:`BoardStore.compact` dropped
+    the log and snapshots that rebuilt it. Versions ``history_from..current`` still read.
+
+    Attributes:
+        board_id: the board.
+        version: the version asked for.
+        history_from: the oldest version the board can still rebuild.
+        current: the board's version now.
+    """
+
+    def __init__(self, board_id: str, version: int, history_from: int, current: int) -> None:
+        self.board_id = board_id
+        self.version = version
+        self.history_from = history_from
+        self.current = current
+        super().__init__(
+            f"board {board_id!r}'s history before v{history_from} was compacted; versions "
+            f"{history_from}..{current} can be read (version {version} cannot).",
+            rule="compacted",
+            expected=f"{history_from} <= version <= {current}",
+        )
 
 
 class OwnershipError(ProposalRejected):

@@ -61,9 +61,20 @@ async def export_board(store: BoardStore, board_id: str) -> dict[str, Any]:
 
     Raises:
         BoardNotFound: no such board (with close matches).
+        ValidationFailed: the board's history was compacted (:meth:`BoardStore.compact`):
+            an export starts from version 0, which it no longer has.
     """
     await store.info(board_id)
     keys = store.keys(board_id)
+    since = cast("str | None", await store.redis.hget(keys.meta, "history_from"))
+    if since is not None and int(since) > 0:
+        raise ValidationFailed(
+            f"board {board_id!r}'s history before v{since} was compacted, and an export "
+            "(so archive and fork too) replays the whole history from version 0; it "
+            f"cannot be exported. Its versions {since}..current still read in place.",
+            rule="compacted",
+            expected="a board whose history was never compacted",
+        )
     declaration = await store.declaration(board_id)
     initial = await store.read(board_id, at=0)
     log = await store.history(board_id)
@@ -292,7 +303,8 @@ async def fork_board(
     does): it routes as after version ``at``.
 
     Raises:
-        BoardNotFound, BoardExists; ValidationFailed: ``at`` is not a version of it.
+        BoardNotFound, BoardExists; ValidationFailed: ``at`` is not a version of it,
+        or its history was compacted (as :func:`export_board`).
     """
     check_board_id(new_board_id)
     data = await export_board(store, board_id)

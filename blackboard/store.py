@@ -35,6 +35,7 @@ from blackboard.errors import (
     BoardNotFound,
     ConfigError,
     ConflictError,
+    HistoryCompacted,
     redis_failures,
 )
 from blackboard.keys import BoardKeys, GlobalKeys, check_board_id
@@ -86,6 +87,7 @@ class BoardStore:
         self.committer = Committer(redis, self.settings, self._global, self.declarations)
         """The commit protocol; the store's commit methods are its."""
         self._closed = False
+        self._compact_script = redis.register_script(lua("compact.lua"))
         self._create_script = redis.register_script(lua("create.lua"))
         self._read_at_script = ReadOnlyScript(redis, lua("read_at.lua"))
         """Read-only: a user allowed only reads (the operator's) reads past versions."""
@@ -294,6 +296,8 @@ class BoardStore:
                 raise await self.not_found(board_id)
             if reply[0] == "range":
                 check_version(board_id, at, int(reply[1]))
+            if reply[0] == "compacted":
+                raise HistoryCompacted(board_id, at, int(reply[1]), int(reply[2]))
             return BoardState(
                 board_id=board_id,
                 version=at,
@@ -363,22 +367,72 @@ class BoardStore:
     async def history(
         self, board_id: str, *, start: int = 1, end: int | None = None, limit: int | None = None
     ) -> list[LogEntry]:
-        """Log entries with ``start <= version <= end``, oldest first."""
+        """Log entries with ``start <= version <= end``, oldest first.
+
+        On a compacted board (:meth:`compact`) the log starts at its ``history_from``:
+        a range reaching below it lists from there; one wholly below it raises
+        :class:`HistoryCompacted`."""
         if (limit is not None and limit < 1) or (end is not None and end < 0):
             raise ConfigError(
                 f"history(start={start}, end={end}, limit={limit}): end must be "
                 ">= 0 and limit >= 1."
             )
         keys = self.keys(board_id)
-        await self.version(board_id)
+        async with redis_failures(f"read the history of board {board_id!r}"):
+            version, since = await self.redis.hmget(keys.meta, "version", "history_from")
+        if version is None:
+            raise await self.not_found(board_id)
+        history_from = int(since or 0)
+        if end is not None and end < history_from:
+            raise HistoryCompacted(board_id, end, history_from, int(version))
         hi = "+" if end is None else f"{end}-0"
         async with redis_failures(f"read the history of board {board_id!r}"):
             rows = cast(
                 "list[tuple[str, dict[str, str]]]",
-                await self.redis.xrange(keys.log, f"{max(start, 1)}-0", hi, count=limit),
+                await self.redis.xrange(
+                    keys.log, f"{max(start, history_from, 1)}-0", hi, count=limit
+                ),
             )
         where = f"the log of board {board_id!r}"
         return [history.entry_from_stream(i, f, where) for i, f in rows]
+
+    async def compact(self, board_id: str, below: int, *, keep_compliant: bool = False) -> int:
+        """Drop the board's history below version ``below``, as far as a snapshot allows,
+        and return S, the oldest version it can still rebuild (its ``history_from``).
+
+        S is the newest snapshot at or below ``below`` (version 0 always has one): log
+        entries and snapshots older than S go, in one atomic script; every version from
+        S on reads, diffs and lists exactly as before, and commits carry on. Reading a
+        version below S raises :class:`HistoryCompacted`. Running it again with the same
+        or a lower ``below`` changes nothing.
+
+        ``keep_compliant``: never go past the board's compliant version, the target of the
+        supervisor's audit rollback (``below`` is lowered to it, in the same script); the
+        CLI's ``compact`` always sets it, as should anything compacting a supervised board.
+
+        Raises:
+            BoardNotFound; ValidationFailed: ``below`` is not in ``0..current``.
+        """
+        keys = self.keys(board_id)
+        async with redis_failures(f"compact board {board_id!r} below version {below}"):
+            reply = await self._compact_script(
+                keys=[keys.meta, keys.snapshots, keys.snapshot_index, keys.log],
+                args=[below, "1" if keep_compliant else "0"],
+            )
+        if reply[0] == "notfound":
+            raise await self.not_found(board_id)
+        if reply[0] == "range":
+            check_version(board_id, below, int(reply[1]))
+        history_from = int(reply[1])
+        log.info(
+            "compacted board %s below v%d: history from v%d (%d log entries, %d snapshots dropped)",
+            board_id,
+            below,
+            history_from,
+            int(reply[2]),
+            int(reply[3]),
+        )
+        return history_from
 
     async def diff(self, board_id: str, v1: int, v2: int) -> list[dict[str, Any]]:
         """RFC 6902 patch taking the board at ``v1`` to the board at ``v2``."""

@@ -7,7 +7,15 @@ shows tracebacks. Every inspection command has ``--json`` with a stable shape.
 
 from __future__ import annotations
 
-from blackboard.cli import acl, act, demo, inspect, lifecycle, run  # noqa: F401  (register them)
+from blackboard.cli import (  # noqa: F401  (register them)
+    acl,
+    act,
+    compact,
+    demo,
+    inspect,
+    lifecycle,
+    run,
+)
 from blackboard.cli.base import main
 
 __all__ = ["main"]

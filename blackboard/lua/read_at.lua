@@ -11,14 +11,18 @@ Returns one of
       the client parses one string, not one reply element per stream field
   {'notfound'}
   {'range', current version}      V is not in 0..current
+  {'compacted', history_from, current version}
+      V is below meta.history_from: compact.lua dropped what rebuilt it
 
 Key names are written into JSON unescaped: the declaration admits only plain identifiers
 (matched whole, blackboard.schema), which need no escaping.
 ]]
-local current = redis.call('HGET', KEYS[1], 'version')
+local m = redis.call('HMGET', KEYS[1], 'version', 'history_from')
+local current = m[1]
 if not current then return {'notfound'} end
 local v = tonumber(ARGV[1])
 if v < 0 or v > tonumber(current) then return {'range', tonumber(current)} end
+if v < tonumber(m[2] or 0) then return {'compacted', tonumber(m[2]), tonumber(current)} end
 if v == tonumber(current) then  -- no replay: the live state is that version
   local flat = redis.call('HGETALL', KEYS[5])
   local parts = {}
