@@ -128,6 +128,10 @@ async def memory_run(url: str, out: Path, *, trim: bool = True) -> tuple[list[in
                 await store.create(b, app.schema)
             await send(store, boards, 0, PER_BOARD)
             await wait_gone(store, boards)
+            # sampled once the supervisor's trimming has caught up with this wave (its
+            # schedule is a round every 0.2 s: a sample taken just before a round sees
+            # up to a wave of trimmable entries, noise of ~20% around a flat line)
+            await sup.retention.round()
             info = await store.redis.info("memory")
             samples.append(int(info["used_memory"]))
             done = (first + len(boards)) * PER_BOARD
