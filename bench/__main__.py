@@ -50,7 +50,7 @@ from bench import llm as llm_bench
 from bench import memory as memory_bench
 from bench import supervisor as sbench
 from bench._postgres import postgres_server
-from bench._server import machine, percentile, redis_server, target
+from bench._server import NOTES, TARGETS, machine, percentile, redis_server, target
 from bench.workflows import FAN, chain, fan, langgraph_chain, langgraph_fan, run_langgraph
 from blackboard import BoardStore, Proposal, Settings, codec
 
@@ -600,7 +600,11 @@ def write_report(results: dict[str, Any], seconds: float) -> None:
         "| measure | result |",
         "|---|---|",
     ]
-    lines += [f"| {name} | {value} |" for name, value in rows]
+    lines += [f"| {name} | {value} |" for name, value in [*rows, *NOTES]]
+    lines += ["", "| TARGET | measured | goal | verdict |", "|---|---|---|---|"]
+    lines += [
+        f"| {name} | {measured} | {goal} | {verdict} |" for name, measured, goal, verdict in TARGETS
+    ]
     (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
     plot(results)
 

@@ -71,7 +71,20 @@ def percentile(samples: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
+TARGETS: list[tuple[str, str, str, str]] = []
+"""Every TARGET of this run (name, measured, goal, PASS/MISS), for the committed report."""
+NOTES: list[tuple[str, str]] = []
+"""Figures a section prints outside bench/__main__'s table, for the committed report."""
+
+
 def target(name: str, measured: float, op: str, goal: float) -> bool:
     ok = measured >= goal if op == ">=" else measured <= goal
-    print(f"TARGET {name} measured={measured:.3g} goal={op}{goal:g} {'PASS' if ok else 'MISS'}")
+    verdict = "PASS" if ok else "MISS"
+    print(f"TARGET {name} measured={measured:.3g} goal={op}{goal:g} {verdict}")
+    TARGETS.append((name, f"{measured:.3g}", f"{op} {goal:g}", verdict))
     return ok
+
+
+def note(name: str, value: str) -> None:
+    """A figure for the committed report (printed by the caller as it likes)."""
+    NOTES.append((name, value))

@@ -26,7 +26,7 @@ from blackboard.supervisor import Supervisor
 from blackboard.supervisor.retention import ArchivePolicy
 from pydantic import BaseModel
 
-from bench._server import machine, redis_server, target
+from bench._server import machine, note, redis_server, target
 from blackboard import App, BoardStore, Key, Limits
 from blackboard.keys import GlobalKeys
 from blackboard.queues import submission_stream
@@ -142,6 +142,10 @@ async def memory_run(url: str, out: Path, *, trim: bool = True) -> tuple[list[in
         await store.close()
     mid = samples[len(samples) // 2 - 1]
     growth = (samples[-1] - mid) / mid
+    note(
+        f"used_memory every {SAMPLE:,} proposals{'' if trim else ', streams untrimmed'} (MB)",
+        " ".join(f"{m / 1e6:.2f}" for m in samples),
+    )
     if not trim:
         print(f"  without trimming: the last half grew {growth * 100:.1f}%")
         return samples, growth <= 0.05
@@ -190,6 +194,7 @@ async def main() -> None:
     with redis_server() as url:
         fresh, reused, _ = await reuse_run(url)
         print(f"reuse: fresh {fresh:,.0f}/s, reused {reused:,.0f}/s ({reused / fresh:.2f})")
+        note("commits/s on fresh / reused boards", f"{fresh:,.0f} / {reused:,.0f}")
 
 
 def run() -> Any:
