@@ -397,11 +397,11 @@ async def main() -> None:
         print("8. bounded memory")
         await memory_bench.main()
 
+    targets(results)
     if set(SECTIONS) <= ONLY:
         write_report(results, time.monotonic() - started)
     else:
         print("(some sections only: bench/results left as they were)")
-    targets(results)
 
 
 def targets(results: dict[str, Any]) -> None:
