@@ -167,8 +167,17 @@ INVALID = [
     (["fork", "loan-clean", "--at", "1", "--board", "f", "--rerun", "nobody"], 2),
     (["fork", "loan-clean", "--board", "f"], 2),
     (["demo", "--bogus"], 2),
+    (["compact", "nope", "--below", "1", "--yes"], 1),
+    (["compact", "loan-clean", "--below", "x"], 2),
+    (["acl", "--app", "no_such_module:app"], 2),
+    (["acl"], 2),
     (["no-such-command"], 2),
 ]
+
+
+def test_every_subcommand_is_walked_with_invalid_input() -> None:
+    walked = {args[0] for args, _ in INVALID}
+    assert sorted(set(main.commands) - walked) == []
 
 
 @pytest.mark.parametrize(
