@@ -1,5 +1,9 @@
 """Making a Redis client (a real server by URL, or the embedded in-process default), and
-sending concurrent tasks' commands together."""
+sending concurrent tasks' commands together.
+
+(Past 500 lines on purpose: the ``Pipeliner``'s fast I/O on redis-py internals and its
+plain-pipeline fallback are one seam, kept together so that the one place that depends
+on redis-py's internals can be read, checked and replaced as a whole.)"""
 
 from __future__ import annotations
 

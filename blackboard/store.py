@@ -7,9 +7,9 @@ schema validates them is ``declarations.py``'s business. The store is the facade
 both: ``store.commit(...)``, ``store.prepare(...)`` and the other steps of the protocol
 are its methods, handed straight to them.
 
-(Past 500 lines on purpose: about 120 are those hand-offs and a few transitional names
-at the end; they stay here because the store is the API users read, and its
-docstrings are that API's documentation.)
+(Past 500 lines on purpose: about 120 are those hand-offs and compaction's entry point;
+they stay here because the store is the API users read, and its docstrings are that
+API's documentation.)
 """
 
 from __future__ import annotations
