@@ -127,8 +127,8 @@ class Authentication:
             except ValueError:
                 await queue.dead_letter(d, "not a valid submission")
         subs = [s for _, s in parsed if s is not None]
-        givens = await self._given(source, subs)
-        forgotten = await self._forgotten(subs)
+        givens, kept_from = await self._look_up(source, subs)
+        forgotten = await self._forgotten(subs, kept_from) if kept_from else {}
         accepted = []
         for d, sub in parsed:
             assert sub is not None
@@ -156,36 +156,39 @@ class Authentication:
             await pipe.execute()
         return accepted
 
-    async def _given(self, source: Source, subs: list[Submission]) -> dict[tuple[str, str], str]:
-        """(board, activation id) -> the agent it was given to, for the activations the
-        agent's submissions name (one round trip)."""
+    async def _look_up(
+        self, source: Source, subs: list[Submission]
+    ) -> tuple[dict[tuple[str, str], str], dict[str, int]]:
+        """In one round trip: (board, activation id) -> the agent it was given to, for the
+        activations an agent's submissions name; and board -> its ``records_from``, for
+        the boards proposals are on whose retention dropped old records."""
         named = list(dict.fromkeys((s.board_id, s.activation_id) for s in subs if s.activation_id))
-        if source.agent is None or not named:
-            return {}
+        if source.agent is None:
+            named = []
+        boards = list(dict.fromkeys(s.board_id for s in subs if s.kind == "proposal"))
+        if not named and not boards:
+            return {}, {}
         pipe = self.redis.pipeline(transaction=False)
         for board_id, aid in named:
             pipe.hget(self.keys.board(board_id).activations, aid)
+        for board_id in boards:
+            pipe.hget(self.keys.board(board_id).meta, KEPT_FROM)
+        replies = await pipe.execute()
         given = {}
-        for key, raw in zip(named, await pipe.execute(), strict=True):
+        for key, raw in zip(named, replies[: len(named)], strict=True):
             if raw is not None:
                 try:
                     given[key] = str(codec.loads(raw).get("agent", ""))
                 except ValueError:
                     given[key] = ""
-        return given
+        kept = {b: int(v) for b, v in zip(boards, replies[len(named) :], strict=True) if v}
+        return given, kept
 
-    async def _forgotten(self, subs: list[Submission]) -> dict[str, int]:
-        """Proposal id -> the board's ``records_from``, for proposals based on a version
-        whose records the retention may have dropped and whose own record is gone (see
-        ``supervisor/retention.py``): a duplicate of those could not be recognised."""
+    async def _forgotten(self, subs: list[Submission], kept: dict[str, int]) -> dict[str, int]:
+        """Proposal id -> the board's ``records_from`` (``kept``), for proposals based on a
+        version whose records the retention may have dropped and whose own record is gone
+        (see ``supervisor/retention.py``): a duplicate of those could not be recognised."""
         proposals = [s for s in subs if s.kind == "proposal"]
-        boards = list(dict.fromkeys(s.board_id for s in proposals))
-        if not boards:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for board_id in boards:
-            pipe.hget(self.keys.board(board_id).meta, KEPT_FROM)
-        kept = {b: int(v) for b, v in zip(boards, await pipe.execute(), strict=True) if v}
         # based on b, it commits at b + 1 or later: recognised if that version's are kept
         older = [s for s in proposals if s.base + 1 < kept.get(s.board_id, 0)]
         if not older:
